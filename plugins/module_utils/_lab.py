@@ -1,0 +1,655 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The local lab: several hosts on one Linux machine (private to this collection).
+
+Each lab host is a network namespace (``ip netns``) plus a mount and a UTS namespace
+kept alive by bind mounts of their nsfs files (``unshare --mount=FILE --uts=FILE``),
+so the namespaces outlive every process and daemons can be started in them again
+(repair) with ``nsenter``. Inside its mount namespace a host has its own /run
+(tmpfs), /etc/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt,
+/root/.ssh, /etc/hosts and instances directory, bind-mounted from the lab's state
+directory. A compute host runs virtlogd, libvirtd and sshd; the controller host
+(image store) runs sshd.
+
+Everything here takes plain arguments and a ``run`` callable
+``run(argv, data=None) -> (rc, stdout, stderr)`` and raises LabError, so the
+module stays thin. Nothing in here is meant for real hypervisors: the libvirt
+settings written here (no socket auth on a root-only socket) are the lab's only.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,5}$")
+MAX_HOSTS = 16
+INSTANCES_PATH = "/var/lib/virtcloud/instances"
+IMAGE_STORE_PATH = "/var/lib/virtcloud/images"
+
+# Binaries the lab needs, with the Debian package that provides each.
+REQUIRED_BINARIES = {
+    "/usr/sbin/libvirtd": "libvirt-daemon-system",
+    "/usr/sbin/virtlogd": "libvirt-daemon-system",
+    "/usr/bin/virsh": "libvirt-clients",
+    "/usr/sbin/sshd": "openssh-server",
+    "/usr/bin/ssh-keygen": "openssh-client",
+    "/usr/bin/qemu-system-x86_64": "qemu-system-x86",
+    "/usr/bin/qemu-img": "qemu-utils",
+    "/usr/sbin/dnsmasq": "dnsmasq-base",
+    "/usr/bin/unshare": "util-linux",
+    "/usr/bin/nsenter": "util-linux",
+}
+BIN_IP = ("/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip")
+
+# Bind mounts of a compute host: host path -> folder below the host's state dir.
+COMPUTE_BINDS = (
+    ("/etc/libvirt", "etc-libvirt"),
+    ("/var/lib/libvirt", "var-lib-libvirt"),
+    ("/var/log/libvirt", "var-log-libvirt"),
+    ("/var/cache/libvirt", "var-cache-libvirt"),
+)
+DAEMON_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}
+
+
+class LabError(Exception):
+    """A lab operation failed; the message says what and what to do."""
+
+
+@dataclass
+class HostSpec:
+    """One lab host as planned."""
+
+    name: str
+    role: str  # compute | controller
+    address: str
+    shared_storage: bool
+    netns: str
+    veth: str
+    state_dir: str
+
+    @property
+    def daemons(self) -> tuple[str, ...]:
+        if self.role == "compute":
+            return ("virtlogd", "libvirtd", "sshd")
+        return ("sshd",)
+
+
+@dataclass
+class LabSpec:
+    """The whole lab as planned from the module's options."""
+
+    name: str
+    network: ipaddress.IPv4Network
+    bridge: str
+    bridge_address: str
+    state_dir: str
+    run_dir: str
+    hosts: list[HostSpec] = field(default_factory=list)
+
+    @property
+    def ns_dir(self) -> str:
+        return os.path.join(self.run_dir, "ns")
+
+    @property
+    def shared_instances(self) -> str:
+        return os.path.join(self.state_dir, "shared", "instances")
+
+    @property
+    def key_file(self) -> str:
+        return os.path.join(self.state_dir, "ssh", "id_ed25519")
+
+    @property
+    def known_hosts(self) -> str:
+        return os.path.join(self.state_dir, "ssh", "known_hosts")
+
+    @property
+    def ssh_config(self) -> str:
+        return os.path.join(self.state_dir, "ssh", "config")
+
+    @property
+    def ssh_wrapper(self) -> str:
+        return os.path.join(self.state_dir, "bin", "ssh")
+
+
+def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str) -> LabSpec:
+    """Validate the options and compute names and addresses; raises LabError."""
+    if not LAB_NAME_RE.match(name or ""):
+        raise LabError(
+            "lab name %r is not valid: use 2 to 6 lowercase letters or digits, starting with a letter "
+            "(it prefixes interface names, which Linux limits to 15 characters)" % (name,))
+    if not isinstance(compute_hosts, int) or not 1 <= compute_hosts <= MAX_HOSTS:
+        raise LabError("lab_hosts must be a whole number from 1 to %d, got %r" % (MAX_HOSTS, compute_hosts))
+    try:
+        net = ipaddress.IPv4Network(network, strict=True)
+    except ValueError as exc:
+        raise LabError("lab network %r is not an IPv4 network in CIDR form (e.g. 10.251.0.0/24): %s" % (network, exc)) from None
+    if not net.is_private:
+        raise LabError("lab network %s is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16" % net)
+    if net.num_addresses < compute_hosts + 16:
+        raise LabError("lab network %s has room for %d addresses, %d hosts need at least %d: use a larger network"
+                       % (net, net.num_addresses, compute_hosts, compute_hosts + 16))
+    for p in (state_dir, run_dir):
+        if not os.path.isabs(p) or os.path.normpath(p) in ("/", "/run", "/var", "/var/lib", "/tmp", "/etc", "/root"):
+            raise LabError("lab directory %r must be an absolute path of a folder of its own" % (p,))
+    names = ["node%d" % i for i in range(1, compute_hosts + 1)]
+    unknown = sorted(set(non_shared) - set(names))
+    if unknown:
+        raise LabError("lab_non_shared names hosts that the lab does not have: %s (hosts: %s)" % (", ".join(unknown), ", ".join(names)))
+    base = net.network_address
+    lab = LabSpec(name=name, network=net, bridge="%s-br0" % name, bridge_address=str(base + 1),
+                  state_dir=os.path.normpath(state_dir), run_dir=os.path.normpath(run_dir))
+    lab.hosts.append(_host(lab, "controller", "controller", str(base + 10), False, "ctl"))
+    for i, host in enumerate(names, start=1):
+        lab.hosts.append(_host(lab, host, "compute", str(base + 10 + i), host not in non_shared, host))
+    return lab
+
+
+def _host(lab: LabSpec, name: str, role: str, address: str, shared: bool, short: str) -> HostSpec:
+    return HostSpec(name=name, role=role, address=address, shared_storage=shared, netns="%s-%s" % (lab.name, name),
+                    veth="%s-%s" % (lab.name, short), state_dir=os.path.join(lab.state_dir, "hosts", name))
+
+
+class Lab:
+    """Operations on a planned lab. ``changes`` collects what was done (or would be)."""
+
+    def __init__(self, spec: LabSpec, run, check_mode: bool = False, timeout: int = 60):
+        self.spec = spec
+        self._run = run
+        self.check_mode = check_mode
+        self.timeout = timeout
+        self.changes: list[str] = []
+        self.ip = next((p for p in BIN_IP if os.path.exists(p)), None)
+
+    # ----------------------------------------------------------------- helpers
+    def run(self, argv: list[str], data: str | None = None, what: str | None = None) -> str:
+        rc, out, err = self._run(argv, data=data)
+        if rc != 0:
+            raise LabError("%s failed (rc=%d): %s" % (what or " ".join(argv), rc, (err or out).strip()))
+        return out
+
+    def change(self, text: str) -> bool:
+        """Record a change; returns True when it must really be made."""
+        self.changes.append(text)
+        return not self.check_mode
+
+    def nsenter(self, host: HostSpec) -> list[str]:
+        ns = self.spec.ns_dir
+        return ["nsenter", "--mount=%s/%s.mnt" % (ns, host.name), "--uts=%s/%s.uts" % (ns, host.name),
+                "--net=/run/netns/%s" % host.netns, "--"]
+
+    # ----------------------------------------------------------------- checks
+    def preflight(self) -> None:
+        """Fail early, naming the cause, when the machine cannot hold the lab."""
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root: it makes network namespaces, bridges and mounts")
+        if self.ip is None:
+            raise LabError("the command 'ip' is missing: install the Debian package iproute2")
+        missing = sorted({pkg for path, pkg in REQUIRED_BINARIES.items() if not os.path.exists(path)})
+        if missing:
+            raise LabError("packages missing for the lab: %s (apt-get install %s, or run make deps)" % (", ".join(missing), " ".join(missing)))
+        if not os.path.exists("/proc/self/ns/net") or not os.path.exists("/proc/self/ns/mnt") or not os.path.exists("/proc/self/ns/uts"):
+            raise LabError("the kernel has no network/mount/UTS namespaces (CONFIG_NET_NS, CONFIG_UTS_NS): the lab cannot run here")
+        if not os.path.exists("/dev/net/tun"):
+            raise LabError("/dev/net/tun is missing: the kernel needs the tun module (modprobe tun) for the guests' NICs")
+        if not self._link_exists(self.spec.bridge) and not os.path.exists("/sys/module/bridge") and not self._probe_bridge():
+            raise LabError("the kernel cannot make bridges (module 'bridge' missing: modprobe bridge)")
+        self._check_range_free()
+
+    def _probe_bridge(self) -> bool:
+        rc, _out, _err = self._run(["modprobe", "bridge"]) if shutil.which("modprobe") else (1, "", "")
+        return rc == 0 and os.path.exists("/sys/module/bridge")
+
+    def _check_range_free(self) -> None:
+        net = self.spec.network
+        out = self.run([self.ip, "-o", "-4", "addr", "show"])
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) < 4 or parts[1] == self.spec.bridge:
+                continue
+            iface = ipaddress.IPv4Interface(parts[3])
+            if iface.network.overlaps(net):
+                raise LabError("lab network %s is already in use on this machine (%s has %s): choose another with lab_network"
+                               % (net, parts[1], parts[3]))
+        out = self.run([self.ip, "-4", "route", "show"])
+        for line in out.splitlines():
+            parts = line.split()
+            if not parts or parts[0] == "default" or " dev %s " % self.spec.bridge in " %s " % line:
+                continue
+            try:
+                route = ipaddress.IPv4Network(parts[0], strict=False)
+            except ValueError:
+                continue
+            if route.overlaps(net):
+                raise LabError("lab network %s overlaps the route '%s' on this machine: choose another with lab_network" % (net, line.strip()))
+
+    # ----------------------------------------------------------------- state
+    def _link_exists(self, name: str, netns: str | None = None) -> bool:
+        argv = [self.ip] + (["-n", netns] if netns else []) + ["link", "show", name]
+        return self._run(argv)[0] == 0
+
+    def netns_list(self) -> list[str]:
+        out = self.run([self.ip, "netns", "list"])
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    def _mounts(self) -> list[str]:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            return [line.split()[4].replace("\\040", " ") for line in f]
+
+    def _ns_persisted(self, host: HostSpec) -> bool:
+        mounts = set(self._mounts())
+        return all("%s/%s.%s" % (self.spec.ns_dir, host.name, kind) in mounts for kind in ("mnt", "uts"))
+
+    def _pidfile(self, host: HostSpec, daemon: str) -> str:
+        return os.path.join(host.state_dir, "pids", "%s.pid" % daemon)
+
+    def daemon_pid(self, host: HostSpec, daemon: str) -> int | None:
+        """The daemon's pid when it runs in the host's network namespace, else None."""
+        try:
+            with open(self._pidfile(host, daemon), encoding="ascii") as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        try:
+            with open("/proc/%d/comm" % pid, encoding="ascii") as f:
+                comm = f.read().strip()
+            same_ns = os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/run/netns/%s" % host.netns).st_ino
+        except OSError:
+            return None
+        return pid if comm == daemon and same_ns else None
+
+    def status(self) -> list[dict]:
+        present = set(self.netns_list())
+        result = []
+        for host in self.spec.hosts:
+            ok = host.netns in present and self._ns_persisted(host)
+            daemons = {d: (self.daemon_pid(host, d) if ok else None) for d in host.daemons}
+            result.append(dict(name=host.name, role=host.role, address=host.address, shared_storage=host.shared_storage,
+                               netns=host.netns, namespaces=ok, daemons=daemons,
+                               healthy=ok and all(daemons.values())))
+        return result
+
+    # ----------------------------------------------------------------- up
+    def up(self) -> list[dict]:
+        self.preflight()
+        spec = self.spec
+        self._dirs()
+        self._ssh_key()
+        self._bridge()
+        self._write(os.path.join(spec.state_dir, "etc-hosts"), self._hosts_file(), "hosts file")
+        self._ssh_client_files()
+        present = set(self.netns_list())
+        for host in spec.hosts:
+            self._host_up(host, host.netns in present)
+        self._remove_extra_hosts(present)
+        return self.status()
+
+    def _dirs(self) -> None:
+        spec = self.spec
+        wanted = [spec.state_dir, spec.run_dir, spec.ns_dir, spec.shared_instances, os.path.dirname(spec.key_file),
+                  os.path.dirname(spec.ssh_wrapper)]
+        for path in wanted:
+            if not os.path.isdir(path) and self.change("create directory %s" % path):
+                os.makedirs(path, mode=0o700 if path in (spec.state_dir, spec.run_dir) else 0o755)
+        # nsfs files can only be bind-mounted below a private mount.
+        if spec.ns_dir not in self._mounts() and self.change("make %s a private mount for namespace files" % spec.ns_dir):
+            self.run(["mount", "--bind", spec.ns_dir, spec.ns_dir])
+            self.run(["mount", "--make-private", spec.ns_dir])
+
+    def _ssh_key(self) -> None:
+        key = self.spec.key_file
+        if not os.path.exists(key) and self.change("create the lab SSH key %s" % key):
+            self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "%s-lab" % self.spec.name, "-f", key])
+
+    def _bridge(self) -> None:
+        spec = self.spec
+        if not self._link_exists(spec.bridge):
+            if self.change("create bridge %s" % spec.bridge):
+                self.run([self.ip, "link", "add", spec.bridge, "type", "bridge"], what="creating bridge %s" % spec.bridge)
+        cidr = "%s/%d" % (spec.bridge_address, spec.network.prefixlen)
+        out = self._run([self.ip, "-o", "-4", "addr", "show", "dev", spec.bridge])[1]
+        if cidr not in out.split() and self.change("address %s on %s" % (cidr, spec.bridge)):
+            self.run([self.ip, "addr", "add", cidr, "dev", spec.bridge])
+        if "state UP" not in self._run([self.ip, "link", "show", spec.bridge])[1] and ",UP" not in self._run([self.ip, "link", "show", spec.bridge])[1]:
+            if self.change("set %s up" % spec.bridge):
+                self.run([self.ip, "link", "set", spec.bridge, "up"])
+
+    def _hosts_file(self) -> str:
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback", ""]
+        lines += ["%s %s" % (h.address, h.name) for h in self.spec.hosts]
+        return "\n".join(lines) + "\n"
+
+    def _ssh_client_files(self) -> None:
+        spec = self.spec
+        blocks = []
+        for host in spec.hosts:
+            blocks.append("Host %s %s\n  HostName %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n"
+                          "  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+                          % (host.name, host.address, host.address, spec.key_file, spec.known_hosts))
+        self._write(spec.ssh_config, "\n".join(blocks), "lab ssh_config")
+        self._write(spec.ssh_wrapper, "#!/bin/sh\n# ssh with the lab's keys and known hosts (for qemu+ssh URIs: ?command=%s)\n"
+                    "exec /usr/bin/ssh -F %s \"$@\"\n" % (spec.ssh_wrapper, spec.ssh_config), "lab ssh wrapper", mode=0o755)
+
+    def _write(self, path: str, content: str, what: str, mode: int = 0o644) -> bool:
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == content and (os.stat(path).st_mode & 0o777) == mode:
+                    return False
+        except OSError:
+            pass
+        if self.change("write %s %s" % (what, path)):
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(content)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        return True
+
+    def _host_up(self, host: HostSpec, netns_present: bool) -> None:
+        spec = self.spec
+        if netns_present and not self._ns_persisted(host):
+            # half made (an interrupted lab_up): start this host again from nothing
+            self._host_down(host)
+            netns_present = False
+        if not netns_present:
+            if self.change("create host %s (netns %s, address %s)" % (host.name, host.netns, host.address)):
+                self._host_files(host)
+                self._host_network(host)
+                self._host_namespaces(host)
+        else:
+            self._host_files(host)
+        for daemon in host.daemons:
+            if self.check_mode and not netns_present:
+                self.changes.append("start %s on %s" % (daemon, host.name))
+            elif self.daemon_pid(host, daemon) is None and self.change("start %s on %s" % (daemon, host.name)):
+                self._start(host, daemon)
+        if not self.check_mode:
+            self._known_host(host)
+
+    def _host_files(self, host: HostSpec) -> None:
+        """The host's own folders and configuration (idempotent; reports changes)."""
+        d = host.state_dir
+        dirs = ["pids", "run", "root-ssh", "ssh"]
+        if host.role == "compute":
+            dirs += [sub for _path, sub in COMPUTE_BINDS] + ["instances"]
+        else:
+            dirs += ["images"]
+        for sub in dirs:
+            path = os.path.join(d, sub)
+            if not os.path.isdir(path) and self.change("create directory %s" % path):
+                os.makedirs(path, mode=0o700 if sub == "root-ssh" else 0o755)
+        if self.check_mode and not os.path.isdir(d):
+            return
+        if host.role == "compute":
+            for src, sub in COMPUTE_BINDS[1:]:
+                self._seed(src, os.path.join(d, sub))
+            self._seed("/etc/libvirt", os.path.join(d, "etc-libvirt"))
+            self._libvirt_config(host)
+        key = os.path.join(d, "ssh", "ssh_host_ed25519_key")
+        if not os.path.exists(key) and self.change("create SSH host key of %s" % host.name):
+            self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key])
+        self._write(os.path.join(d, "ssh", "sshd_config"), self._sshd_config(host), "sshd_config of %s" % host.name)
+        pub = self._read(self.spec.key_file + ".pub")
+        self._write(os.path.join(d, "root-ssh", "authorized_keys"), pub, "authorized_keys of %s" % host.name, mode=0o600)
+
+    @staticmethod
+    def _read(path: str) -> str:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def _seed(self, src: str, dest: str) -> None:
+        """Copy a package's pristine folder once (the host's own copy from then on)."""
+        marker = os.path.join(dest, ".lab-seeded")
+        if os.path.exists(marker) or not os.path.isdir(src):
+            return
+        if self.change("seed %s from %s" % (dest, src)):
+            shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+            if dest.endswith("etc-libvirt"):
+                # the default NAT network would start a dnsmasq on every host: the lab has its own networks
+                for auto in ("qemu/networks/autostart/default.xml", "qemu/networks/default.xml"):
+                    path = os.path.join(dest, auto)
+                    if os.path.lexists(path):
+                        os.unlink(path)
+            with open(marker, "w", encoding="ascii") as f:
+                f.write("seeded from %s\n" % src)
+
+    def _libvirt_config(self, host: HostSpec) -> None:
+        d = os.path.join(host.state_dir, "etc-libvirt")
+        uuid_file = os.path.join(host.state_dir, "host_uuid")
+        host_uuid = self._read(uuid_file).strip()
+        if not host_uuid:
+            host_uuid = str(uuid.uuid4())
+            if self.change("host_uuid %s for %s" % (host_uuid, host.name)):
+                with open(uuid_file, "w", encoding="ascii") as f:
+                    f.write(host_uuid + "\n")
+        # Lab-only settings: root-only sockets without SASL/polkit (polkit does not run in
+        # the lab); no TCP or TLS listener at all: migration goes over qemu+ssh.
+        libvirtd = ("# written by the virtcloud.compute lab: for the lab only\n"
+                    "listen_tls = 0\nlisten_tcp = 0\n"
+                    "unix_sock_group = \"root\"\nunix_sock_ro_perms = \"0770\"\nunix_sock_rw_perms = \"0770\"\n"
+                    "auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n"
+                    "host_uuid = \"%s\"\n" % host_uuid)
+        self._write(os.path.join(d, "libvirtd.conf"), libvirtd, "libvirtd.conf of %s" % host.name)
+        # No AppArmor/SELinux confinement in the lab (the host kernel has no LSM for it).
+        qemu = ("# written by the virtcloud.compute lab: for the lab only\n"
+                "security_driver = \"none\"\n")
+        self._write(os.path.join(d, "qemu.conf"), qemu, "qemu.conf of %s" % host.name)
+
+    def _sshd_config(self, host: HostSpec) -> str:
+        d = host.state_dir
+        return ("# sshd of lab host %s (virtcloud.compute lab)\n"
+                "ListenAddress %s\nPort 22\n"
+                "HostKey %s/ssh/ssh_host_ed25519_key\n"
+                "PidFile %s/pids/sshd.pid\n"
+                "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                "AuthorizedKeysFile .ssh/authorized_keys\nUsePAM no\nUseDNS no\n"
+                "AcceptEnv LANG LC_*\nSubsystem sftp internal-sftp\n"
+                "MaxStartups 64:30:128\n" % (host.name, host.address, d, d))
+
+    def _host_network(self, host: HostSpec) -> None:
+        ip = self.ip
+        spec = self.spec
+        self.run([ip, "netns", "add", host.netns])
+        if self._link_exists(host.veth):
+            self.run([ip, "link", "del", host.veth])
+        self.run([ip, "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
+        self.run([ip, "link", "set", host.veth, "master", spec.bridge, "up"])
+        self.run([ip, "-n", host.netns, "addr", "add", "%s/%d" % (host.address, spec.network.prefixlen), "dev", "eth0"])
+        self.run([ip, "-n", host.netns, "link", "set", "eth0", "up"])
+        self.run([ip, "-n", host.netns, "link", "set", "lo", "up"])
+        self.run([ip, "-n", host.netns, "route", "add", "default", "via", spec.bridge_address])
+
+    def _host_namespaces(self, host: HostSpec) -> None:
+        spec = self.spec
+        d = host.state_dir
+        mnt = "%s/%s.mnt" % (spec.ns_dir, host.name)
+        uts = "%s/%s.uts" % (spec.ns_dir, host.name)
+        for path in (mnt, uts):
+            with open(path, "w", encoding="ascii"):
+                pass
+        binds = [("%s/root-ssh" % d, "/root/.ssh"), ("%s/etc-hosts" % spec.state_dir, "/etc/hosts")]
+        if host.role == "compute":
+            binds += [("%s/%s" % (d, sub), path) for path, sub in COMPUTE_BINDS]
+            binds.append((spec.shared_instances if host.shared_storage else "%s/instances" % d, INSTANCES_PATH))
+        else:
+            binds.append(("%s/images" % d, IMAGE_STORE_PATH))
+        script = ["set -e", "hostname %s" % host.name,
+                  # /sys shows the network namespace of whoever mounts it: ours
+                  "mount -t sysfs sysfs /sys",
+                  "mount -t tmpfs -o mode=0755,size=64m tmpfs /run",
+                  "mkdir -p /run/sshd /run/libvirt /run/lock /run/netns"]
+        for src, dest in binds:
+            script.append("mkdir -p %s || true" % dest)
+            script.append("mount --bind %s %s" % (src, dest))
+        self._record_mountpoints([dest for _src, dest in binds])
+        argv = ["nsenter", "--net=/run/netns/%s" % host.netns, "--", "unshare", "--mount=%s" % mnt, "--uts=%s" % uts,
+                "--propagation", "private", "/bin/sh", "-c", "\n".join(script)]
+        self.run(argv, what="making the mount and UTS namespaces of %s" % host.name)
+
+    def _record_mountpoints(self, paths: list[str]) -> None:
+        """Remember mount points that do not exist yet, so lab_down removes exactly those."""
+        record = os.path.join(self.spec.state_dir, "created-mountpoints")
+        known = set(self._read(record).split())
+        new = [p for p in paths if not os.path.exists(p) and p not in known]
+        if new:
+            with open(record, "a", encoding="utf-8") as f:
+                f.write("".join(p + "\n" for p in new))
+
+    def _start(self, host: HostSpec, daemon: str) -> None:
+        pidfile = self._pidfile(host, daemon)
+        if os.path.exists(pidfile):
+            os.unlink(pidfile)
+        if daemon == "sshd":
+            argv = ["/usr/sbin/sshd", "-f", os.path.join(host.state_dir, "ssh", "sshd_config")]
+        elif daemon == "virtlogd":
+            argv = ["/usr/sbin/virtlogd", "-d", "-p", pidfile]
+        else:
+            argv = ["/usr/sbin/libvirtd", "-d", "-p", pidfile]
+        env = " ".join("%s=%s" % kv for kv in DAEMON_ENV.items())
+        self.run(self.nsenter(host) + ["/usr/bin/env", "-i"] + env.split() + argv, what="starting %s on %s" % (daemon, host.name))
+        self._wait_daemon(host, daemon)
+
+    def _wait_daemon(self, host: HostSpec, daemon: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.daemon_pid(host, daemon) is not None and self._answers(host, daemon):
+                return
+            time.sleep(0.2)
+        logs = ""
+        if daemon == "libvirtd":
+            logs = " (see %s/var-log-libvirt/)" % host.state_dir
+        raise LabError("%s on %s did not come up within %d s%s" % (daemon, host.name, self.timeout, logs))
+
+    def _answers(self, host: HostSpec, daemon: str) -> bool:
+        if daemon == "sshd":
+            try:
+                with socket.create_connection((host.address, 22), timeout=1) as sock:
+                    return sock.recv(4).startswith(b"SSH-")
+            except OSError:
+                return False
+        if daemon == "libvirtd":
+            return self._run(self.nsenter(host) + ["virsh", "-c", "qemu:///system", "version"])[0] == 0
+        return True
+
+    def _known_host(self, host: HostSpec) -> None:
+        pub = self._read(os.path.join(host.state_dir, "ssh", "ssh_host_ed25519_key.pub")).split()
+        if len(pub) < 2:
+            return
+        line = "%s,%s %s %s" % (host.name, host.address, pub[0], pub[1])
+        lines = [entry for entry in self._read(self.spec.known_hosts).splitlines()
+                 if entry and entry.split()[0] != "%s,%s" % (host.name, host.address)]
+        self._write(self.spec.known_hosts, "\n".join(sorted(lines + [line])) + "\n", "known_hosts entry of %s" % host.name)
+
+    def _remove_extra_hosts(self, present: set[str]) -> None:
+        """Hosts of this lab that the options no longer ask for (lab_hosts lowered)."""
+        wanted = {h.netns for h in self.spec.hosts}
+        for netns in sorted(present):
+            if netns.startswith(self.spec.name + "-node") and netns not in wanted:
+                name = netns[len(self.spec.name) + 1:]
+                extra = _host(self.spec, name, "compute", "", False, name)
+                if self.change("remove host %s (not in lab_hosts)" % name):
+                    self._host_down(extra)
+
+    # ----------------------------------------------------------------- down
+    def down(self) -> list[str]:
+        """Remove everything of this lab, whatever state it is in; returns what was removed."""
+        spec = self.spec
+        hosts = {h.netns: h for h in spec.hosts}
+        for netns in self.netns_list() if self.ip else []:
+            if netns.startswith(spec.name + "-") and netns not in hosts:
+                name = netns[len(spec.name) + 1:]
+                hosts[netns] = _host(spec, name, "compute", "", False, name)
+        for host in hosts.values():
+            self._host_down(host)
+        for link in self._lab_links():
+            if self.change("delete link %s" % link):
+                self._run([self.ip, "link", "del", link])
+        for mount in sorted((m for m in self._mounts() if m == spec.ns_dir or m.startswith(spec.ns_dir + "/")), reverse=True):
+            if self.change("unmount %s" % mount):
+                self.run(["umount", "-l", mount])
+        record = os.path.join(spec.state_dir, "created-mountpoints")
+        for path in sorted(set(self._read(record).split()), reverse=True):
+            try:
+                if os.path.isdir(path) and not os.listdir(path) and self.change("remove mount point %s" % path):
+                    os.rmdir(path)
+            except OSError:
+                pass
+        for path in (spec.state_dir, spec.run_dir):
+            if os.path.lexists(path) and self.change("remove %s" % path):
+                shutil.rmtree(path)
+        return self.changes
+
+    def _lab_links(self) -> list[str]:
+        if self.ip is None:
+            return []
+        out = self.run([self.ip, "-o", "link", "show"])
+        links = []
+        for line in out.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.startswith(self.spec.name + "-"):
+                links.append(name)
+        # veths before the bridge
+        return sorted(links, key=lambda n: n == self.spec.bridge)
+
+    def _host_down(self, host: HostSpec) -> None:
+        pids = self._netns_pids(host.netns)
+        for daemon in host.daemons:
+            pid = self.daemon_pid(host, daemon) if os.path.exists("/run/netns/%s" % host.netns) else None
+            if pid and pid not in pids:
+                pids.append(pid)
+        if pids and self.change("stop %d processes of %s: %s" % (len(pids), host.name, " ".join(map(str, sorted(pids))))):
+            self._kill(pids)
+        for kind in ("mnt", "uts"):
+            path = "%s/%s.%s" % (self.spec.ns_dir, host.name, kind)
+            if path in self._mounts() and self.change("unmount %s" % path):
+                self.run(["umount", path])
+            if os.path.exists(path) and not self.check_mode:
+                os.unlink(path)
+        if host.netns in self.netns_list() and self.change("delete netns %s" % host.netns):
+            self.run([self.ip, "netns", "del", host.netns])
+        if self._link_exists(host.veth) and self.change("delete link %s" % host.veth):
+            self._run([self.ip, "link", "del", host.veth])
+
+    def _netns_pids(self, netns: str) -> list[int]:
+        if not os.path.exists("/run/netns/%s" % netns):
+            return []
+        rc, out, _err = self._run([self.ip, "netns", "pids", netns])
+        return [int(p) for p in out.split() if p.isdigit()] if rc == 0 else []
+
+    def _kill(self, pids: list[int]) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise LabError("cannot stop process %d: %s" % (pid, exc)) from None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
+                time.sleep(0.1)
+            if not any(_alive(p) for p in pids):
+                return
+        left = [p for p in pids if _alive(p)]
+        if left:
+            raise LabError("processes %s of the lab did not stop" % left)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

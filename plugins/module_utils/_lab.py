@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 MAX_HOSTS = 16
-INSTANCES_PATH = "/var/lib/virtcloud/instances"
-IMAGE_STORE_PATH = "/var/lib/virtcloud/images"
+RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 # Binaries the lab needs, with the Debian package that provides each.
 REQUIRED_BINARIES = {
@@ -101,6 +100,16 @@ class LabSpec:
         return os.path.join(self.run_dir, "ns")
 
     @property
+    def instances_path(self) -> str:
+        """The instances directory as every compute host sees it (one path for all, as Nova's)."""
+        return os.path.join(self.state_dir, "instances")
+
+    @property
+    def image_store_path(self) -> str:
+        """The image store as the controller host sees it."""
+        return os.path.join(self.state_dir, "images")
+
+    @property
     def shared_instances(self) -> str:
         return os.path.join(self.state_dir, "shared", "instances")
 
@@ -133,7 +142,7 @@ def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], sta
         net = ipaddress.IPv4Network(network, strict=True)
     except ValueError as exc:
         raise LabError("lab network %r is not an IPv4 network in CIDR form (e.g. 10.251.0.0/24): %s" % (network, exc)) from None
-    if not net.is_private:
+    if not any(net.subnet_of(ipaddress.IPv4Network(r)) for r in RFC1918):
         raise LabError("lab network %s is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16" % net)
     if net.num_addresses < compute_hosts + 16:
         raise LabError("lab network %s has room for %d addresses, %d hosts need at least %d: use a larger network"
@@ -296,10 +305,11 @@ class Lab:
     def _dirs(self) -> None:
         spec = self.spec
         wanted = [spec.state_dir, spec.run_dir, spec.ns_dir, spec.shared_instances, os.path.dirname(spec.key_file),
-                  os.path.dirname(spec.ssh_wrapper)]
+                  os.path.dirname(spec.ssh_wrapper), spec.instances_path, spec.image_store_path]
         for path in wanted:
             if not os.path.isdir(path) and self.change("create directory %s" % path):
-                os.makedirs(path, mode=0o700 if path in (spec.state_dir, spec.run_dir) else 0o755)
+                # QEMU runs as libvirt-qemu and must reach the instance folders; the keys stay private
+                os.makedirs(path, mode=0o700 if path == os.path.dirname(spec.key_file) else 0o755)
         # nsfs files can only be bind-mounted below a private mount.
         if spec.ns_dir not in self._mounts() and self.change("make %s a private mount for namespace files" % spec.ns_dir):
             self.run(["mount", "--bind", spec.ns_dir, spec.ns_dir])
@@ -365,18 +375,23 @@ class Lab:
                 self._host_files(host)
                 self._host_network(host)
                 self._host_namespaces(host)
+            stale = set()
         else:
-            self._host_files(host)
+            stale = self._host_files(host)
         for daemon in host.daemons:
-            if self.check_mode and not netns_present:
+            pid = self.daemon_pid(host, daemon) if netns_present else None
+            if pid is not None and daemon in stale and self.change("restart %s on %s (configuration changed)" % (daemon, host.name)):
+                self._kill([pid])
+                pid = None
+            if self.check_mode and (pid is None or daemon in stale):
                 self.changes.append("start %s on %s" % (daemon, host.name))
-            elif self.daemon_pid(host, daemon) is None and self.change("start %s on %s" % (daemon, host.name)):
+            elif pid is None and self.change("start %s on %s" % (daemon, host.name)):
                 self._start(host, daemon)
         if not self.check_mode:
             self._known_host(host)
 
-    def _host_files(self, host: HostSpec) -> None:
-        """The host's own folders and configuration (idempotent; reports changes)."""
+    def _host_files(self, host: HostSpec) -> set[str]:
+        """The host's own folders and configuration; returns the daemons whose configuration changed."""
         d = host.state_dir
         dirs = ["pids", "run", "root-ssh", "ssh"]
         if host.role == "compute":
@@ -387,19 +402,23 @@ class Lab:
             path = os.path.join(d, sub)
             if not os.path.isdir(path) and self.change("create directory %s" % path):
                 os.makedirs(path, mode=0o700 if sub == "root-ssh" else 0o755)
+        stale = set()
         if self.check_mode and not os.path.isdir(d):
-            return
+            return stale
         if host.role == "compute":
             for src, sub in COMPUTE_BINDS[1:]:
                 self._seed(src, os.path.join(d, sub))
             self._seed("/etc/libvirt", os.path.join(d, "etc-libvirt"))
-            self._libvirt_config(host)
+            if self._libvirt_config(host):
+                stale.add("libvirtd")
         key = os.path.join(d, "ssh", "ssh_host_ed25519_key")
         if not os.path.exists(key) and self.change("create SSH host key of %s" % host.name):
             self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key])
-        self._write(os.path.join(d, "ssh", "sshd_config"), self._sshd_config(host), "sshd_config of %s" % host.name)
+        if self._write(os.path.join(d, "ssh", "sshd_config"), self._sshd_config(host), "sshd_config of %s" % host.name):
+            stale.add("sshd")
         pub = self._read(self.spec.key_file + ".pub")
         self._write(os.path.join(d, "root-ssh", "authorized_keys"), pub, "authorized_keys of %s" % host.name, mode=0o600)
+        return stale
 
     @staticmethod
     def _read(path: str) -> str:
@@ -425,7 +444,7 @@ class Lab:
             with open(marker, "w", encoding="ascii") as f:
                 f.write("seeded from %s\n" % src)
 
-    def _libvirt_config(self, host: HostSpec) -> None:
+    def _libvirt_config(self, host: HostSpec) -> bool:
         d = os.path.join(host.state_dir, "etc-libvirt")
         uuid_file = os.path.join(host.state_dir, "host_uuid")
         host_uuid = self._read(uuid_file).strip()
@@ -441,11 +460,13 @@ class Lab:
                     "unix_sock_group = \"root\"\nunix_sock_ro_perms = \"0770\"\nunix_sock_rw_perms = \"0770\"\n"
                     "auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n"
                     "host_uuid = \"%s\"\n" % host_uuid)
-        self._write(os.path.join(d, "libvirtd.conf"), libvirtd, "libvirtd.conf of %s" % host.name)
+        changed = self._write(os.path.join(d, "libvirtd.conf"), libvirtd, "libvirtd.conf of %s" % host.name)
         # No AppArmor/SELinux confinement in the lab (the host kernel has no LSM for it).
+        # No cgroups: the lab hosts share the machine's cgroup tree, where their domains'
+        # groups would collide.
         qemu = ("# written by the virtcloud.compute lab: for the lab only\n"
-                "security_driver = \"none\"\n")
-        self._write(os.path.join(d, "qemu.conf"), qemu, "qemu.conf of %s" % host.name)
+                "security_driver = \"none\"\ncgroup_controllers = [ ]\n")
+        return self._write(os.path.join(d, "qemu.conf"), qemu, "qemu.conf of %s" % host.name) or changed
 
     def _sshd_config(self, host: HostSpec) -> str:
         d = host.state_dir
@@ -483,9 +504,9 @@ class Lab:
         binds = [("%s/root-ssh" % d, "/root/.ssh"), ("%s/etc-hosts" % spec.state_dir, "/etc/hosts")]
         if host.role == "compute":
             binds += [("%s/%s" % (d, sub), path) for path, sub in COMPUTE_BINDS]
-            binds.append((spec.shared_instances if host.shared_storage else "%s/instances" % d, INSTANCES_PATH))
+            binds.append((spec.shared_instances if host.shared_storage else "%s/instances" % d, spec.instances_path))
         else:
-            binds.append(("%s/images" % d, IMAGE_STORE_PATH))
+            binds.append(("%s/images" % d, spec.image_store_path))
         script = ["set -e", "hostname %s" % host.name,
                   # /sys shows the network namespace of whoever mounts it: ours
                   "mount -t sysfs sysfs /sys",
@@ -503,7 +524,11 @@ class Lab:
         """Remember mount points that do not exist yet, so lab_down removes exactly those."""
         record = os.path.join(self.spec.state_dir, "created-mountpoints")
         known = set(self._read(record).split())
-        new = [p for p in paths if not os.path.exists(p) and p not in known]
+        new = []
+        for path in paths:
+            while not os.path.exists(path) and path not in known and path not in new:
+                new.append(path)  # and each missing parent, which mkdir -p makes too
+                path = os.path.dirname(path)
         if new:
             with open(record, "a", encoding="utf-8") as f:
                 f.write("".join(p + "\n" for p in new))
@@ -581,7 +606,10 @@ class Lab:
             if self.change("unmount %s" % mount):
                 self.run(["umount", "-l", mount])
         record = os.path.join(spec.state_dir, "created-mountpoints")
-        for path in sorted(set(self._read(record).split()), reverse=True):
+        # An empty folder that is a mount point in another lab's namespaces must stay:
+        # removing it would detach that lab's mounts.
+        other_labs = [n for n in self.netns_list() if n.endswith("-controller")] if self.ip else []
+        for path in [] if other_labs else sorted(set(self._read(record).split()), reverse=True):
             try:
                 if os.path.isdir(path) and not os.listdir(path) and self.change("remove mount point %s" % path):
                     os.rmdir(path)

@@ -15,7 +15,7 @@ description:
     host (the image store) and O(hosts) compute hosts.
   - Each lab host is a network, mount and UTS namespace with its own hostname, address,
     sshd, and on compute hosts its own virtlogd, libvirtd (with its own C(host_uuid)) and
-    instances directory at C(/var/lib/virtcloud/instances). Compute hosts with shared
+    instances directory at C(<state_dir>/instances), the same path on every host. Compute hosts with shared
     storage bind-mount one shared instances directory.
   - The libvirt settings the lab writes (no socket authentication on root-only sockets,
     no confinement) are for the lab only and are never defaults of the roles for real hosts.
@@ -117,6 +117,16 @@ changes:
   type: list
   elements: str
   sample: ["create bridge vclab-br0", "start libvirtd on node2"]
+instances_path:
+  description: The instances directory, the same path on every compute host (shared or private below it).
+  returned: state=present
+  type: str
+  sample: /var/lib/virtcloud-lab/instances
+image_store_path:
+  description: The image store directory on the controller host.
+  returned: state=present
+  type: str
+  sample: /var/lib/virtcloud-lab/images
 ssh:
   description: How to reach the hosts.
   returned: state=present
@@ -165,7 +175,8 @@ def main():
     except OSError as exc:
         module.fail_json(msg="lab %s: %s (is the machine out of disk space, or a lab folder in use?)" % (p["state"], exc))
     module.exit_json(changed=bool(lab.changes), changes=lab.changes, hosts=hosts,
-                     ssh=dict(key_file=spec.key_file, known_hosts=spec.known_hosts, config=spec.ssh_config, wrapper=spec.ssh_wrapper))
+                     ssh=dict(key_file=spec.key_file, known_hosts=spec.known_hosts, config=spec.ssh_config, wrapper=spec.ssh_wrapper),
+                     instances_path=spec.instances_path, image_store_path=spec.image_store_path)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Fixtures of the lab tests: one lab for the whole session, torn down at the end."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness import GUEST_IMAGE, LabHandle, run_playbook
+
+LAB = LabHandle(
+    name=os.environ.get("VIRTCLOUD_TEST_LAB", "vctest"),
+    network=os.environ.get("VIRTCLOUD_TEST_LAB_NETWORK", "10.252.0.0/24"),
+    state_dir="/var/lib/virtcloud-lab-vctest",
+    run_dir="/run/virtcloud-lab-vctest",
+    hosts=3,
+    non_shared=["node3"],
+)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The test lab: up once per session, always removed at the end."""
+    if not os.path.exists(GUEST_IMAGE):
+        pytest.fail("the test guest image %s is missing: run tools/build-test-image (make image)" % GUEST_IMAGE)
+    result = run_playbook("lab_up.yml", LAB.vars)
+    try:
+        assert result.rc == 0, "lab_up failed:\n%s\n%s" % (result.stdout[-3000:], result.stderr[-2000:])
+        yield LAB
+    finally:
+        run_playbook("lab_down.yml", LAB.vars)

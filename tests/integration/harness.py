@@ -1,0 +1,171 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Helpers of the lab tests: run playbooks, reach lab hosts, read guest consoles."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.join(TOP, ".venv", "bin")
+RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+GUEST_IMAGE = os.path.join(TOP, "build", "guest", "vctest.qcow2")
+RESCUE_IMAGE = os.path.join(TOP, "build", "guest", "vctest-rescue.qcow2")
+
+
+@dataclass
+class PlaybookResult:
+    rc: int
+    stdout: str
+    stderr: str
+    recap: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return sum(r["changed"] for r in self.recap.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(r["failed"] + r["unreachable"] for r in self.recap.values())
+
+
+def parse_recap(stdout: str) -> dict:
+    """PLAY RECAP lines -> {host: {ok, changed, unreachable, failed}}."""
+    recap = {}
+    for host, ok, changed, unreachable, failed in RECAP_RE.findall(stdout.split("PLAY RECAP")[-1]):
+        recap[host] = dict(ok=int(ok), changed=int(changed), unreachable=int(unreachable), failed=int(failed))
+    return recap
+
+
+def ansible_env() -> dict:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
+               PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), ANSIBLE_DEPRECATION_WARNINGS="0")
+    return env
+
+
+def run_playbook(playbook: str, extra_vars: dict | None = None, inventory: str | None = None,
+                 check: bool = False, timeout: int = 900) -> PlaybookResult:
+    """Run ansible-playbook from the checkout; returns rc, output and the parsed recap."""
+    argv = [os.path.join(VENV_BIN, "ansible-playbook"), os.path.join(TOP, "playbooks", playbook)]
+    if inventory:
+        argv += ["-i", inventory]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=timeout, check=False)
+    return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, parse_recap(proc.stdout))
+
+
+@dataclass
+class LabHandle:
+    """A running lab as the tests see it."""
+
+    name: str
+    network: str
+    state_dir: str
+    run_dir: str
+    hosts: int
+    non_shared: list
+
+    @property
+    def vars(self) -> dict:
+        return dict(lab_name=self.name, lab_network=self.network, lab_state_dir=self.state_dir,
+                    lab_run_dir=self.run_dir, lab_hosts=self.hosts, lab_non_shared=self.non_shared)
+
+    @property
+    def inventory(self) -> str:
+        return os.path.join(self.state_dir, "inventory.yml")
+
+    @property
+    def instances_path(self) -> str:
+        """The instances directory on every compute host (virtcloud_instances_path in the inventory)."""
+        return os.path.join(self.state_dir, "instances")
+
+    @property
+    def ssh_config(self) -> str:
+        return os.path.join(self.state_dir, "ssh", "config")
+
+    @property
+    def ssh_wrapper(self) -> str:
+        return os.path.join(self.state_dir, "bin", "ssh")
+
+    def address(self, host: str) -> str:
+        base = self.network.split("/")[0].rsplit(".", 1)[0]
+        return "%s.%d" % (base, 10 if host == "controller" else 10 + int(host[4:]))
+
+    def ssh(self, host: str, command: str, check: bool = True, timeout: int = 120, data: str | None = None) -> str:
+        proc = subprocess.run(["ssh", "-F", self.ssh_config, host, command], capture_output=True, text=True,
+                              timeout=timeout, input=data, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError("on %s: %s failed (rc=%d): %s" % (host, command, proc.returncode, proc.stderr.strip()))
+        return proc.stdout
+
+    def uri(self, host: str) -> str:
+        return "qemu+ssh://%s/system?command=%s" % (host, self.ssh_wrapper)
+
+    def instances_dir(self, host: str) -> str:
+        """The host's instances directory as seen from the machine running the tests."""
+        if host in self.non_shared:
+            return os.path.join(self.state_dir, "hosts", host, "instances")
+        return os.path.join(self.state_dir, "shared", "instances")
+
+
+class Console:
+    """The serial console log of a test guest (the protocol in docs/test-guest.md)."""
+
+    LINE_RE = re.compile(r"^VCGUEST (\S+) ?(.*)$")
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def lines(self) -> list[tuple[str, str]]:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        out = []
+        for raw in text.replace("\r", "").split("\n"):
+            m = self.LINE_RE.match(raw.strip())
+            if m:
+                out.append((m.group(1), m.group(2)))
+        return out
+
+    def wait(self, kind: str, timeout: float = 60, after: int = 0, pattern: str | None = None) -> tuple[int, str]:
+        """Wait for the first line of KIND (matching PATTERN) past index AFTER; returns (index, text)."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern) if pattern else None
+        while True:
+            for i, (k, text) in enumerate(self.lines()):
+                if i >= after and k == kind and (rx is None or rx.search(text)):
+                    return i, text
+            if time.monotonic() > deadline:
+                tail = "\n".join("%s %s" % kv for kv in self.lines()[-8:])
+                raise AssertionError("no VCGUEST %s line in %s within %ss; last lines:\n%s" % (kind, self.path, timeout, tail))
+            time.sleep(0.25)
+
+    def ticks(self) -> list[int]:
+        return [int(text) for kind, text in self.lines() if kind == "TICK" and text.isdigit()]
+
+
+def domain_xml(name: str, disk: str, console_log: str, network: str, memory_mb: int = 256, disks: tuple = ()) -> str:
+    """A minimal domain for the test guest: boots its virtio disk under SeaBIOS, serial log, ACPI."""
+    extra = "".join(
+        "<disk type='file' device='disk'><driver name='qemu' type='%s' cache='none'/><source file='%s'/>"
+        "<target dev='%s' bus='virtio'/></disk>" % (fmt, path, dev) for path, fmt, dev in disks)
+    return (
+        "<domain type='qemu'><name>%s</name><memory unit='MiB'>%d</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/></features>"
+        "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+        "<source file='%s'/><target dev='vda' bus='virtio'/></disk>%s"
+        "<interface type='network'><source network='%s'/><model type='virtio'/></interface>"
+        "<serial type='pty'><log file='%s' append='on'/><target port='0'/></serial>"
+        "</devices></domain>" % (name, memory_mb, disk, extra, network, console_log))

@@ -25,6 +25,7 @@ Stdlib only; the engine is loaded from plugins/plugin_utils/_scheduler.py by pat
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import platform
 import random
@@ -168,6 +169,9 @@ def main() -> int:
     parser.add_argument('--requests', type=int, nargs='+', default=[1000, 150],
                         help='requests per cloud size (the last value repeats for further sizes)')
     parser.add_argument('--seed', type=int, default=42)
+    parser.add_argument('--gc-off', action='store_true',
+                        help="diagnostic: disable CPython's cyclic garbage collector while the engine runs, to separate the engine's "
+                             "own cost from the collector scanning a large heap")
     args = parser.parse_args()
 
     engine = load_engine()
@@ -175,6 +179,8 @@ def main() -> int:
     print(f"filters ({len(engine.DEFAULT_FILTERS)}): {', '.join(engine.DEFAULT_FILTERS)}")
     print(f"weighers ({len(engine.DEFAULT_WEIGHERS)}): {', '.join(engine.DEFAULT_WEIGHERS)}")
     print('each request: 1 instance, full trace returned; the chosen host is consumed before the next request')
+    if args.gc_off:
+        print('garbage collector disabled while the engine runs (diagnostic)')
     print()
 
     rows = []
@@ -184,7 +190,13 @@ def main() -> int:
         note = '' if requests_count >= 1000 else f" (only {requests_count} requests, to keep the run short)"
         print(f"{count} hosts, {requests_count} requests{note} ...", flush=True)
         # The same cloud, rebuilt from the seed for each run, so only one copy is alive at a time.
-        engine_times, failures = run_engine(engine, make_cloud(count, random.Random(args.seed)), requests)
+        cloud = make_cloud(count, random.Random(args.seed))
+        if args.gc_off:
+            gc.collect()
+            gc.disable()
+        engine_times, failures = run_engine(engine, cloud, requests)
+        gc.enable()
+        del cloud
         base_times = run_baseline(make_cloud(count, random.Random(args.seed)), requests)
         row = {
             'hosts': count,

@@ -93,6 +93,7 @@ class LabSpec:
     bridge_address: str
     state_dir: str
     run_dir: str
+    kvm: bool = False
     hosts: list[HostSpec] = field(default_factory=list)
 
     @property
@@ -130,7 +131,8 @@ class LabSpec:
         return os.path.join(self.state_dir, "bin", "ssh")
 
 
-def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str) -> LabSpec:
+def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str,
+         kvm: bool = False) -> LabSpec:
     """Validate the options and compute names and addresses; raises LabError."""
     if not LAB_NAME_RE.match(name or ""):
         raise LabError(
@@ -156,7 +158,7 @@ def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], sta
         raise LabError("lab_non_shared names hosts that the lab does not have: %s (hosts: %s)" % (", ".join(unknown), ", ".join(names)))
     base = net.network_address
     lab = LabSpec(name=name, network=net, bridge="%s-br0" % name, bridge_address=str(base + 1),
-                  state_dir=os.path.normpath(state_dir), run_dir=os.path.normpath(run_dir))
+                  state_dir=os.path.normpath(state_dir), run_dir=os.path.normpath(run_dir), kvm=kvm)
     lab.hosts.append(_host(lab, "controller", "controller", str(base + 10), False, "ctl"))
     for i, host in enumerate(names, start=1):
         lab.hosts.append(_host(lab, host, "compute", str(base + 10 + i), host not in non_shared, host))
@@ -515,6 +517,15 @@ class Lab:
         for src, dest in binds:
             script.append("mkdir -p %s || true" % dest)
             script.append("mount --bind %s %s" % (src, dest))
+        if host.role == "compute" and not spec.kvm and os.path.exists("/dev/kvm"):
+            # TCG only: hide /dev/kvm behind an unreadable file. Where /dev/kvm cannot run
+            # guests (a nested PVM hypervisor) libvirt would otherwise find its cached QEMU
+            # capabilities stale on every call and probe QEMU again each time.
+            hidden = os.path.join(spec.state_dir, "kvm-hidden")
+            with open(hidden, "w", encoding="ascii"):
+                pass
+            os.chmod(hidden, 0)
+            script.append("mount --bind %s /dev/kvm" % hidden)
         self._record_mountpoints([dest for _src, dest in binds])
         argv = ["nsenter", "--net=/run/netns/%s" % host.netns, "--", "unshare", "--mount=%s" % mnt, "--uts=%s" % uts,
                 "--propagation", "private", "/bin/sh", "-c", "\n".join(script)]

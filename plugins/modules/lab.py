@@ -11,7 +11,7 @@ short_description: Several libvirt hosts on one Linux machine, for tests and dem
 version_added: 0.1.0
 description:
   - Makes (or removes) the collection's local lab on the machine the module runs on
-    (normally C(localhost)): a bridge with a private address range, one controller
+    (normally C(localhost)), with a bridge on a private address range, one controller
     host (the image store) and O(hosts) compute hosts.
   - Each lab host is a network, mount and UTS namespace with its own hostname, address,
     sshd, and on compute hosts its own virtlogd, libvirtd (with its own C(host_uuid)) and
@@ -78,6 +78,14 @@ options:
       - Seconds to wait for each daemon to answer.
     type: int
     default: 60
+  kvm:
+    description:
+      - Let the compute hosts use C(/dev/kvm).
+      - Off by default, so lab guests run under TCG. On machines whose C(/dev/kvm) cannot
+        run guests (nested or paravirtual hypervisors) libvirt would otherwise probe QEMU
+        again on every call.
+    type: bool
+    default: false
 notes:
   - Needs root, the iproute2, util-linux, openssh-server, libvirt-daemon-system,
     qemu-system-x86, qemu-utils and dnsmasq-base packages, and a kernel with network
@@ -154,6 +162,7 @@ def main():
             state_dir=dict(type="path", default="/var/lib/virtcloud-lab"),
             run_dir=dict(type="path", default="/run/virtcloud-lab"),
             timeout=dict(type="int", default=60),
+            kvm=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -164,7 +173,7 @@ def main():
         return module.run_command(argv, data=data, environ_update=env)
 
     try:
-        spec = plan(p["name"], p["network"], p["hosts"], p["non_shared"], p["state_dir"], p["run_dir"])
+        spec = plan(p["name"], p["network"], p["hosts"], p["non_shared"], p["state_dir"], p["run_dir"], kvm=p["kvm"])
         lab = Lab(spec, run, check_mode=module.check_mode, timeout=p["timeout"])
         if p["state"] == "absent":
             lab.down()

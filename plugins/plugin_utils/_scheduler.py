@@ -45,6 +45,7 @@ import math
 import operator
 import random
 import re
+import types
 import typing as t
 from dataclasses import dataclass, field
 
@@ -295,6 +296,11 @@ HOST_REQUIRED = (
 )
 
 
+# Shared, read-only values: with 10,000 hosts every container a host does not need
+# is garbage-collector work saved on each call.
+_EMPTY: t.Mapping[str, t.Any] = types.MappingProxyType({})
+
+
 @dataclass(slots=True, eq=False)
 class HostState:
     """One compute host as the scheduler sees it; consumed as instances are placed."""
@@ -313,12 +319,12 @@ class HostState:
     num_io_ops: int
     hypervisor_type: str = ''
     hypervisor_version: int = 0
-    supported_instances: list[tuple[str | None, str | None, str | None]] = field(default_factory=list)
+    supported_instances: tuple[tuple[str | None, str | None, str | None], ...] = ()
     cpu_info: dict = field(default_factory=dict)
     availability_zones: frozenset[str] = frozenset()
-    aggregate_names: list[str] = field(default_factory=list)
-    aggregate_metadata: dict[str, set[str]] = field(default_factory=dict)
-    multiplier_overrides: dict[str, float] = field(default_factory=dict)
+    aggregate_names: tuple[str, ...] = ()
+    aggregate_metadata: t.Mapping[str, set[str]] = field(default_factory=lambda: _EMPTY)
+    multiplier_overrides: t.Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     enabled: bool = True
     disabled_reason: str = ''
     up: bool = True
@@ -352,8 +358,10 @@ class HostState:
 HOST_ATTRIBUTES = frozenset(f.name for f in dataclasses.fields(HostState))
 
 
-def _aggregates(raw: t.Any, where: str) -> tuple[list[str], dict[str, set[str]], dict[str, str]]:
+def _aggregates(raw: t.Any, where: str) -> tuple[tuple[str, ...], t.Mapping[str, set[str]], dict[str, list[str]]]:
     """Aggregate names, metadata key -> values (comma-split, as Nova), and raw values per key."""
+    if not raw:
+        return (), _EMPTY, {}
     names: list[str] = []
     metadata: dict[str, set[str]] = {}
     raw_values: dict[str, list[str]] = {}
@@ -365,16 +373,16 @@ def _aggregates(raw: t.Any, where: str) -> tuple[list[str], dict[str, set[str]],
             text = _want_scalar_text(value, f"{here}.metadata.{key}")
             metadata.setdefault(str(key), set()).update(part.strip() for part in text.split(','))
             raw_values.setdefault(str(key), []).append(text)
-    return names, metadata, raw_values
+    return tuple(names), metadata, raw_values
 
 
-def _multiplier_overrides(raw_values: dict[str, list[str]], host: str, warnings: list[str]) -> dict[str, float]:
+def _multiplier_overrides(raw_values: dict[str, list[str]], host: str, warnings: list[str]) -> t.Mapping[str, float]:
     """Per-aggregate weigher multipliers: the minimum of the host's aggregates wins.
 
     As in Nova, a value that is not a number is ignored with a warning and the
     configured multiplier applies.
     """
-    overrides = {}
+    overrides: dict[str, float] = {}
     for option in MULTIPLIER_DEFAULTS:
         if option not in raw_values:
             continue
@@ -385,7 +393,7 @@ def _multiplier_overrides(raw_values: dict[str, list[str]], host: str, warnings:
                             "the configured multiplier is used")
             continue
         overrides[option] = min(values)
-    return overrides
+    return overrides or _EMPTY
 
 
 def _service(raw: t.Any, where: str) -> tuple[bool, str, bool]:
@@ -405,13 +413,23 @@ def _canonical_supported(arch: str, hv_type: str, vm_mode: str) -> tuple[str | N
     return canonical_arch(arch), canonical_hv_type(hv_type), canonical_vm_mode(vm_mode)
 
 
-def _supported_instances(raw: t.Any, where: str) -> list[tuple[str | None, str | None, str | None]]:
+def _supported_instances(raw: t.Any, where: str) -> tuple[tuple[str | None, str | None, str | None], ...]:
     result = []
     for index, item in enumerate(_want_list(raw, where, key='supported_instances')):
         if not isinstance(item, (list, tuple)) or len(item) != 3 or not all(isinstance(v, str) for v in item):
             _fail(f"{where}.supported_instances[{index}] must be [architecture, hypervisor type, vm mode], got {item!r}")
         result.append(_canonical_supported(str(item[0]), str(item[1]), str(item[2])))
-    return result
+    return _shared_supported(tuple(result))
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_supported(value: tuple[tuple[str | None, str | None, str | None], ...]) -> tuple[tuple[str | None, str | None, str | None], ...]:
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _zone_set(*zones: str) -> frozenset[str]:
+    return frozenset(zones)
 
 
 def _instances(raw: t.Any, where: str) -> list[dict]:
@@ -485,11 +503,11 @@ def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warning
 
     zone = facts.get('availability_zone')
     if zone:
-        zones = frozenset([_want_str(zone, where, key='availability_zone')])
+        zones = _zone_set(_want_str(zone, where, key='availability_zone'))
     elif 'availability_zone' in metadata:
-        zones = frozenset(metadata['availability_zone'])
+        zones = _zone_set(*sorted(metadata['availability_zone']))
     else:
-        zones = frozenset([options['default_availability_zone']])
+        zones = _zone_set(options['default_availability_zone'])
     enabled, disabled_reason, up = _service(facts.get('service'), where)
     instances = _instances(facts.get('instances') or [], where)
     hypervisor_type = facts.get('hypervisor_type') or ''
@@ -508,7 +526,7 @@ def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warning
         enabled=enabled,
         disabled_reason=disabled_reason,
         up=up,
-        instance_uuids=frozenset(i['uuid'] for i in instances),
+        instance_uuids=frozenset(i['uuid'] for i in instances) if instances else frozenset(),
         facts=facts,
         **numbers,
     )

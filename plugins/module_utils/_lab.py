@@ -299,8 +299,15 @@ class Lab:
         self._write(os.path.join(spec.state_dir, "etc-hosts"), self._hosts_file(), "hosts file")
         self._ssh_client_files()
         present = set(self.netns_list())
+        pending: list[tuple[HostSpec, str]] = []
         for host in spec.hosts:
-            self._host_up(host, host.netns in present)
+            pending += self._host_up(host, host.netns in present)
+        # all hosts' daemons start at once; then wait for each to answer
+        for host, daemon in pending:
+            self._wait_daemon(host, daemon)
+        for host in spec.hosts:
+            if not self.check_mode:
+                self._known_host(host)
         self._remove_extra_hosts(present)
         return self.status()
 
@@ -366,7 +373,8 @@ class Lab:
             os.replace(tmp, path)
         return True
 
-    def _host_up(self, host: HostSpec, netns_present: bool) -> None:
+    def _host_up(self, host: HostSpec, netns_present: bool) -> list[tuple[HostSpec, str]]:
+        """Make or repair one host; returns the daemons started, to wait for."""
         spec = self.spec
         if netns_present and not self._ns_persisted(host):
             # half made (an interrupted lab_up): start this host again from nothing
@@ -380,6 +388,7 @@ class Lab:
             stale = set()
         else:
             stale = self._host_files(host)
+        started: list[tuple[HostSpec, str]] = []
         for daemon in host.daemons:
             pid = self.daemon_pid(host, daemon) if netns_present else None
             if pid is not None and daemon in stale and self.change("restart %s on %s (configuration changed)" % (daemon, host.name)):
@@ -389,8 +398,8 @@ class Lab:
                 self.changes.append("start %s on %s" % (daemon, host.name))
             elif pid is None and self.change("start %s on %s" % (daemon, host.name)):
                 self._start(host, daemon)
-        if not self.check_mode:
-            self._known_host(host)
+                started.append((host, daemon))
+        return started
 
     def _host_files(self, host: HostSpec) -> set[str]:
         """The host's own folders and configuration; returns the daemons whose configuration changed."""
@@ -465,9 +474,10 @@ class Lab:
         changed = self._write(os.path.join(d, "libvirtd.conf"), libvirtd, "libvirtd.conf of %s" % host.name)
         # No AppArmor/SELinux confinement in the lab (the host kernel has no LSM for it).
         # No cgroups: the lab hosts share the machine's cgroup tree, where their domains'
-        # groups would collide.
+        # groups would collide. No per-domain /dev namespace: the lab host's own /dev has
+        # a hidden /dev/kvm that libvirt cannot copy into one.
         qemu = ("# written by the virtcloud.compute lab: for the lab only\n"
-                "security_driver = \"none\"\ncgroup_controllers = [ ]\n")
+                "security_driver = \"none\"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n")
         return self._write(os.path.join(d, "qemu.conf"), qemu, "qemu.conf of %s" % host.name) or changed
 
     def _sshd_config(self, host: HostSpec) -> str:
@@ -556,7 +566,6 @@ class Lab:
             argv = ["/usr/sbin/libvirtd", "-d", "-p", pidfile]
         env = " ".join("%s=%s" % kv for kv in DAEMON_ENV.items())
         self.run(self.nsenter(host) + ["/usr/bin/env", "-i"] + env.split() + argv, what="starting %s on %s" % (daemon, host.name))
-        self._wait_daemon(host, daemon)
 
     def _wait_daemon(self, host: HostSpec, daemon: str) -> None:
         deadline = time.monotonic() + self.timeout

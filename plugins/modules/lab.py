@@ -24,12 +24,16 @@ description:
     lab made, also after an interrupted O(state=present).
   - Lab only. Do not run it against production hypervisors.
 author:
-  - virtcloud.compute developers
+  - virtcloud.compute developers (@virtcloud)
+extends_documentation_fragment:
+  - virtcloud.compute.attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  idempotent:
+    support: full
 options:
   name:
     description:

@@ -15,9 +15,7 @@ demo: deps image
 	$(BIN)/ansible-playbook -i /var/lib/virtcloud-lab/inventory.yml playbooks/demo.yml
 
 test: deps image
-	@set -o pipefail; start=$$(date +%s); \
-	$(MAKE) --no-print-directory units sanity lint integration molecule; rc=$$?; \
-	echo "make test: $$(( $$(date +%s) - start )) s, exit $$rc"; exit $$rc
+	tools/run-suite units sanity lint integration molecule
 
 deps:
 	tools/install-deps $(PYTHON)

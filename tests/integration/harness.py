@@ -9,10 +9,14 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(TOP, ".collections"))
+
+from ansible_collections.virtcloud.compute.plugins.module_utils._lab import plan  # noqa: E402  pylint: disable=wrong-import-position
 VENV_BIN = os.path.join(TOP, ".venv", "bin")
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 GUEST_IMAGE = os.path.join(TOP, "build", "guest", "vctest.qcow2")
@@ -64,42 +68,25 @@ def run_playbook(playbook: str, extra_vars: dict | None = None, inventory: str |
     return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, parse_recap(proc.stdout))
 
 
-@dataclass
 class LabHandle:
-    """A running lab as the tests see it."""
+    """A lab as the tests see it: the lab module's own plan, plus ways to reach its hosts."""
 
-    name: str
-    network: str
-    state_dir: str
-    run_dir: str
-    hosts: int
-    non_shared: list
-
-    @property
-    def vars(self) -> dict:
-        return dict(lab_name=self.name, lab_network=self.network, lab_state_dir=self.state_dir,
-                    lab_run_dir=self.run_dir, lab_hosts=self.hosts, lab_non_shared=self.non_shared)
-
-    @property
-    def inventory(self) -> str:
-        return os.path.join(self.state_dir, "inventory.yml")
-
-    @property
-    def instances_path(self) -> str:
-        """The instances directory on every compute host (virtcloud_instances_path in the inventory)."""
-        return os.path.join(self.state_dir, "instances")
-
-    @property
-    def ssh_config(self) -> str:
-        return os.path.join(self.state_dir, "ssh", "config")
-
-    @property
-    def ssh_wrapper(self) -> str:
-        return os.path.join(self.state_dir, "bin", "ssh")
+    def __init__(self, name: str, network: str, state_dir: str, run_dir: str, hosts: int, non_shared: list):
+        self.spec = plan(name, network, hosts, non_shared, state_dir, run_dir)
+        self.non_shared = non_shared
+        self.name = name
+        self.hosts = hosts
+        self.state_dir = self.spec.state_dir
+        self.run_dir = self.spec.run_dir
+        self.instances_path = self.spec.instances_path
+        self.ssh_config = self.spec.ssh_config
+        self.ssh_wrapper = self.spec.ssh_wrapper
+        self.inventory = os.path.join(self.state_dir, "inventory.yml")
+        self.vars = dict(lab_name=name, lab_network=network, lab_state_dir=state_dir, lab_run_dir=run_dir,
+                         lab_hosts=hosts, lab_non_shared=non_shared)
 
     def address(self, host: str) -> str:
-        base = self.network.split("/")[0].rsplit(".", 1)[0]
-        return "%s.%d" % (base, 10 if host == "controller" else 10 + int(host[4:]))
+        return next(h.address for h in self.spec.hosts if h.name == host)
 
     def ssh(self, host: str, command: str, check: bool = True, timeout: int = 120, data: str | None = None) -> str:
         proc = subprocess.run(["ssh", "-F", self.ssh_config, host, command], capture_output=True, text=True,
@@ -113,9 +100,8 @@ class LabHandle:
 
     def instances_dir(self, host: str) -> str:
         """The host's instances directory as seen from the machine running the tests."""
-        if host in self.non_shared:
-            return os.path.join(self.state_dir, "hosts", host, "instances")
-        return os.path.join(self.state_dir, "shared", "instances")
+        spec = next(h for h in self.spec.hosts if h.name == host)
+        return self.spec.shared_instances if spec.shared_storage else os.path.join(spec.state_dir, "instances")
 
 
 class Console:

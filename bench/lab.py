@@ -21,10 +21,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 
-from harness import GUEST_IMAGE, Console, LabHandle, domain_xml, run_playbook  # noqa: E402  pylint: disable=wrong-import-position
+from harness import GUEST_IMAGE, Console, LabHandle, domain_xml, run_playbook, start_bare_qemu  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB = LabHandle(name="vcbench", network="10.249.0.0/24", state_dir="/var/lib/virtcloud-lab-vcbench",
-                run_dir="/run/virtcloud-lab-vcbench", hosts=3, non_shared=[])
+LAB = LabHandle(name="vcbnch", network="10.249.0.0/24", state_dir="/var/lib/virtcloud-lab-vcbnch",
+                run_dir="/run/virtcloud-lab-vcbnch", hosts=3, non_shared=[])
 NET_XML = ("<network><name>benchnet</name><bridge name='vcbench0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
            "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>")
 
@@ -62,9 +62,7 @@ def boot_in_bare_qemu(boots: int) -> list[float]:
         for n in range(1, boots + 1):
             log = os.path.join(tmp, "console-%d.log" % n)
             start = time.monotonic()
-            proc = subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none",
-                                     "-no-user-config", "-serial", "file:%s" % log,
-                                     "-drive", "file=%s,if=virtio,format=qcow2,cache=none" % disk])
+            proc = start_bare_qemu(disk, log)
             try:
                 Console(log).wait("BOOT", timeout=120, pattern="^count=%d " % n)
                 times.append(time.monotonic() - start)

@@ -155,6 +155,10 @@ if [ -n "$BOOTDEV" ]; then
     sync
     mount -o remount,ro /mnt/boot
     sync
+    # FAT's sync sends no cache flush to the disk: without one the new counter may
+    # sit in the hypervisor's caches (qcow2 metadata) and be lost if the VM is
+    # killed (a host crash, evacuate). fsync on the block device sends the flush.
+    dd if=/dev/null of="/dev/$BOOTDEV" bs=512 count=0 conv=notrunc,fsync 2>/dev/null
 else
     say "ERROR no boot disk (VCTEST vfat with a variant file) found"
 fi

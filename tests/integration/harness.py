@@ -155,3 +155,10 @@ def domain_xml(name: str, disk: str, console_log: str, network: str, memory_mb: 
         "<interface type='network'><source network='%s'/><model type='virtio'/></interface>"
         "<serial type='pty'><log file='%s' append='on'/><target port='0'/></serial>"
         "</devices></domain>" % (name, memory_mb, disk, extra, network, console_log))
+
+
+def start_bare_qemu(disk: str, console_log: str) -> subprocess.Popen:
+    """The test guest under a bare qemu-system-x86_64 (TCG, no libvirt, no NIC), its serial to a file."""
+    return subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none",
+                             "-no-user-config", "-serial", "file:%s" % console_log,
+                             "-drive", "file=%s,if=virtio,format=qcow2,cache=none" % disk])

@@ -11,11 +11,13 @@ import pytest
 
 from harness import GUEST_IMAGE, LabHandle, run_playbook
 
+# VIRTCLOUD_TEST_LAB and VIRTCLOUD_TEST_LAB_NETWORK let several test runs use labs of their own.
+_NAME = os.environ.get("VIRTCLOUD_TEST_LAB", "vctest")
 LAB = LabHandle(
-    name=os.environ.get("VIRTCLOUD_TEST_LAB", "vctest"),
+    name=_NAME,
     network=os.environ.get("VIRTCLOUD_TEST_LAB_NETWORK", "10.252.0.0/24"),
-    state_dir="/var/lib/virtcloud-lab-vctest",
-    run_dir="/run/virtcloud-lab-vctest",
+    state_dir="/var/lib/virtcloud-lab-%s" % _NAME,
+    run_dir="/run/virtcloud-lab-%s" % _NAME,
     hosts=3,
     non_shared=["node3"],
 )

@@ -1,0 +1,89 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What every module shares: the option groups, request ids, the host log, the base error.
+
+The option groups are documented once in plugins/doc_fragments/connection.py
+(fragments ``virtcloud.compute.connection`` and ``virtcloud.compute.connection.wait``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import uuid
+
+REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+LOG_FILE = "/var/log/virtcloud/virtcloud.log"
+
+
+class VirtcloudError(Exception):
+    """Base of the collection's own errors; the message says what was wrong and what to do."""
+
+
+def connection_argument_spec() -> dict:
+    """libvirt URI and request id (doc fragment virtcloud.compute.connection)."""
+    return dict(
+        uri=dict(type="str", default="qemu:///system"),
+        request_id=dict(type="str"),
+    )
+
+
+def wait_argument_spec(timeout: int = 120) -> dict:
+    """wait and timeout (doc fragment virtcloud.compute.connection.wait)."""
+    return dict(
+        wait=dict(type="bool", default=True),
+        timeout=dict(type="int", default=timeout),
+    )
+
+
+def new_request_id() -> str:
+    return "req-%s" % uuid.uuid4()
+
+
+def request_id(value: str | None) -> str:
+    """The given request id, checked, or a new one."""
+    if value is None or value == "":
+        return new_request_id()
+    if not REQUEST_ID_RE.match(value):
+        raise VirtcloudError("request_id %r is not of the form req-<uuid> (lowercase hex): pass the workflow's id unchanged" % (value,))
+    return value
+
+
+def format_log_line(level: str, module: str, req_id: str, message: str, instance: str | None = None,
+                    now: datetime.datetime | None = None) -> str:
+    """``time level module [req-id] [instance: uuid] message``, one line."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (now.microsecond // 1000)
+    where = " [instance: %s]" % instance if instance else ""
+    text = " ".join(message.split())
+    return "%s %s %s [%s]%s %s" % (stamp, level.upper(), module, req_id, where, text)
+
+
+class HostLog:
+    """The collection's log on the host (like nova-compute.log), one line per event."""
+
+    def __init__(self, module: str, req_id: str, path: str = LOG_FILE):
+        self.module = module
+        self.req_id = req_id
+        self.path = path
+
+    def write(self, level: str, message: str, instance: str | None = None) -> None:
+        line = format_log_line(level, self.module, self.req_id, message, instance)
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:
+            # the log must never make an action fail
+            pass
+
+    def info(self, message: str, instance: str | None = None) -> None:
+        self.write("INFO", message, instance)
+
+    def warning(self, message: str, instance: str | None = None) -> None:
+        self.write("WARNING", message, instance)
+
+    def error(self, message: str, instance: str | None = None) -> None:
+        self.write("ERROR", message, instance)

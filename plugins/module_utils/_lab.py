@@ -57,6 +57,12 @@ COMPUTE_BINDS = (
     ("/var/log/libvirt", "var-log-libvirt"),
     ("/var/cache/libvirt", "var-cache-libvirt"),
 )
+# Every host's own state and log of this collection (service record, host log, network
+# state), not seeded: what the collection's modules write on a host stays on that host.
+HOST_PRIVATE_BINDS = (
+    ("/var/lib/virtcloud", "var-lib-virtcloud"),
+    ("/var/log/virtcloud", "var-log-virtcloud"),
+)
 DAEMON_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}
 
 
@@ -404,7 +410,7 @@ class Lab:
     def _host_files(self, host: HostSpec) -> set[str]:
         """The host's own folders and configuration; returns the daemons whose configuration changed."""
         d = host.state_dir
-        dirs = ["pids", "run", "root-ssh", "ssh"]
+        dirs = ["pids", "run", "root-ssh", "ssh"] + [sub for _path, sub in HOST_PRIVATE_BINDS]
         if host.role == "compute":
             dirs += [sub for _path, sub in COMPUTE_BINDS] + ["instances"]
         else:
@@ -514,6 +520,7 @@ class Lab:
             with open(path, "w", encoding="ascii"):
                 pass
         binds = [("%s/root-ssh" % d, "/root/.ssh"), ("%s/etc-hosts" % spec.state_dir, "/etc/hosts")]
+        binds += [("%s/%s" % (d, sub), path) for path, sub in HOST_PRIVATE_BINDS]
         if host.role == "compute":
             binds += [("%s/%s" % (d, sub), path) for path, sub in COMPUTE_BINDS]
             binds.append((spec.shared_instances if host.shared_storage else "%s/instances" % d, spec.instances_path))

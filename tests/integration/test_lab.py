@@ -39,6 +39,11 @@ def test_hosts_are_separate(lab):
     for h in COMPUTE:
         assert lab.ssh(h, "hostname").strip() == h
         assert lab.ssh(h, "ip -o -4 addr show eth0").split()[3] == "%s/24" % lab.address(h)
+    # the collection's own state and log folders are each host's own
+    lab.ssh("node1", "echo node1 > /var/lib/virtcloud/whoami && echo node1 > /var/log/virtcloud/whoami")
+    for h in ("node2", "controller"):
+        assert lab.ssh(h, "cat /var/lib/virtcloud/whoami /var/log/virtcloud/whoami 2>/dev/null || true").strip() == ""
+    lab.ssh("node1", "rm /var/lib/virtcloud/whoami /var/log/virtcloud/whoami")
     # node3 does not share storage; node1 and node2 do
     marker = "share-%s" % uuid.uuid4().hex[:8]
     lab.ssh("node1", "touch %s/%s" % (lab.instances_path, marker))

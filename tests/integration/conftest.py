@@ -34,3 +34,8 @@ def lab():
         yield LAB
     finally:
         run_playbook("lab_down.yml", LAB.vars)
+
+
+def pytest_collection_modifyitems(items):
+    """The teardown tests remove the lab: they run after every other lab test."""
+    items.sort(key=lambda item: item.fspath.basename == "test_lab_teardown.py")

@@ -1,0 +1,168 @@
+#!/usr/bin/python
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: instance_claim
+short_description: Claim (or release) a flavor's resources on a compute host, as nova-compute does before a spawn
+version_added: 0.1.0
+description:
+  - The authoritative check that an instance fits on the host the scheduler chose. Under an
+    exclusive lock on the host it reads the host's state now (libvirt's domains plus the claims
+    of instances still being built), checks the flavor with the allocation ratios, and records
+    the claim.
+  - A claim that does not fit fails with the figures, so that the launch moves to the next
+    alternate host. Release the claim when the domain is defined (it counts as a domain then)
+    or when the spawn failed.
+author:
+  - virtcloud.compute developers (@virtcloud)
+extends_documentation_fragment:
+  - virtcloud.compute.attributes
+  - virtcloud.compute.connection
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  uuid:
+    description: The instance's uuid.
+    type: str
+    required: true
+  flavor:
+    description:
+      - The flavor to claim, with O(flavor.vcpus), O(flavor.ram_mb), O(flavor.disk_gb) and optionally
+        O(flavor.ephemeral_gb) and O(flavor.swap_mb). Required with O(state=present).
+    type: dict
+  state:
+    description: V(present) claims, V(absent) releases.
+    type: str
+    choices: [present, absent]
+    default: present
+  instances_path:
+    description: The instances folder of the host (its filesystem is the disk the claim counts).
+    type: path
+    default: /var/lib/virtcloud/instances
+  claims_file:
+    description: The host's claims file; a lock file is kept beside it.
+    type: path
+    default: /var/lib/virtcloud/claims.json
+  host:
+    description: The host's name in messages (default the node's hostname).
+    type: str
+  cpu_allocation_ratio:
+    description: As in compute_facts.
+    type: float
+    default: 4.0
+  ram_allocation_ratio:
+    description: As in compute_facts.
+    type: float
+    default: 1.0
+  disk_allocation_ratio:
+    description: As in compute_facts.
+    type: float
+    default: 1.0
+  reserved_host_memory_mb:
+    description: As in compute_facts.
+    type: int
+    default: 512
+  reserved_host_disk_mb:
+    description: As in compute_facts.
+    type: int
+    default: 0
+"""
+
+EXAMPLES = r"""
+- name: Claim m1.small for the instance on the chosen host
+  virtcloud.compute.instance_claim:
+    uuid: "{{ instance_uuid }}"
+    flavor: {vcpus: 1, ram_mb: 2048, disk_gb: 20}
+  delegate_to: "{{ chosen_host }}"
+
+- name: Release it
+  virtcloud.compute.instance_claim:
+    uuid: "{{ instance_uuid }}"
+    state: absent
+"""
+
+RETURN = r"""
+figures:
+  description: The host's figures the claim was checked against (compute_facts' names), when a claim was made.
+  returned: when a new claim was checked
+  type: dict
+  sample: {free_ram_mb: 3072, total_usable_ram_mb: 3584, vcpus_used: 1, vcpus_total: 2}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
+    HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR, check_host_name, check_ratio, check_reserved, close_all, connect, default_host,
+    host_state, read_libvirt,
+)
+
+
+def main():
+    spec = connection_argument_spec()
+    spec.update(
+        uuid=dict(type="str", required=True),
+        flavor=dict(type="dict"),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        claims_file=dict(type="path", default=DEFAULT_CLAIMS_FILE),
+        host=dict(type="str"),
+        cpu_allocation_ratio=dict(type="float", default=4.0),
+        ram_allocation_ratio=dict(type="float", default=1.0),
+        disk_allocation_ratio=dict(type="float", default=1.0),
+        reserved_host_memory_mb=dict(type="int", default=512),
+        reserved_host_disk_mb=dict(type="int", default=0),
+    )
+    module = AnsibleModule(argument_spec=spec, required_if=[("state", "present", ("flavor",))], supports_check_mode=True)
+    p = module.params
+    try:
+        request_id(p["request_id"])
+        uuid = validate_uuid(p["uuid"])
+        if p["state"] == "absent":
+            module.exit_json(changed=release(p["claims_file"], uuid, check_mode=module.check_mode))
+        if not HAS_LIBVIRT:
+            module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
+        flavor = validate_flavor(p["flavor"]).to_dict()
+        host = check_host_name(p["host"] or default_host())
+        ratios = {n: check_ratio(p[n], n) for n in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio")}
+        reserved = dict(reserved_host_memory_mb=check_reserved(p["reserved_host_memory_mb"], "reserved_host_memory_mb"),
+                        reserved_host_disk_mb=check_reserved(p["reserved_host_disk_mb"], "reserved_host_disk_mb"))
+        try:
+            stat = os.statvfs(p["instances_path"])
+        except OSError as exc:
+            raise VirtcloudError("cannot read the instances folder %s: %s (prepare the host with the compute_node role)"
+                                 % (p["instances_path"], exc.strerror or exc)) from None
+        seen = {}
+
+        def read_host(extra):
+            if not seen:
+                seen.update(read_libvirt(connect(p["uri"]), p["uri"]))
+            figures = host_state(vcpus_total=seen["vcpus_total"], memory_mb_total=seen["memory_mb_total"],
+                                 disk_total_bytes=stat.f_blocks * stat.f_frsize, disk_free_bytes=stat.f_bavail * stat.f_frsize,
+                                 instances=list(seen["instances"]) + list(extra), other_domains=seen["other_domains"],
+                                 **ratios, **reserved)
+            return figures, {i["uuid"] for i in seen["instances"]}
+
+        result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
+    except (VirtcloudError, InstanceError) as exc:
+        module.fail_json(msg=str(exc))
+    finally:
+        close_all()
+    module.exit_json(changed=result["changed"], figures=result["figures"])
+
+
+if __name__ == "__main__":
+    main()

@@ -36,8 +36,8 @@ options:
     required: true
   flavor:
     description:
-      - The flavor to claim, with O(flavor.vcpus), O(flavor.ram_mb), O(flavor.disk_gb) and optionally
-        O(flavor.ephemeral_gb) and O(flavor.swap_mb). Required with O(state=present).
+      - The flavor to claim, with C(vcpus), C(ram_mb), C(disk_gb) and optionally C(ephemeral_gb),
+        C(swap_mb), C(name) and C(extra_specs). Required with O(state=present).
     type: dict
   state:
     description: V(present) claims, V(absent) releases.

@@ -1,0 +1,1214 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Images and disks: the image store, the compute-side image cache, instance disks.
+
+Private to this collection; the modules ``image``, ``image_info``, ``image_cache``,
+``disk`` and ``disk_info`` are thin over it. Everything here takes plain arguments
+and raises ``ImageStoreError`` (a ``VirtcloudError``), ``ImageUnsafe`` /
+``ImageInspectError`` (from ``_image_inspect``) or ``QemuImgError``.
+
+The image store (Glance's part, on the image host)
+--------------------------------------------------
+::
+
+    <store>/<image id>/image        the image file, exactly the bytes imported
+    <store>/<image id>/image.json   the record (below)
+    <store>/.lock                   fcntl lock held by every change of the store
+    <store>/.import-*/              an import in progress (removed when it fails)
+    <store>/.deleted-*/             a delete in progress
+
+The record: ``id`` (uuid), ``name`` (unique in the store), ``status``
+(``active``; ``queued`` while an import runs, ``deleted`` while a delete runs:
+neither is ever seen in ``<store>/<id>/``), ``disk_format`` (qcow2, raw),
+``container_format`` (bare), ``size`` (bytes of the file), ``virtual_size``,
+``sha256``, ``properties`` (string to string: hw_architecture, img_hv_type,
+min_ram, min_disk, os_type, ...), ``owner`` (project), ``visibility``,
+``image_type`` (image or snapshot), ``instance_uuid`` (snapshots),
+``created_at``, ``updated_at``.
+
+An import copies (``src``) or downloads (``url``, http/https, with a size cap and
+an optional expected sha256) the data into ``<store>/.import-<random>/image``
+while hashing it, inspects that copy with ``inspect_image`` (the declared format
+must be the real one; backing files, data files, VMDK descriptors, ambiguous
+files are refused) and with qemu-img's view, writes the record beside it, and
+renames the directory to ``<store>/<id>``: the image appears whole or not at
+all. A refused or failed import removes its directory. Every change holds
+``<store>/.lock``, so leftovers of an interrupted run (``.import-*``,
+``.deleted-*``) found while holding it are stale and removed.
+
+Image ids never change content: a second import under the same id must bring
+the same sha256. Names are unique in the store (a playbook names an image and
+gets exactly one); the same name with other content is refused. Name,
+properties, owner and visibility of an existing image can be changed.
+
+The image cache (nova-compute's ``_base``, on each compute host)
+----------------------------------------------------------------
+::
+
+    <instances_path>/_base/<sha1 of image id>        the base file (qcow2, or raw)
+    <instances_path>/_base/<sha1 of image id>.info   what was verified (JSON)
+    <instances_path>/_base/<sha1 of image id>.lock   fcntl lock of this base file
+    <instances_path>/_base/.fetch-<sha1>-*/          a fetch in progress
+
+``ImageCache.ensure`` takes the base file's lock (POSIX ``lockf``, which NFS
+carries too, so hosts sharing ``instances_path`` fetch once), then:
+
+- present and verified: use it (``fetched: false``). Verification on every use:
+  the ``.info`` side file must name this image; the file's size, mtime, ctime and
+  inode must be those recorded after its last hash, or it is hashed again and
+  compared with the recorded sha256 (``verify=full`` always hashes). ctime
+  changes with every write and cannot be set back by tools such as ``touch``,
+  so an in-place change is caught without rehashing on every launch. The file
+  is inspected again each time (it is untrusted data even in the cache).
+- missing, without a side file, or failing verification: fetched again from
+  the image store host *by the compute host itself*, with ``scp`` (SSH, strict
+  host key checking, the given key): the data never passes through the Ansible
+  controller. The record comes with it; the copy's size and sha256 must match
+  the record (and the caller's expected values), it is inspected as the
+  record's disk_format, optionally converted to raw (``force_raw``, Nova's
+  ``force_raw_images``) and inspected again, then renamed into place. A corrupt
+  base is replaced (``repaired`` says why); domains already running keep the
+  old file open, new overlays get the good one.
+
+An existing base keeps its format whatever ``force_raw`` says now, also when it
+is replaced after failing verification: overlays already made on it name that
+format. The result's ``format`` is the one to give
+as backing format.
+
+Instance disks
+--------------
+``Disks`` creates qcow2 overlays on a backing file (or empty disks), grows them
+(never shrinks), converts, deletes; always with explicit formats through the
+qemu-img runner, so its resource limits apply. Conversions write a temporary
+file beside the destination and rename it, so an interrupted convert leaves no
+half image under the wanted name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import tempfile
+import time
+import urllib.error
+import uuid
+
+from ansible.module_utils.urls import ConnectionError as UrlConnectionError
+from ansible.module_utils.urls import SSLValidationError, open_url
+
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
+    ImageInspectError,
+    ImageUnsafe,
+    inspect_image,
+    sha256_file,
+)
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
+
+IMAGE_FILE = "image"
+RECORD_FILE = "image.json"
+LOCK_FILE = ".lock"
+IMPORT_PREFIX = ".import-"
+DELETED_PREFIX = ".deleted-"
+BASE_DIR = "_base"
+FETCH_PREFIX = ".fetch-"
+
+DEFAULT_STORE_PATH = "/var/lib/virtcloud/images"
+DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
+# Glance's image_size_cap default: 1 TiB.
+DEFAULT_SIZE_CAP = 1024 ** 4
+CHUNK = 1024 * 1024
+
+DISK_FORMATS = ("qcow2", "raw")
+CONTAINER_FORMAT = "bare"
+STATUSES = ("queued", "active", "deleted")
+IMAGE_TYPES = ("image", "snapshot")
+VISIBILITIES = ("public", "private", "shared", "community")
+VERIFY_MODES = ("quick", "full")
+MAX_PROPERTIES = 128  # Glance's image_property_quota default
+MAX_VALUE = 255
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+:@() -]{0,253}[A-Za-z0-9._+:@()-])?$")
+OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$")
+PROPERTY_KEY_RE = re.compile(r"^[a-z0-9_:]{1,255}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Paths that reach command lines (scp's remote side) and the file system.
+SAFE_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+@-]+/?)*$")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+RECORD_FIELDS = ("id", "name", "status", "disk_format", "container_format", "size", "virtual_size", "sha256",
+                 "properties", "owner", "visibility", "image_type", "instance_uuid", "created_at", "updated_at")
+# Keys a property cannot have: the record's own fields and Glance's core attributes.
+RESERVED_PROPERTIES = frozenset(RECORD_FIELDS + ("file", "checksum", "os_hash_algo", "os_hash_value", "location",
+                                                 "locations", "direct_url", "schema", "self", "tags", "protected"))
+
+# Nova's fields.Architecture, fields.HVType and fields.VMMode, with their canonicalize().
+ARCHITECTURES = ("alpha", "armv6", "armv7l", "armv7b", "aarch64", "cris", "i686", "ia64", "lm32", "m68k", "microblaze",
+                 "microblazeel", "mips", "mipsel", "mips64", "mips64el", "openrisc", "parisc", "parisc64", "ppc",
+                 "ppcle", "ppc64", "ppc64le", "ppcemb", "s390", "s390x", "sh4", "sh4eb", "sparc", "sparc64",
+                 "unicore32", "x86_64", "xtensa", "xtensaeb")
+ARCH_ALIASES = {"i386": "i686", "i486": "i686", "i586": "i686", "x86_32": "i686", "x86_32p": "i686", "amd64": "x86_64"}
+HV_TYPES = ("baremetal", "bhyve", "docker", "fake", "hyperv", "ironic", "kqemu", "kvm", "lxc", "lxd", "openvz",
+            "parallels", "virtuozzo", "phyp", "qemu", "test", "uml", "vbox", "vmware", "xen", "zvm", "ps")
+HV_ALIASES = {"xapi": "xen"}
+VM_MODES = ("hvm", "xen", "uml", "exe")
+VM_MODE_ALIASES = {"baremetal": "hvm", "hv": "hvm", "pv": "xen"}
+INT_PROPERTIES = ("min_ram", "min_disk")
+
+
+class ImageStoreError(VirtcloudError):
+    """An image, cache or disk operation was refused or failed; the message says what to do."""
+
+
+class ImageConflict(ImageStoreError):
+    """The wanted image contradicts one already in the store."""
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+def now_iso(now: datetime.datetime | None = None) -> str:
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_image_id(value, what: str = "id") -> str:
+    """A uuid in its canonical lowercase form."""
+    if not isinstance(value, str):
+        raise ImageStoreError("%s %r is not a uuid" % (what, value))
+    try:
+        canonical = str(uuid.UUID(value.strip()))
+    except ValueError as exc:
+        raise ImageStoreError("%s %r is not a uuid (like 0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d)" % (what, value)) from exc
+    return canonical
+
+
+def check_name(value) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ImageStoreError("image name %r is not valid: 1 to 255 characters, letters, digits and . _ + : @ ( ) - "
+                              "or inner spaces, starting with a letter or digit" % (value,))
+    return value
+
+
+def check_sha256(value, what: str = "checksum") -> str:
+    if not isinstance(value, str):
+        raise ImageStoreError("%s %r is not a sha256 (64 hex digits)" % (what, value))
+    text = value.strip().lower()
+    if text.startswith("sha256:"):
+        text = text[len("sha256:"):]
+    if not SHA256_RE.match(text):
+        raise ImageStoreError("%s %r is not a sha256 (64 hex digits, optionally prefixed sha256:)" % (what, value))
+    return text
+
+
+def check_path(value, what: str = "path", safe: bool = False) -> str:
+    """An absolute, normalised path; ``safe`` also limits it to characters no shell or scp reads specially."""
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value or "\n" in value:
+        raise ImageStoreError("%s %r is not an absolute path" % (what, value))
+    if os.path.normpath(value) != value and not (value.endswith("/") and os.path.normpath(value) == value.rstrip("/")):
+        raise ImageStoreError("%s %r is not a normalised path (no //, . or .. parts)" % (what, value))
+    value = os.path.normpath(value)
+    if safe and not SAFE_PATH_RE.match(value):
+        raise ImageStoreError("%s %r may only hold letters, digits and . _ + @ - between slashes" % (what, value))
+    return value
+
+
+def _canonical(key: str, value: str, allowed: tuple, aliases: dict) -> str:
+    name = aliases.get(value.lower(), value.lower())
+    if name not in allowed:
+        raise ImageStoreError("property %s=%r is not one of Nova's values: %s" % (key, value, ", ".join(allowed)))
+    return name
+
+
+def normalize_properties(props) -> dict:
+    """Property dict to {key: string}; raises on a bad key or value.
+
+    Keys: ``[a-z0-9_:]`` (1 to 255), not a record field. Values: strings of at
+    most 255 characters; numbers become strings, booleans ``true``/``false``.
+    min_ram and min_disk must be whole numbers >= 0; hw_architecture,
+    img_hv_type and hw_vm_mode are canonicalised as Nova does (amd64 ->
+    x86_64) and must be values Nova knows.
+    """
+    if props is None:
+        return {}
+    if not isinstance(props, dict):
+        raise ImageStoreError("properties must be a dict of strings, not %s" % type(props).__name__)
+    if len(props) > MAX_PROPERTIES:
+        raise ImageStoreError("an image has at most %d properties, %d given" % (MAX_PROPERTIES, len(props)))
+    out = {}
+    for key, value in props.items():
+        if not isinstance(key, str) or not PROPERTY_KEY_RE.match(key):
+            raise ImageStoreError("property key %r is not valid: 1 to 255 of lowercase letters, digits, _ and :" % (key,))
+        if key in RESERVED_PROPERTIES:
+            raise ImageStoreError("property key %r is a field of the image record, not a property; use the module's own option" % key)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise ImageStoreError("property %s must be a string (or number), not %s" % (key, type(value).__name__))
+        if len(value) > MAX_VALUE:
+            raise ImageStoreError("property %s is %d characters long, at most %d are allowed" % (key, len(value), MAX_VALUE))
+        if CONTROL_RE.search(value):
+            raise ImageStoreError("property %s holds control characters" % key)
+        if key in INT_PROPERTIES:
+            if not value.isdigit():
+                raise ImageStoreError("property %s=%r must be a whole number >= 0 (%s)" % (key, value, "MiB" if key == "min_ram" else "GiB"))
+            value = str(int(value))
+        elif key == "hw_architecture":
+            value = _canonical(key, value, ARCHITECTURES, ARCH_ALIASES)
+        elif key == "img_hv_type":
+            value = _canonical(key, value, HV_TYPES, HV_ALIASES)
+        elif key == "hw_vm_mode":
+            value = _canonical(key, value, VM_MODES, VM_MODE_ALIASES)
+        out[key] = value
+    return dict(sorted(out.items()))
+
+
+def _int(record: dict, key: str, minimum: int = 0, optional: bool = False) -> None:
+    value = record.get(key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ImageStoreError("field %s=%r is not a whole number >= %d" % (key, value, minimum))
+
+
+def validate_record(data, image_id: str | None = None, where: str = "image record") -> dict:
+    """Check a record read from a store (ours or a remote one); returns it with only the known fields."""
+    if not isinstance(data, dict):
+        raise ImageStoreError("%s is not a JSON object" % where)
+    try:
+        record = {k: data.get(k) for k in RECORD_FIELDS}
+        if check_image_id(record["id"]) != record["id"]:
+            raise ImageStoreError("id %r is not in canonical form" % record["id"])
+        if image_id is not None and record["id"] != image_id:
+            raise ImageStoreError("it holds id %s, expected %s" % (record["id"], image_id))
+        check_name(record["name"])
+        if record["status"] not in STATUSES:
+            raise ImageStoreError("status %r is not one of %s" % (record["status"], ", ".join(STATUSES)))
+        if record["disk_format"] not in DISK_FORMATS:
+            raise ImageStoreError("disk_format %r is not one of %s" % (record["disk_format"], ", ".join(DISK_FORMATS)))
+        if record["container_format"] != CONTAINER_FORMAT:
+            raise ImageStoreError("container_format %r is not %s" % (record["container_format"], CONTAINER_FORMAT))
+        _int(record, "size", 1)
+        _int(record, "virtual_size", 1)
+        if check_sha256(record["sha256"], "sha256") != record["sha256"]:
+            raise ImageStoreError("sha256 is not lowercase hex")
+        if normalize_properties(record["properties"]) != record["properties"]:
+            raise ImageStoreError("properties are not in normal form")
+        if record["owner"] is not None and not (isinstance(record["owner"], str) and OWNER_RE.match(record["owner"])):
+            raise ImageStoreError("owner %r is not valid" % (record["owner"],))
+        if record["visibility"] not in VISIBILITIES:
+            raise ImageStoreError("visibility %r is not one of %s" % (record["visibility"], ", ".join(VISIBILITIES)))
+        if record["image_type"] not in IMAGE_TYPES:
+            raise ImageStoreError("image_type %r is not one of %s" % (record["image_type"], ", ".join(IMAGE_TYPES)))
+        if record["image_type"] == "snapshot":
+            check_image_id(record["instance_uuid"], "instance_uuid")
+        elif record["instance_uuid"] is not None:
+            raise ImageStoreError("instance_uuid is set on an image that is not a snapshot")
+        for key in ("created_at", "updated_at"):
+            if not isinstance(record[key], str):
+                raise ImageStoreError("%s is missing" % key)
+    except ImageStoreError as exc:
+        raise ImageStoreError("%s is not valid: %s" % (where, exc)) from exc
+    return record
+
+
+def _owner(value) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not OWNER_RE.match(value):
+        raise ImageStoreError("owner %r is not valid: a project name of letters, digits and . _ @ -" % (value,))
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, data: dict, mode: int = 0o644) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync, rename over ``path``."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def read_json(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ImageStoreError("%s %s cannot be read: %s" % (what, path, exc)) from exc
+
+
+@contextlib.contextmanager
+def file_lock(path: str, timeout: float, what: str):
+    """An exclusive POSIX (lockf) lock on ``path``, waiting up to ``timeout`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ImageStoreError("%s is locked by another run (%s) for more than %s s; wait for it to finish, "
+                                          "or raise timeout" % (what, path, timeout)) from exc
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _copy_stream(read, out, digest, size_cap: int, what: str) -> int:
+    total = 0
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            return total
+        total += len(chunk)
+        if total > size_cap:
+            raise ImageStoreError("%s is larger than the size cap of %d bytes; raise size_cap if it is wanted" % (what, size_cap))
+        digest.update(chunk)
+        out.write(chunk)
+
+
+def copy_file(src: str, out, size_cap: int) -> tuple[int, str]:
+    """Copy the regular file ``src`` into the open file ``out``; returns (size, sha256)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOCTTY)
+    except OSError as exc:
+        raise ImageStoreError("source file %s cannot be opened: %s" % (src, exc.strerror or exc)) from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageStoreError("source %s is not a regular file" % src)
+        if st.st_size > size_cap:
+            raise ImageStoreError("source %s has %d bytes, more than the size cap of %d; raise size_cap if it is wanted"
+                                  % (src, st.st_size, size_cap))
+        digest = hashlib.sha256()
+        size = _copy_stream(f.read, out, digest, size_cap, "source %s" % src)
+    return size, digest.hexdigest()
+
+
+def check_url(url) -> str:
+    if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
+        raise ImageStoreError("url %r is not an http:// or https:// address (for a file on the image host use src)" % (url,))
+    return url
+
+
+def download(url: str, out, size_cap: int, timeout: int = 60, validate_certs: bool = True) -> tuple[int, str]:
+    """Download ``url`` into the open file ``out``; returns (size, sha256)."""
+    check_url(url)
+    try:
+        resp = open_url(url, timeout=timeout, validate_certs=validate_certs, follow_redirects="safe",
+                        http_agent="virtcloud.compute-image", use_netrc=False)
+    except urllib.error.HTTPError as exc:
+        raise ImageStoreError("download of %s failed: HTTP %s %s" % (url, exc.code, exc.reason)) from exc
+    except (urllib.error.URLError, SSLValidationError, UrlConnectionError, http.client.HTTPException, socket.timeout,
+            OSError, ValueError) as exc:
+        raise ImageStoreError("download of %s failed: %s" % (url, getattr(exc, "reason", None) or exc)) from exc
+    try:
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > size_cap:
+            raise ImageStoreError("%s announces %s bytes, more than the size cap of %d; raise size_cap if it is wanted"
+                                  % (url, length, size_cap))
+        digest = hashlib.sha256()
+        try:
+            size = _copy_stream(resp.read, out, digest, size_cap, url)
+        except (http.client.HTTPException, socket.timeout, OSError) as exc:
+            raise ImageStoreError("download of %s broke off: %s" % (url, exc)) from exc
+        if length and length.isdigit() and int(length) != size:
+            raise ImageStoreError("download of %s broke off: %d of %s bytes" % (url, size, length))
+    finally:
+        resp.close()
+    return size, digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# The image store
+# ---------------------------------------------------------------------------
+
+class ImageStore:
+    """The image store directory on the image host."""
+
+    def __init__(self, path: str, qemu_img=None, check_mode: bool = False, log=None, lock_timeout: float = 60,
+                 now=None) -> None:
+        self.path = check_path(path, "store_path", safe=True)
+        self.qemu_img = qemu_img
+        self.check_mode = check_mode
+        self.log = log
+        self.lock_timeout = lock_timeout
+        self._now = now or now_iso
+
+    # -- reading -----------------------------------------------------------------
+
+    def image_dir(self, image_id: str) -> str:
+        return os.path.join(self.path, check_image_id(image_id))
+
+    def image_file(self, image_id: str) -> str:
+        return os.path.join(self.image_dir(image_id), IMAGE_FILE)
+
+    def require(self) -> None:
+        if not os.path.isdir(self.path):
+            raise ImageStoreError("image store %s does not exist on this host; make it with the role "
+                                  "virtcloud.compute.image_store, or give the right store_path" % self.path)
+
+    def get(self, image_id: str) -> dict | None:
+        image_id = check_image_id(image_id)
+        path = os.path.join(self.path, image_id, RECORD_FILE)
+        data = read_json(path, "image record")
+        if data is None:
+            return None
+        return validate_record(data, image_id, where="image record %s" % path)
+
+    def records(self) -> list[dict]:
+        """Every image in the store, oldest first."""
+        if not os.path.isdir(self.path):
+            return []
+        out = []
+        for entry in sorted(os.listdir(self.path)):
+            if UUID_RE.match(entry) and os.path.isdir(os.path.join(self.path, entry)):
+                record = self.get(entry)
+                if record is not None:
+                    out.append(record)
+        return sorted(out, key=lambda r: (r["created_at"], r["name"], r["id"]))
+
+    def find(self, name: str) -> dict | None:
+        name = check_name(name)
+        found = [r for r in self.records() if r["name"] == name]
+        if len(found) > 1:
+            raise ImageStoreError("image name %r is used by several images (%s): names must be unique; delete or "
+                                  "rename one by id" % (name, ", ".join(r["id"] for r in found)))
+        return found[0] if found else None
+
+    def lookup(self, image_id: str | None = None, name: str | None = None) -> dict | None:
+        """The image with this id (and name, when both are given), or by name alone."""
+        if image_id:
+            record = self.get(image_id)
+            if record is not None and name and record["name"] != name:
+                other = self.find(name)
+                if other is not None:
+                    raise ImageConflict("image %s is named %r, and the name %r belongs to image %s"
+                                        % (record["id"], record["name"], name, other["id"]))
+            return record
+        if name:
+            return self.find(name)
+        raise ImageStoreError("give the image's id or name")
+
+    def list(self, image_id: str | None = None, name: str | None = None, image_type: str | None = None,
+             instance_uuid: str | None = None) -> list[dict]:
+        self.require()
+        images = self.records()
+        if image_id:
+            image_id = check_image_id(image_id)
+            images = [r for r in images if r["id"] == image_id]
+        if name:
+            images = [r for r in images if r["name"] == check_name(name)]
+        if image_type:
+            images = [r for r in images if r["image_type"] == image_type]
+        if instance_uuid:
+            instance_uuid = check_image_id(instance_uuid, "instance_uuid")
+            images = [r for r in images if r["instance_uuid"] == instance_uuid]
+        return images
+
+    # -- changing -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self):
+        if self.check_mode:
+            yield
+            return
+        os.makedirs(self.path, mode=0o755, exist_ok=True)
+        with file_lock(os.path.join(self.path, LOCK_FILE), self.lock_timeout, "image store %s" % self.path):
+            self._clean_stale()
+            yield
+
+    def _clean_stale(self) -> None:
+        """Leftovers of interrupted runs; only called while holding the store lock."""
+        for entry in os.listdir(self.path):
+            if entry.startswith((IMPORT_PREFIX, DELETED_PREFIX)):
+                _remove_tree(os.path.join(self.path, entry))
+                self._log("warning", "removed %s, left by an interrupted run" % entry)
+
+    def _log(self, level: str, message: str) -> None:
+        if self.log is not None:
+            getattr(self.log, level)(message)
+
+    def ensure(self, name: str | None = None, image_id: str | None = None, src: str | None = None, url: str | None = None,
+               disk_format: str = "qcow2", properties=None, image_type: str = "image", instance_uuid: str | None = None,
+               checksum: str | None = None, owner: str | None = None, visibility: str | None = None,
+               size_cap: int = DEFAULT_SIZE_CAP, timeout: int = 60, validate_certs: bool = True) -> dict:
+        """Make the image present; returns {changed, before, after, actions}.
+
+        ``properties`` None leaves an existing image's properties as they are;
+        a dict is the complete set wanted. ``visibility`` None means public for
+        a new image and unchanged for an existing one.
+        """
+        if name is not None:
+            check_name(name)
+        if image_id is not None:
+            image_id = check_image_id(image_id)
+        if name is None and image_id is None:
+            raise ImageStoreError("give the image a name (and optionally an id)")
+        if src is not None and url is not None:
+            raise ImageStoreError("give src or url, not both")
+        if src is not None:
+            src = check_path(src, "src")
+        if url is not None:
+            check_url(url)
+        if disk_format not in DISK_FORMATS:
+            raise ImageStoreError("disk_format %r is not one of %s" % (disk_format, ", ".join(DISK_FORMATS)))
+        if image_type not in IMAGE_TYPES:
+            raise ImageStoreError("image_type %r is not one of %s" % (image_type, ", ".join(IMAGE_TYPES)))
+        if image_type == "snapshot":
+            if not instance_uuid:
+                raise ImageStoreError("a snapshot needs instance_uuid, the instance it was taken from")
+            instance_uuid = check_image_id(instance_uuid, "instance_uuid")
+        elif instance_uuid:
+            raise ImageStoreError("instance_uuid is only for image_type snapshot")
+        if checksum is not None:
+            checksum = check_sha256(checksum)
+        owner = _owner(owner)
+        if visibility is not None and visibility not in VISIBILITIES:
+            raise ImageStoreError("visibility %r is not one of %s" % (visibility, ", ".join(VISIBILITIES)))
+        wanted_props = None if properties is None else normalize_properties(properties)
+        if isinstance(size_cap, bool) or not isinstance(size_cap, int) or size_cap <= 0:
+            raise ImageStoreError("size_cap %r is not a positive number of bytes" % (size_cap,))
+
+        if os.path.exists(self.path):
+            self.require()
+        with self.locked():
+            existing = self.lookup(image_id, name)
+            if image_id and existing is None and name:
+                other = self.find(name)
+                if other is not None:
+                    raise ImageConflict("the name %r belongs to image %s; pick another name for image %s"
+                                        % (name, other["id"], image_id))
+            if existing is not None:
+                return self._update(existing, name, src, url, disk_format, wanted_props, image_type, instance_uuid,
+                                    checksum, owner, visibility)
+            if src is None and url is None:
+                raise ImageStoreError("image %s is not in the store %s: give src (a file on this host) or url to import it"
+                                      % (name or image_id, self.path))
+            spec = dict(name=name, image_id=image_id, src=src, url=url, disk_format=disk_format,
+                        properties=wanted_props or {}, image_type=image_type, instance_uuid=instance_uuid,
+                        checksum=checksum, owner=owner, visibility=visibility or "public")
+            if self.check_mode:
+                return self._plan_import(spec, size_cap)
+            return self._import(spec, size_cap, timeout, validate_certs)
+
+    def _update(self, existing, name, src, url, disk_format, properties, image_type, instance_uuid, checksum, owner,
+                visibility) -> dict:
+        ident = "image %s (%s)" % (existing["id"], existing["name"])
+        if disk_format != existing["disk_format"]:
+            raise ImageConflict("%s has disk_format %s, not %s: the content of an image never changes; delete it "
+                                "first or import under another name" % (ident, existing["disk_format"], disk_format))
+        if image_type != existing["image_type"] or instance_uuid != existing["instance_uuid"]:
+            raise ImageConflict("%s is of image_type %s (instance_uuid %s), not %s (instance_uuid %s): these never change"
+                                % (ident, existing["image_type"], existing["instance_uuid"], image_type, instance_uuid))
+        if checksum is not None and checksum != existing["sha256"]:
+            raise ImageConflict("%s has sha256 %s, not the given checksum %s: the content of an image id never "
+                                "changes; import the new content under another name" % (ident, existing["sha256"], checksum))
+        if src is not None:
+            same = False
+            try:
+                same_size = os.stat(src).st_size == existing["size"]
+            except OSError as exc:
+                raise ImageStoreError("source file %s cannot be read: %s" % (src, exc.strerror or exc)) from exc
+            if same_size:
+                try:
+                    same = sha256_file(src) == existing["sha256"]
+                except ImageInspectError as exc:
+                    raise ImageStoreError(str(exc)) from exc
+            if not same:
+                raise ImageConflict("%s holds other content than %s (sha256 %s): the content of an image never changes; "
+                                    "import it under another name, or delete the image first" % (ident, src, existing["sha256"]))
+        # url without checksum: an image of that name/id is taken as it is (URLs are not fetched again).
+        after = dict(existing)
+        if name is not None:
+            after["name"] = name
+        if properties is not None:
+            after["properties"] = properties
+        if owner is not None:
+            after["owner"] = owner
+        if visibility is not None:
+            after["visibility"] = visibility
+        changed = after != existing
+        actions = []
+        if changed:
+            fields = [k for k in RECORD_FIELDS if after[k] != existing[k]]
+            actions.append("update %s of %s" % (", ".join(fields), ident))
+            after["updated_at"] = self._now()
+            if not self.check_mode:
+                write_json_atomic(os.path.join(self.image_dir(existing["id"]), RECORD_FILE), after)
+                self._log("info", "updated %s of %s" % (", ".join(fields), ident))
+        return dict(changed=changed, before=existing, after=after, actions=actions)
+
+    def _new_record(self, spec: dict, image_id: str, size: int, virtual_size: int, sha256: str | None) -> dict:
+        now = self._now()
+        return dict(id=image_id, name=spec["name"] or image_id, status="active", disk_format=spec["disk_format"],
+                    container_format=CONTAINER_FORMAT, size=size, virtual_size=virtual_size, sha256=sha256,
+                    properties=spec["properties"], owner=spec["owner"], visibility=spec["visibility"],
+                    image_type=spec["image_type"], instance_uuid=spec["instance_uuid"], created_at=now, updated_at=now)
+
+    def _plan_import(self, spec: dict, size_cap: int) -> dict:
+        """Check mode: inspect a local source as the real run would (reading only)."""
+        image_id = spec["image_id"] or str(uuid.uuid4())
+        size = virtual_size = sha = None
+        if spec["src"] is not None:
+            try:
+                size = os.stat(spec["src"]).st_size
+            except OSError as exc:
+                raise ImageStoreError("source file %s cannot be read: %s" % (spec["src"], exc.strerror or exc)) from exc
+            if size > size_cap:
+                raise ImageStoreError("source %s has %d bytes, more than the size cap of %d" % (spec["src"], size, size_cap))
+            virtual_size = inspect_image(spec["src"], spec["disk_format"], self.qemu_img)["virtual_size"]
+            sha = sha256_file(spec["src"])
+            if spec["checksum"] is not None and sha != spec["checksum"]:
+                raise ImageStoreError("source %s has sha256 %s, not the given checksum %s" % (spec["src"], sha, spec["checksum"]))
+        else:
+            sha = spec["checksum"]
+        record = self._new_record(spec, image_id, size, virtual_size, sha)
+        return dict(changed=True, before=None, after=record,
+                    actions=["import %s as image %s (%s)" % (spec["src"] or spec["url"], record["name"], image_id)])
+
+    def _import(self, spec: dict, size_cap: int, timeout: int, validate_certs: bool) -> dict:
+        image_id = spec["image_id"] or str(uuid.uuid4())
+        source = spec["src"] or spec["url"]
+        work = tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=self.path)
+        try:
+            os.chmod(work, 0o700)
+            data = os.path.join(work, IMAGE_FILE)
+            with open(data, "xb") as out:
+                if spec["src"] is not None:
+                    size, sha = copy_file(spec["src"], out, size_cap)
+                else:
+                    size, sha = download(spec["url"], out, size_cap, timeout, validate_certs)
+                out.flush()
+                os.fsync(out.fileno())
+            if spec["checksum"] is not None and sha != spec["checksum"]:
+                raise ImageStoreError("%s has sha256 %s, not the given checksum %s; nothing was imported" % (source, sha, spec["checksum"]))
+            try:
+                info = inspect_image(data, spec["disk_format"], self.qemu_img)
+            except ImageUnsafe as exc:
+                # name the source, not the temporary copy
+                raise ImageUnsafe(source, exc.declared, exc.detected, exc.reason) from exc
+            record = self._new_record(spec, image_id, size, info["virtual_size"], sha)
+            os.chmod(data, 0o644)
+            write_json_atomic(os.path.join(work, RECORD_FILE), record)
+            os.chmod(work, 0o755)
+            try:
+                os.rename(work, os.path.join(self.path, image_id))
+            except OSError as exc:
+                raise ImageStoreError("image %s cannot be put in place in %s: %s" % (image_id, self.path, exc.strerror or exc)) from exc
+            _fsync_dir(self.path)
+        except BaseException:
+            _remove_tree(work)
+            raise
+        self._log("info", "imported %s as image %s (%s, %s, %d bytes, sha256 %s)"
+                  % (source, image_id, record["name"], record["disk_format"], size, sha))
+        return dict(changed=True, before=None, after=record,
+                    actions=["import %s as image %s (%s)" % (source, record["name"], image_id)])
+
+    def delete(self, image_id: str | None = None, name: str | None = None) -> dict:
+        """Remove the image; returns {changed, before, after, actions}."""
+        if not os.path.isdir(self.path):
+            return dict(changed=False, before=None, after=None, actions=[])
+        with self.locked():
+            existing = self.lookup(image_id, name)
+            if existing is None:
+                return dict(changed=False, before=None, after=None, actions=[])
+            if image_id and name and existing["name"] != name:
+                raise ImageConflict("image %s is named %r, not %r: nothing deleted" % (existing["id"], existing["name"], name))
+            action = "delete image %s (%s)" % (existing["id"], existing["name"])
+            if not self.check_mode:
+                trash = os.path.join(self.path, "%s%s-%s" % (DELETED_PREFIX, existing["id"], uuid.uuid4().hex[:8]))
+                os.rename(self.image_dir(existing["id"]), trash)
+                _fsync_dir(self.path)
+                with contextlib.suppress(OSError):
+                    write_json_atomic(os.path.join(trash, RECORD_FILE), dict(existing, status="deleted", updated_at=self._now()))
+                _remove_tree(trash)
+                self._log("info", "deleted image %s (%s)" % (existing["id"], existing["name"]))
+            return dict(changed=True, before=existing, after=None, actions=[action])
+
+
+# ---------------------------------------------------------------------------
+# The image cache on a compute host
+# ---------------------------------------------------------------------------
+
+def base_name(image_id: str) -> str:
+    """Nova's cache file name: the SHA-1 of the image id."""
+    return hashlib.sha1(check_image_id(image_id).encode("ascii")).hexdigest()  # nosec B324: a name, not security
+
+
+def check_host(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ImageStoreError("source_host %r is not a host name or address" % (value,))
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.match(value):
+        raise ImageStoreError("source_host %r is not a host name or IP address" % (value,))
+    return value
+
+
+class ScpSource:
+    """The image store host, reached from the compute host with scp (SFTP protocol, strict host keys)."""
+
+    transport = "scp"
+
+    def __init__(self, host: str, store_path: str = DEFAULT_STORE_PATH, user: str = "root", port: int = 22,
+                 ssh_key: str | None = None, known_hosts: str | None = None, connect_timeout: int = 10,
+                 scp: str = "scp") -> None:
+        self.host = check_host(host)
+        self.store_path = check_path(store_path, "source_path", safe=True)
+        if not isinstance(user, str) or not USER_RE.match(user):
+            raise ImageStoreError("source_user %r is not a valid user name" % (user,))
+        self.user = user
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ImageStoreError("source_port %r is not a port number" % (port,))
+        self.port = port
+        self.ssh_key = check_path(ssh_key, "ssh_key") if ssh_key else None
+        self.known_hosts = check_path(known_hosts, "known_hosts") if known_hosts else None
+        self.connect_timeout = connect_timeout
+        self.scp = scp
+
+    def _target(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s@%s" % (self.user, host)
+
+    def describe(self, image_id: str) -> str:
+        return "%s:%s/%s" % (self._target(), self.store_path, check_image_id(image_id))
+
+    def argv(self, image_id: str, names: list[str], dest_dir: str) -> list[str]:
+        image_id = check_image_id(image_id)
+        # no -q: it would hide ssh's own messages ("Host key verification failed."); no progress
+        # meter is printed anyway, since the output is not a terminal
+        argv = [self.scp, "-P", str(self.port), "-o", "LogLevel=ERROR",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout,
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        if self.ssh_key:
+            argv += ["-o", "IdentitiesOnly=yes", "-i", self.ssh_key]
+        if self.known_hosts:
+            argv += ["-o", "UserKnownHostsFile=%s" % self.known_hosts]
+        argv += ["%s/%s" % (self.describe(image_id), n) for n in names]
+        argv.append(dest_dir.rstrip("/") + "/")
+        return argv
+
+    def fetch(self, run, image_id: str, names: list[str], dest_dir: str) -> None:
+        rc, _out, err = run(self.argv(image_id, names, dest_dir))
+        if rc != 0:
+            raise ImageStoreError("fetching image %s from %s to this host failed (scp rc %d): %s. Check that the image "
+                                  "exists in the store, and the host, ssh_key and known_hosts (strict host key checking)"
+                                  % (image_id, self.describe(image_id), rc, (err or "").strip() or "no message"))
+
+
+class ImageCache:
+    """``<instances_path>/_base`` on a compute host."""
+
+    def __init__(self, instances_path: str, qemu_img, run, source=None, check_mode: bool = False, log=None,
+                 lock_timeout: float = 600, hostname: str | None = None) -> None:
+        self.instances_path = check_path(instances_path, "instances_path")
+        self.base_dir = os.path.join(self.instances_path, BASE_DIR)
+        self.qemu_img = qemu_img
+        self.run = run
+        self.source = source
+        self.check_mode = check_mode
+        self.log = log
+        self.lock_timeout = lock_timeout
+        self.hostname = hostname or socket.gethostname()
+
+    def base_path(self, image_id: str) -> str:
+        return os.path.join(self.base_dir, base_name(image_id))
+
+    def _log(self, level: str, message: str) -> None:
+        if self.log is not None:
+            getattr(self.log, level)(message)
+
+    @staticmethod
+    def _stat(path: str) -> dict:
+        # no st_dev: it differs between the NFS clients of one shared instances folder
+        st = os.stat(path)
+        return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino)
+
+    def status(self, image_id: str, expected_sha256: str | None = None, verify: str = "quick") -> dict:
+        """Is the base file there and good? {present, ok, reason, info, hashed}; changes nothing."""
+        path = self.base_path(image_id)
+        if not os.path.lexists(path):
+            return dict(present=False, ok=False, reason="not cached", info=None, hashed=False)
+        if os.path.islink(path) or not os.path.isfile(path):
+            return dict(present=True, ok=False, reason="%s is not a regular file" % path, info=None, hashed=False)
+        try:
+            info = read_json(path + ".info", "cache record")
+        except ImageStoreError as exc:
+            return dict(present=True, ok=False, reason=str(exc), info=None, hashed=False)
+        if not isinstance(info, dict) or info.get("image_id") != image_id or info.get("format") not in DISK_FORMATS \
+                or not isinstance(info.get("sha256"), str) or not isinstance(info.get("image_sha256"), str):
+            return dict(present=True, ok=False, reason="no valid %s.info side file for image %s" % (path, image_id),
+                        info=None, hashed=False)
+        if expected_sha256 is not None and info["image_sha256"] != expected_sha256:
+            return dict(present=True, ok=False, hashed=False, info=info,
+                        reason="cached from content with sha256 %s, expected %s" % (info["image_sha256"], expected_sha256))
+        hashed = False
+        current = self._stat(path)
+        if verify == "full" or info.get("stat") != current:
+            hashed = True
+            actual = sha256_file(path)
+            if actual != info["sha256"]:
+                return dict(present=True, ok=False, hashed=True, info=info,
+                            reason="sha256 of %s is %s, not %s as when it was fetched" % (path, actual, info["sha256"]))
+        try:
+            inspected = inspect_image(path, info["format"], self.qemu_img)
+        except ImageUnsafe as exc:
+            return dict(present=True, ok=False, hashed=hashed, info=info, reason=str(exc))
+        return dict(present=True, ok=True, reason=None, info=info, hashed=hashed, stat=current,
+                    virtual_size=inspected["virtual_size"])
+
+    def ensure(self, image_id: str, expected_sha256: str | None = None, expected_size: int | None = None,
+               expected_format: str | None = None, force_raw: bool = False, verify: str = "quick") -> dict:
+        image_id = check_image_id(image_id)
+        if expected_sha256 is not None:
+            expected_sha256 = check_sha256(expected_sha256, "sha256")
+        if expected_format is not None and expected_format not in DISK_FORMATS:
+            raise ImageStoreError("disk_format %r is not one of %s" % (expected_format, ", ".join(DISK_FORMATS)))
+        if verify not in VERIFY_MODES:
+            raise ImageStoreError("verify %r is not one of %s" % (verify, ", ".join(VERIFY_MODES)))
+        path = self.base_path(image_id)
+        result = dict(image_id=image_id, path=path, fetched=False, repaired=None, transport=None, source=None,
+                      fetched_on=None, bytes=0, seconds=0.0, hashed=False)
+        if not os.path.isdir(self.instances_path):
+            raise ImageStoreError("instances_path %s does not exist on this host; prepare the host with the role "
+                                  "virtcloud.compute.compute_node, or give the right instances_path" % self.instances_path)
+        if self.check_mode:
+            state = self.status(image_id, expected_sha256, verify)
+            if state["ok"]:
+                return self._result(result, state["info"], state["virtual_size"], hashed=state["hashed"])
+            result.update(fetched=True, repaired=state["reason"] if state["present"] else None,
+                          transport=self.source.transport if self.source else None,
+                          source=self.source.describe(image_id) if self.source else None, fetched_on=self.hostname,
+                          format="raw" if force_raw else expected_format, disk_format=expected_format,
+                          sha256=expected_sha256, base_sha256=None, size=None, virtual_size=None)
+            return result
+        os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
+        with file_lock(path + ".lock", self.lock_timeout, "base file of image %s" % image_id):
+            for entry in os.listdir(self.base_dir):
+                if entry.startswith("%s%s-" % (FETCH_PREFIX, os.path.basename(path))):
+                    _remove_tree(os.path.join(self.base_dir, entry))
+            state = self.status(image_id, expected_sha256, verify)
+            if state["ok"]:
+                if state["hashed"] and state["info"].get("stat") != state["stat"]:
+                    # the hash still matches: remember the new stat, so the next use does not hash again
+                    write_json_atomic(path + ".info", dict(state["info"], stat=state["stat"], verified_at=now_iso()))
+                return self._result(result, state["info"], state["virtual_size"], hashed=state["hashed"])
+            if state["present"]:
+                result["repaired"] = state["reason"]
+                self._log("warning", "base file %s of image %s is not usable (%s): fetching it again" % (path, image_id, state["reason"]))
+                if state["info"] is not None:
+                    # overlays on the old file name its format as their backing format: keep it
+                    force_raw = state["info"]["format"] == "raw"
+            info, virtual_size = self._fetch(image_id, expected_sha256, expected_size, expected_format, force_raw, result)
+        return self._result(result, info, virtual_size, hashed=True)
+
+    @staticmethod
+    def _result(result: dict, info: dict, virtual_size: int, hashed: bool) -> dict:
+        result.update(format=info["format"], sha256=info["image_sha256"], base_sha256=info["sha256"],
+                      size=info["size"], virtual_size=virtual_size, disk_format=info["disk_format"], hashed=hashed)
+        return result
+
+    def _check_space(self, expected_size: int | None) -> None:
+        if not expected_size:
+            return
+        st = os.statvfs(self.base_dir)
+        free = st.f_bavail * st.f_frsize
+        if free < expected_size:
+            raise ImageStoreError("%s has %d bytes free, the image needs %d" % (self.base_dir, free, expected_size))
+
+    def _fetch(self, image_id, expected_sha256, expected_size, expected_format, force_raw, result) -> tuple[dict, int]:
+        if self.source is None:
+            raise ImageStoreError("image %s is not cached in %s and no source host was given to fetch it from" % (image_id, self.base_dir))
+        self._check_space(expected_size)
+        path = self.base_path(image_id)
+        work = tempfile.mkdtemp(prefix="%s%s-" % (FETCH_PREFIX, os.path.basename(path)), dir=self.base_dir)
+        started = time.monotonic()
+        try:
+            self.source.fetch(self.run, image_id, [RECORD_FILE, IMAGE_FILE], work)
+            record = validate_record(read_json(os.path.join(work, RECORD_FILE), "fetched image record"), image_id,
+                                     where="the record of image %s on %s" % (image_id, self.source.describe(image_id)))
+            if record["status"] != "active":
+                raise ImageStoreError("image %s is %s in the store, not active" % (image_id, record["status"]))
+            for what, want, have in (("sha256", expected_sha256, record["sha256"]), ("size", expected_size, record["size"]),
+                                     ("disk_format", expected_format, record["disk_format"])):
+                if want is not None and want != have:
+                    raise ImageStoreError("image %s has %s %s in the store, the caller expected %s; nothing cached"
+                                          % (image_id, what, have, want))
+            data = os.path.join(work, IMAGE_FILE)
+            size = os.stat(data).st_size
+            result["bytes"] = size
+            result["seconds"] = round(time.monotonic() - started, 3)
+            if size != record["size"]:
+                raise ImageStoreError("the copy of image %s has %d bytes, the record says %d; nothing cached" % (image_id, size, record["size"]))
+            sha = sha256_file(data)
+            if sha != record["sha256"]:
+                raise ImageStoreError("the copy of image %s has sha256 %s, the record says %s; nothing cached" % (image_id, sha, record["sha256"]))
+            try:
+                info = inspect_image(data, record["disk_format"], self.qemu_img)
+            except ImageUnsafe as exc:
+                raise ImageUnsafe("%s/%s" % (self.source.describe(image_id), IMAGE_FILE), exc.declared, exc.detected, exc.reason) from exc
+            base, base_format, base_sha = data, record["disk_format"], sha
+            if force_raw and record["disk_format"] != "raw":
+                base = os.path.join(work, "image.raw")
+                self.qemu_img.convert(data, info["qemu_format"], base, "raw")
+                info = inspect_image(base, "raw", self.qemu_img)
+                base_format, base_sha = "raw", sha256_file(base)
+                os.unlink(data)
+            os.chmod(base, 0o644)
+            side = dict(image_id=image_id, image_sha256=record["sha256"], image_size=record["size"],
+                        disk_format=record["disk_format"], format=base_format, sha256=base_sha, size=os.stat(base).st_size,
+                        virtual_size=info["virtual_size"], source=self.source.describe(image_id), fetched_at=now_iso())
+            # the side file first, without stat: a crash before the rename leaves a side file that
+            # nothing matches; a crash after it, one that makes the next use hash and then record the stat
+            write_json_atomic(path + ".info", side)
+            os.replace(base, path)
+            _fsync_dir(self.base_dir)
+            side["stat"] = self._stat(path)
+            side["verified_at"] = now_iso()
+            write_json_atomic(path + ".info", side)
+        finally:
+            _remove_tree(work)
+        result.update(fetched=True, transport=self.source.transport, source=self.source.describe(image_id),
+                      fetched_on=self.hostname, seconds=round(time.monotonic() - started, 3))
+        self._log("info", "fetched image %s from %s into %s (%s, %d bytes, %.1f s)"
+                  % (image_id, self.source.describe(image_id), path, side["format"], result["bytes"], result["seconds"]))
+        return side, info["virtual_size"]
+
+
+# ---------------------------------------------------------------------------
+# Instance disks
+# ---------------------------------------------------------------------------
+
+DISK_FILE_FORMATS = ("qcow2", "raw")
+
+
+def _describe_disk(info: dict | None, path: str) -> dict:
+    if info is None:
+        return {}
+    return dict(path=path, format=info.get("format"), virtual_size=info.get("virtual_size"),
+                backing_file=info.get("backing_filename"), backing_format=info.get("backing_format"))
+
+
+class Disks:
+    """Instance disks through the qemu-img runner (explicit formats, resource limits)."""
+
+    def __init__(self, qemu_img, check_mode: bool = False, log=None) -> None:
+        self.qemu_img = qemu_img
+        self.check_mode = check_mode
+        self.log = log
+
+    def _log(self, message: str) -> None:
+        if self.log is not None:
+            self.log.info(message)
+
+    @staticmethod
+    def _format(fmt, what: str = "format") -> str:
+        if fmt not in DISK_FILE_FORMATS:
+            raise ImageStoreError("%s %r is not one of %s" % (what, fmt, ", ".join(DISK_FILE_FORMATS)))
+        return fmt
+
+    @staticmethod
+    def _size(size, what: str = "size") -> int | None:
+        if size is None:
+            return None
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ImageStoreError("%s %r is not a positive number of bytes" % (what, size))
+        return size
+
+    def info(self, path: str, fmt: str, backing_chain: bool = False) -> dict | None:
+        """qemu-img info of an existing disk (None when there is no file)."""
+        path = check_path(path)
+        if not os.path.lexists(path):
+            return None
+        if not os.path.isfile(path):
+            raise ImageStoreError("%s is not a regular file" % path)
+        try:
+            return self.qemu_img.info(path, self._format(fmt), backing_chain=backing_chain)
+        except QemuImgError as exc:
+            raise ImageStoreError("%s exists but qemu-img cannot read it as %s: %s. Give its real format, or remove it"
+                                  % (path, fmt, exc.stderr or exc)) from exc
+
+    def present(self, path: str, fmt: str = "qcow2", size: int | None = None, backing: str | None = None,
+                backing_format: str | None = None) -> dict:
+        path = check_path(path)
+        self._format(fmt)
+        size = self._size(size)
+        if backing is not None:
+            backing = check_path(backing, "backing")
+            if fmt != "qcow2":
+                raise ImageStoreError("only a qcow2 disk can have a backing file, not %s" % fmt)
+            if backing_format is None:
+                raise ImageStoreError("backing_format is needed with backing: qemu-img never guesses an image's format")
+            self._format(backing_format, "backing_format")
+        elif backing_format is not None:
+            raise ImageStoreError("backing_format is only for a disk with a backing file")
+        current = self.info(path, fmt)
+        before = _describe_disk(current, path)
+        if current is None:
+            return self._create(path, fmt, size, backing, backing_format, before)
+        if backing is not None or current.get("backing_filename"):
+            have = current.get("full_backing_filename") or current.get("backing_filename")
+            if backing is None:
+                raise ImageStoreError("%s has the backing file %s; give it as backing (this module never flattens a disk)" % (path, have))
+            if have is None or os.path.normpath(have) != backing:
+                raise ImageStoreError("%s exists with backing file %s, not %s: refusing to change it; remove the disk first"
+                                      % (path, have or "none", backing))
+            if current.get("backing_format") != backing_format:
+                raise ImageStoreError("%s has backing format %s, not %s: refusing to change it"
+                                      % (path, current.get("backing_format"), backing_format))
+        return self._grow(path, fmt, size, current, before)
+
+    def _create(self, path, fmt, size, backing, backing_format, before) -> dict:
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise ImageStoreError("the directory %s of disk %s does not exist; make the instance directory first" % (parent, path))
+        if backing is not None:
+            if not os.path.isfile(backing):
+                raise ImageStoreError("backing file %s does not exist (is the image cached? see image_cache)" % backing)
+            try:
+                binfo = self.qemu_img.info(backing, backing_format)
+            except QemuImgError as exc:
+                raise ImageStoreError("backing file %s cannot be read as %s: %s" % (backing, backing_format, exc.stderr or exc)) from exc
+            bsize = binfo.get("virtual_size")
+            if size is not None and isinstance(bsize, int) and size < bsize:
+                raise ImageStoreError("size %d is smaller than the virtual size %d of the backing file %s: a disk is "
+                                      "never smaller than its image (Nova's FlavorDiskSmallerThanImage)" % (size, bsize, backing))
+            virtual = size if size is not None else bsize
+            action = "create qcow2 overlay %s on %s (%s)" % (path, backing, backing_format)
+            if not self.check_mode:
+                self.qemu_img.create_overlay(path, backing, backing_format, size)
+        else:
+            if size is None:
+                raise ImageStoreError("size is needed to create %s without a backing file" % path)
+            virtual = size
+            action = "create %s disk %s of %d bytes" % (fmt, path, size)
+            if not self.check_mode:
+                self.qemu_img.create(path, fmt, size)
+        if not self.check_mode:
+            self._log(action)
+        after = dict(path=path, format=fmt, virtual_size=virtual, backing_file=backing, backing_format=backing_format)
+        return dict(changed=True, before=before, after=after, actions=[action])
+
+    def _grow(self, path, fmt, size, current, before) -> dict:
+        virtual = current.get("virtual_size")
+        if size is None or size == virtual:
+            return dict(changed=False, before=before, after=before, actions=[])
+        if not isinstance(virtual, int):
+            raise ImageStoreError("the virtual size of %s is unknown; cannot resize it" % path)
+        if size < virtual:
+            raise ImageStoreError("%s is %d bytes and cannot shrink to %d: shrinking a disk loses the guest's data "
+                                  "(Nova refuses it too); give a size >= %d" % (path, virtual, size, virtual))
+        action = "grow %s from %d to %d bytes" % (path, virtual, size)
+        if not self.check_mode:
+            self.qemu_img.resize(path, fmt, size)
+            self._log(action)
+        return dict(changed=True, before=before, after=dict(before, virtual_size=size), actions=[action])
+
+    def resized(self, path: str, fmt: str, size: int) -> dict:
+        path = check_path(path)
+        self._format(fmt)
+        if size is None:
+            raise ImageStoreError("size is needed for state resized")
+        size = self._size(size)
+        current = self.info(path, fmt)
+        if current is None:
+            raise ImageStoreError("disk %s does not exist; nothing to resize" % path)
+        return self._grow(path, fmt, size, current, _describe_disk(current, path))
+
+    def converted(self, src: str, src_format: str, path: str, fmt: str, compress: bool = False) -> dict:
+        src = check_path(src, "src")
+        path = check_path(path)
+        self._format(src_format, "src_format")
+        self._format(fmt)
+        if src == path:
+            raise ImageStoreError("src and path are the same file %s" % path)
+        current = self.info(path, fmt)
+        if current is not None:
+            before = _describe_disk(current, path)
+            return dict(changed=False, before=before, after=before, actions=[])
+        sinfo = self.info(src, src_format)
+        if sinfo is None:
+            raise ImageStoreError("source disk %s does not exist" % src)
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise ImageStoreError("the directory %s of %s does not exist" % (parent, path))
+        action = "convert %s (%s) to %s (%s%s)" % (src, src_format, path, fmt, ", compressed" if compress else "")
+        if not self.check_mode:
+            tmp = os.path.join(parent, ".%s.part-%s" % (os.path.basename(path), uuid.uuid4().hex[:8]))
+            try:
+                self.qemu_img.convert(src, src_format, tmp, fmt, compress=compress)
+                os.rename(tmp, path)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            self._log(action)
+        after = dict(path=path, format=fmt, virtual_size=sinfo.get("virtual_size"), backing_file=None, backing_format=None)
+        return dict(changed=True, before={}, after=after, actions=[action])
+
+    def absent(self, path: str) -> dict:
+        path = check_path(path)
+        if not os.path.lexists(path):
+            return dict(changed=False, before={}, after={}, actions=[])
+        if not os.path.islink(path) and not os.path.isfile(path):
+            raise ImageStoreError("%s is not a file; refusing to remove it" % path)
+        before = dict(path=path)
+        action = "remove %s" % path
+        if not self.check_mode:
+            os.unlink(path)
+            self._log(action)
+        return dict(changed=True, before=before, after={}, actions=[action])

@@ -521,6 +521,8 @@ class Lab:
                 pass
         binds = [("%s/root-ssh" % d, "/root/.ssh"), ("%s/etc-hosts" % spec.state_dir, "/etc/hosts")]
         binds += [("%s/%s" % (d, sub), path) for path, sub in HOST_PRIVATE_BINDS]
+        # the host's own SSH host keys where every tool looks for them
+        binds.append(("%s/ssh" % d, "/etc/ssh"))
         if host.role == "compute":
             binds += [("%s/%s" % (d, sub), path) for path, sub in COMPUTE_BINDS]
             binds.append((spec.shared_instances if host.shared_storage else "%s/instances" % d, spec.instances_path))

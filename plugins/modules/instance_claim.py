@@ -135,7 +135,7 @@ def main():
             module.exit_json(changed=release(p["claims_file"], uuid, check_mode=module.check_mode))
         if not HAS_LIBVIRT:
             module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
-        flavor = validate_flavor(p["flavor"]).to_dict()
+        flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
         ratios = {n: check_ratio(p[n], n) for n in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio")}
         reserved = dict(reserved_host_memory_mb=check_reserved(p["reserved_host_memory_mb"], "reserved_host_memory_mb"),

@@ -1,0 +1,126 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Launch with the scheduler on the lab, checked by what the guests report; then terminate."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from harness import GUEST_IMAGE, Console, run_playbook
+
+
+@pytest.fixture(scope="module")
+def cloud(lab):
+    """The lab prepared as a cloud: image store, compute nodes, instance network, the test image."""
+    prep = run_playbook("compute_node.yml", inventory=lab.inventory)
+    assert prep.rc == 0, prep.stdout[-4000:]
+    again = run_playbook("compute_node.yml", inventory=lab.inventory)
+    assert again.rc == 0 and again.changed == 0, again.stdout[-4000:]
+    image = run_playbook("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE,
+                                                  image_properties={"hw_architecture": "x86_64", "min_ram": "128"}),
+                         inventory=lab.inventory)
+    assert image.rc == 0, image.stdout[-3000:]
+    yield lab
+
+
+def launch(lab, **extra):
+    return run_playbook("launch.yml", extra, inventory=lab.inventory)
+
+
+def launched(result) -> list:
+    """The instances a launch made, from its report."""
+    m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
+    assert m, result.stdout[-3000:]
+    return json.loads(m.group(1))
+
+
+def delete(lab, name):
+    result = run_playbook("instance.yml", dict(instance=name, action="delete"), inventory=lab.inventory)
+    assert result.rc == 0, result.stdout[-3000:]
+
+
+def console(lab, inst) -> Console:
+    return Console(os.path.join(lab.instances_dir(inst["host"]), inst["uuid"], "console.log"))
+
+
+def test_five_launches_spread_over_three_hosts_and_boot_with_their_addresses(cloud):
+    result = launch(cloud, launch_name="spread", launch_count=5, launch_weighers=["RAMWeigher"])
+    assert result.rc == 0, result.stdout[-4000:]
+    insts = launched(result)
+    hosts = sorted(i["host"] for i in insts)
+    assert len(insts) == 5 and sorted(set(hosts)) == ["node1", "node2", "node3"], hosts
+    assert max(hosts.count(h) for h in set(hosts)) == 2
+    try:
+        for inst in insts:
+            con = console(cloud, inst)
+            con.wait("BOOT", timeout=180, pattern=r"^count=1 ")
+            _i, ip = con.wait("IP", timeout=120, pattern=r"^eth0 ")
+            assert ip.split()[1] == "%s/24" % inst["ip"], (inst, ip)
+            _i, meta = con.wait("METADATA", timeout=5)
+            assert json.loads(meta)["name"] == inst["name"]
+        again = launch(cloud, launch_name="spread", launch_count=5, launch_weighers=["RAMWeigher"])
+        assert again.rc == 0 and again.changed == 0, again.stdout[-3000:]
+    finally:
+        for inst in insts:
+            delete(cloud, inst["name"])
+    for inst in insts:
+        assert not os.path.exists(os.path.join(cloud.instances_dir(inst["host"]), inst["uuid"]))
+
+
+def test_a_negative_ram_multiplier_stacks(cloud):
+    result = launch(cloud, launch_name="stack", launch_count=3, launch_weighers=["RAMWeigher"],
+                    launch_weigher_multipliers={"ram_weight_multiplier": -1.0})
+    assert result.rc == 0, result.stdout[-4000:]
+    insts = launched(result)
+    try:
+        assert len({i["host"] for i in insts}) == 1, insts
+    finally:
+        for inst in insts:
+            delete(cloud, inst["name"])
+
+
+def test_anti_affinity_group_of_four_on_three_hosts(cloud):
+    made = []
+    try:
+        for n in range(1, 4):
+            result = launch(cloud, launch_name="anti-%d" % n, launch_group="web-anti")
+            assert result.rc == 0, result.stdout[-3000:]
+            made += launched(result)
+        assert sorted(i["host"] for i in made) == ["node1", "node2", "node3"]
+        fourth = launch(cloud, launch_name="anti-4", launch_group="web-anti")
+        assert fourth.rc != 0 and "ServerGroupAntiAffinityFilter" in fourth.stdout, fourth.stdout[-3000:]
+    finally:
+        for inst in made:
+            delete(cloud, inst["name"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (dict(launch_name="huge", launch_flavor="m1.huge"), "RamFilter"),
+    (dict(launch_name="bad name!"), "Bad launch request"),
+    (dict(launch_name="nosuchflavor", launch_flavor="m9.none"), "Bad launch request"),
+])
+def test_refused_launches_fail_clearly_and_leave_nothing(cloud, extra, message):
+    result = launch(cloud, **extra)
+    assert result.rc != 0 and message in result.stdout, result.stdout[-3000:]
+    for host in ("node1", "node2", "node3"):
+        assert cloud.ssh(host, "virsh list --all --name").split() == []
+
+
+@pytest.mark.parametrize("extra, host", [
+    (dict(launch_name="in-az2", launch_availability_zone="az2"), "node3"),
+    (dict(launch_name="on-ssd", launch_flavor="m1.ssd"), "node1"),
+])
+def test_zone_and_extra_specs_place_the_instance(cloud, extra, host):
+    result = launch(cloud, **extra)
+    assert result.rc == 0, result.stdout[-3000:]
+    insts = launched(result)
+    try:
+        assert [i["host"] for i in insts] == [host]
+    finally:
+        for inst in insts:
+            delete(cloud, inst["name"])

@@ -193,6 +193,7 @@ say "DISKS $DISKS"
 
 # ---------------------------------------------------------------- config drive
 MDHOST=
+MDPING=
 CFGDEV=
 CFGTYPE=
 for line in $(echo "$LABELS" | awk 'tolower($3) == "config-2" {print $1 ":" $2}'); do
@@ -205,6 +206,8 @@ if [ -n "$CFGDEV" ] && mount -t "$CFGTYPE" -o ro "/dev/$CFGDEV" /mnt/cfg 2>/dev/
     if [ -f "$md" ]; then
         say "METADATA $(tr -d '\r\n' <"$md")"
         MDHOST=$(tr -d '\r\n' <"$md" | sed -n 's/.*"hostname"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
+        # meta.ping: space-separated addresses to ping after READY
+        MDPING=$(tr -d '\r\n' <"$md" | sed -n 's/.*"ping"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
     else
         say "METADATA none"
     fi
@@ -291,6 +294,34 @@ else
 fi
 
 say "READY"
+
+# ---------------------------------------------------------------- ping
+# meta.ping of the config drive: ping each address (one background job each,
+# so the ticks start at once) until it answers or 60 s have passed, then one
+# PING line per address.
+ping_until() {
+    _ip=$1
+    case "$_ip" in
+        *[!0-9.]*|.*|*.|*..*) say "PING $_ip fail"; return ;;
+    esac
+    _end=$(($(date +%s) + 60))
+    while :; do
+        if ping -c 3 -W 2 "$_ip" >/dev/null 2>&1; then
+            say "PING $_ip ok"
+            return
+        fi
+        if [ "$(date +%s)" -ge "$_end" ]; then
+            say "PING $_ip fail"
+            return
+        fi
+        sleep 1
+    done
+}
+set -f  # the words of meta.ping are never file name patterns
+for ip in $MDPING; do
+    ping_until "$ip" &
+done
+set +f
 
 # ---------------------------------------------------------------- tick loop
 # The counter lives only in this shell's memory: it proves memory continuity

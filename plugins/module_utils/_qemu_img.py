@@ -80,8 +80,11 @@ class ProcessLimits:
 
 # Nova's QEMU_IMG_LIMITS (nova/virt/images.py): 30 s of CPU, 1 GiB of address space.
 QEMU_IMG_LIMITS = ProcessLimits(cpu_time=30, address_space=1024 * 1024 * 1024)
-# convert: the same memory bound, no CPU-time bound (its time grows with the data).
-CONVERT_LIMITS = ProcessLimits(cpu_time=None, address_space=1024 * 1024 * 1024)
+# convert: no CPU-time bound (its time grows with the data) and a wider memory bound:
+# its worker threads reserve their stacks in the address space, and under 1 GiB a
+# convert on a busy host failed to start its threads (qemu_thread_create: EAGAIN).
+# Nova runs convert with no limits at all; the image was inspected before it.
+CONVERT_LIMITS = ProcessLimits(cpu_time=None, address_space=8 * 1024 * 1024 * 1024)
 
 
 class QemuImgError(Exception):

@@ -124,3 +124,27 @@ def test_zone_and_extra_specs_place_the_instance(cloud, extra, host):
     finally:
         for inst in insts:
             delete(cloud, inst["name"])
+
+
+def test_a_host_that_fails_its_spawn_is_left_clean_and_the_next_host_takes_the_instance(cloud):
+    """node1 loses its trust in the image host (its known_hosts emptied): the image fetch fails there."""
+    cloud.ssh("node1", "cp /root/.ssh/known_hosts /root/.ssh/known_hosts.saved && : > /root/.ssh/known_hosts")
+    try:
+        # with equal hosts the RAM weigher's tie goes to node1 first
+        result = launch(cloud, launch_name="retry", launch_weighers=["RAMWeigher"],
+                        launch_weigher_multipliers={"ram_weight_multiplier": 1.0})
+        assert result.rc == 0, result.stdout[-4000:]
+        insts = launched(result)
+        assert [i["host"] for i in insts] == ["node2"], insts
+        assert "Host key verification failed" in result.stdout
+        uuid = insts[0]["uuid"]
+        # node1 is left clean: no domain, no claim, no instance folder of its own
+        assert cloud.ssh("node1", "virsh list --all --name").split() == []
+        assert uuid not in cloud.ssh("node1", "cat /var/lib/virtcloud/claims.json 2>/dev/null || true")
+        assert cloud.ssh("node2", "cat /var/lib/virtcloud/claims.json 2>/dev/null || true").count(uuid) == 0
+        # one reservation only: the failed attempt's port was released
+        ports = cloud.ssh("controller", "cat /var/lib/virtcloud/networks/private/ports.json")
+        assert ports.count(uuid) == 1, ports
+        delete(cloud, "retry")
+    finally:
+        cloud.ssh("node1", "mv /root/.ssh/known_hosts.saved /root/.ssh/known_hosts")

@@ -149,7 +149,7 @@ CHECK_RAW_STDERR = "qemu-img: This image format does not support checks\n"
 OPEN_ERROR = "qemu-img: Could not open '/srv/disk': Image is not in qcow2 format\n"
 
 PREFIX = ["env", "LC_ALL=C", "LANG=C", "prlimit", "--cpu=30", "--as=1073741824", "--", "qemu-img"]
-CONVERT_PREFIX = ["env", "LC_ALL=C", "LANG=C", "prlimit", "--as=1073741824", "--", "qemu-img"]
+CONVERT_PREFIX = ["env", "LC_ALL=C", "LANG=C", "prlimit", "--as=8589934592", "--", "qemu-img"]
 
 
 class Recorder:

@@ -65,6 +65,13 @@ def test_five_launches_spread_over_three_hosts_and_boot_with_their_addresses(clo
             assert json.loads(meta)["name"] == inst["name"]
         again = launch(cloud, launch_name="spread", launch_count=5, launch_weighers=["RAMWeigher"])
         assert again.rc == 0 and again.changed == 0, again.stdout[-3000:]
+        # info lists every instance across the hosts, and each one's action log with the request id
+        info = run_playbook("info.yml", inventory=cloud.inventory)
+        assert info.rc == 0, info.stdout[-3000:]
+        req = re.search(r'"request_id": "(req-[0-9a-f-]+)"', result.stdout).group(1)
+        for inst in insts:
+            assert "%s %s on %s: active/-/running, %s" % (inst["name"], inst["uuid"], inst["host"], inst["ip"]) in info.stdout
+        assert info.stdout.count("create %s Success" % req) == 5
     finally:
         for inst in insts:
             delete(cloud, inst["name"])
@@ -143,8 +150,8 @@ def test_a_host_that_fails_its_spawn_is_left_clean_and_the_next_host_takes_the_i
         assert uuid not in cloud.ssh("node1", "cat /var/lib/virtcloud/claims.json 2>/dev/null || true")
         assert cloud.ssh("node2", "cat /var/lib/virtcloud/claims.json 2>/dev/null || true").count(uuid) == 0
         # one reservation only: the failed attempt's port was released
-        ports = cloud.ssh("controller", "cat /var/lib/virtcloud/networks/private/ports.json")
-        assert ports.count(uuid) == 1, ports
+        ports = json.loads(cloud.ssh("controller", "cat /var/lib/virtcloud/networks/private/ports.json"))["ports"]
+        assert [p["instance_uuid"] for p in ports.values()].count(uuid) == 1, ports
         delete(cloud, "retry")
     finally:
         cloud.ssh("node1", "mv /root/.ssh/known_hosts.saved /root/.ssh/known_hosts")

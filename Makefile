@@ -39,7 +39,7 @@ lint:
 	$(BIN)/ansible-lint --offline -q
 
 integration:
-	cd tests/integration && ../../$(BIN)/python -m pytest -v -x --tb=short .
+	cd tests/integration && ../../$(BIN)/python -m pytest -v --tb=short .
 
 molecule:
 	cd roles/lab && ../../$(BIN)/molecule test

@@ -135,6 +135,8 @@ def test_zone_and_extra_specs_place_the_instance(cloud, extra, host):
 
 def test_a_host_that_fails_its_spawn_is_left_clean_and_the_next_host_takes_the_instance(cloud):
     """node1 loses its trust in the image host (its known_hosts emptied): the image fetch fails there."""
+    # an empty image cache (node1 and node2 share it), so that node1 must fetch the image
+    cloud.ssh("node1", "rm -f %s/_base/*" % cloud.instances_path)
     cloud.ssh("node1", "cp /root/.ssh/known_hosts /root/.ssh/known_hosts.saved && : > /root/.ssh/known_hosts")
     try:
         # with equal hosts the RAM weigher's tie goes to node1 first

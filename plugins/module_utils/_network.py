@@ -853,6 +853,11 @@ class Host:
             raise NetworkError("ip link show dev %s failed (rc=%d): %s" % (name, rc, (err or "").strip()))
         return parse_link(out)
 
+    def vxlan_vnis(self) -> dict:
+        """{device name: VNI} of every VXLAN device on the host."""
+        items = _load(self.run([self.tools.ip, "-j", "-d", "link", "show", "type", "vxlan"]), "ip link show type vxlan")
+        return {item.get("ifname"): ((item.get("linkinfo") or {}).get("info_data") or {}).get("id") for item in items}
+
     def addresses(self) -> list[tuple[str, str]]:
         """The host's IPv4 addresses."""
         return parse_addresses(self.run([self.tools.ip, "-j", "-4", "addr", "show"]))
@@ -1092,6 +1097,12 @@ def network_present(host: Host, spec: NetworkSpec, local_ip: str, peers: list, d
         raise NetworkError("local_ip %s is not an address of this host (it has %s): give the host's underlay address"
                            % (local_ip, ", ".join("%s on %s" % (c, d) for d, c in addresses if d not in own) or "none"))
     check_no_overlap(spec.subnet, addresses, host.routes(), own)
+    # Linux has one VXLAN device per VNI and port: another network's VNI fails only after
+    # the bridge was made, so refuse it before anything changes.
+    taken = sorted(name for name, vni in host.vxlan_vnis().items() if vni == spec.vni and name != spec.vxlan)
+    if taken:
+        raise NetworkError("vni %d is already used on this host by %s: give network %s a VNI of its own"
+                           % (spec.vni, ", ".join(taken), spec.name))
     out = Outcome()
     current = read_links(host, spec.name)
     wanted = wanted_links(spec, local_ip, peers, dhcp, ipv6=os.path.isdir("/proc/sys/net/ipv6"))

@@ -22,15 +22,18 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from conftest import LAB
 from harness import GUEST_IMAGE, VENV_BIN, Console, ansible_env
 
 NET = "tnet"
-SUBNET = "10.100.0.0/24"
-VNI = 100
+# not the compute_node role's network (10.100.0.0/24, VNI 100), which may be up in the same lab
+SUBNET = "10.101.0.0/24"
+VNI = 101
 BRIDGE = "vcbr-" + NET
 VXLAN = "vcvx-" + NET
 HOSTS = ["controller", "node1", "node2", "node3"]
-UNUSED_IP = "10.100.0.250"          # nobody has it: the guests' negative control
+UNUSED_IP = "10.101.0.250"          # nobody has it: the guests' negative control
+LAB_NET = LAB.address("controller").rsplit(".", 1)[0]  # e.g. 10.252.0
 RESULT_RE = re.compile(r"^(\S+) \| (SUCCESS|CHANGED|FAILED!|UNREACHABLE!)(?: \| rc=-?\d+ \|)? => ", re.M)
 
 # what the tests learn on the way (ports, guests), shared in file order
@@ -219,12 +222,12 @@ def cleanup(lab):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hosts, extra, message", [
-    ("controller:node1", dict(name="tbad", subnet="10.247.0.0/24"), "subnet 10.247.0.0/24 overlaps the address 10.247.0."),
-    ("controller", dict(name="tbad", subnet="10.247.0.128/25"), "overlaps the address 10.247.0.10/24 of eth0"),
+    ("controller:node1", dict(name="tbad", subnet=LAB_NET + ".0/24"), "subnet %s.0/24 overlaps the address %s." % (LAB_NET, LAB_NET)),
+    ("controller", dict(name="tbad", subnet=LAB_NET + ".128/25"), "overlaps the address %s.10/24 of eth0" % LAB_NET),
     ("controller", dict(name="tbad", subnet="8.8.8.0/24"), "is not a private range"),
     ("controller", dict(name="Bad_Net"), "network name 'Bad_Net' is not valid"),
     ("controller", dict(name="tbad", vni=0), "vni 0 is not valid"),
-    ("controller", dict(name="tbad", local_ip="10.247.0.99"), "local_ip 10.247.0.99 is not an address of this host"),
+    ("controller", dict(name="tbad", local_ip=LAB_NET + ".99"), "local_ip %s.99 is not an address of this host" % LAB_NET),
     ("controller", dict(name="tbad", state_dir="/tmp/x,y"), "state_dir '/tmp/x,y' is not valid"),
 ])
 def test_bad_options_fail_clearly_and_change_nothing(lab, hosts, extra, message):
@@ -259,8 +262,8 @@ def test_network_check_mode_then_create_then_no_change(lab):
         assert "vxlan id %d local %s " % (VNI, addresses[host]) in vx and " dstport 4789 " in vx and " nolearning " in vx, vx
         assert seen["peers"] == sorted(a for h, a in addresses.items() if h != host), seen
         # the gateway on the DHCP host only, and no IPv6 (not even link-local) anywhere
-        assert seen["addresses"] == (["10.100.0.1/24"] if host == "controller" else []), seen
-        assert real.results[host]["bridge"] == BRIDGE and real.results[host]["network"]["gateway"] == "10.100.0.1"
+        assert seen["addresses"] == (["10.101.0.1/24"] if host == "controller" else []), seen
+        assert real.results[host]["bridge"] == BRIDGE and real.results[host]["network"]["gateway"] == "10.101.0.1"
     pid = dnsmasq_pid(lab)
     assert pid is not None and real.results["controller"]["dnsmasq_pid"] == pid
     with open("/proc/%s/cmdline" % pid, "rb") as f:
@@ -276,13 +279,13 @@ def test_network_check_mode_then_create_then_no_change(lab):
 
 def test_network_repairs_flood_entries(lab):
     lab.ssh("node2", "bridge fdb del 00:00:00:00:00:00 dev %s dst %s && "
-                     "bridge fdb append 00:00:00:00:00:00 dev %s dst 10.247.0.99" % (VXLAN, lab.address("node3"), VXLAN))
+                     "bridge fdb append 00:00:00:00:00:00 dev %s dst " + LAB_NET + ".99" % (VXLAN, lab.address("node3"), VXLAN))
     check = adhoc(lab, "all", "network", net_args(lab), check=True)
     assert check.ok() and check.changed() == dict({h: False for h in HOSTS}, node2=True), check
     assert sorted(check.results["node2"]["changes"]) == [
         "add flood entry to peer %s on %s" % (lab.address("node3"), VXLAN),
-        "remove flood entry to 10.247.0.99 (not a peer) from %s" % VXLAN]
-    assert "10.247.0.99" in host_links(lab, "node2")["peers"]
+        "remove flood entry to %s.99 (not a peer) from %s" % (LAB_NET, VXLAN)]
+    assert LAB_NET + ".99" in host_links(lab, "node2")["peers"]
     real = adhoc(lab, "all", "network", net_args(lab))
     assert real.ok() and real.changed() == dict({h: False for h in HOSTS}, node2=True), real
     assert host_links(lab, "node2")["peers"] == sorted(lab.address(h) for h in ("controller", "node1", "node3"))
@@ -295,7 +298,7 @@ def test_ports_allocate_idempotent_and_refuse_a_taken_address(lab):
     check = port(lab, check=True, instance_uuid=u1, hostname="g1")
     assert check.ok() and check.changed() == {"controller": True}, check
     planned = check.results["controller"]
-    assert planned["ip"] == "10.100.0.2" and planned["mac"].startswith("fa:16:3e:")
+    assert planned["ip"] == "10.101.0.2" and planned["mac"].startswith("fa:16:3e:")
     assert read_ports(lab) == {}
     started = time.monotonic()
     real = port(lab, diff=True, instance_uuid=u1, hostname="g1")
@@ -308,14 +311,14 @@ def test_ports_allocate_idempotent_and_refuse_a_taken_address(lab):
         assert (again.results["controller"]["ip"], again.results["controller"]["mac"]) == (p1["ip"], p1["mac"])
 
     p2 = port(lab, port_id="g2-port", hostname="g2").results["controller"]
-    assert p2["changed"] and p2["ip"] == "10.100.0.3" and p2["mac"] != p1["mac"], p2
-    taken = port(lab, port_id="other", ip="10.100.0.2")
-    assert taken.rc != 0 and "ip 10.100.0.2 of network tnet is taken by port %s-0" % u1 in taken.results["controller"]["msg"], taken
-    gateway = port(lab, port_id="other", ip="10.100.0.1")
+    assert p2["changed"] and p2["ip"] == "10.101.0.3" and p2["mac"] != p1["mac"], p2
+    taken = port(lab, port_id="other", ip="10.101.0.2")
+    assert taken.rc != 0 and "ip 10.101.0.2 of network tnet is taken by port %s-0" % u1 in taken.results["controller"]["msg"], taken
+    gateway = port(lab, port_id="other", ip="10.101.0.1")
     assert gateway.rc != 0 and "gateway" in gateway.results["controller"]["msg"], gateway
     assert sorted(read_ports(lab)) == sorted(["%s-0" % u1, "g2-port"])
     with open(os.path.join(net_folder(lab), "hosts"), encoding="utf-8") as f:
-        assert f.read() == "%s,10.100.0.2,g1\n%s,10.100.0.3,g2\n" % (p1["mac"], p2["mac"])
+        assert f.read() == "%s,10.101.0.2,g1\n%s,10.101.0.3,g2\n" % (p1["mac"], p2["mac"])
     SEEN.update(p1=p1, p2=p2, u1=u1)
 
 

@@ -521,6 +521,7 @@ def empty_host_answers():
         "ip -j -4 route show": (0, ROUTES, ""),
         "ip -j -d link show dev vcbr-tnet": (1, "", NO_DEVICE),
         "ip -j -d link show dev vcvx-tnet": (1, "", NO_DEVICE.replace("vcbr", "vcvx")),
+        "ip -j -d link show type vxlan": (0, "[]", ""),
     }
 
 
@@ -618,6 +619,16 @@ def test_present_check_mode_on_a_compute_host_changes_nothing(tmp_path):
     assert out.changed and out.changes[0] == "create bridge vcbr-tnet (mtu 1450)"
     assert out.before["bridge"] is None and out.after["peers"] == ["10.247.0.10", "10.247.0.12"]
     assert rec.calls and all("show" in call for call in rec.calls)          # reads only
+
+
+def test_present_refuses_a_vni_another_network_uses_before_changing_anything(tmp_path):
+    answers = empty_host_answers()
+    answers["ip -j -d link show type vxlan"] = (0, json.dumps([{"ifname": "vcvx-private", "linkinfo": {
+        "info_kind": "vxlan", "info_data": {"id": SPEC.vni}}}]), "")
+    rec = Recorder(answers)
+    with pytest.raises(NetworkError, match="vni %d is already used on this host by vcvx-private: give network tnet a VNI of its own" % SPEC.vni):
+        net.network_present(Host(rec), SPEC, "10.247.0.11", ["10.247.0.10"], False, str(tmp_path), check_mode=False)
+    assert all("show" in call for call in rec.calls)          # nothing was made
 
 
 @pytest.mark.parametrize("local_ip, subnet, message", [

@@ -743,6 +743,7 @@ def test_a_second_dhcp_server_for_a_network_is_refused(tmp_path):
         "ip -j addr show dev vcbr-tnet": (0, ADDR_BRIDGE, ""),
         "ip -j -d link show dev vcvx-tnet": (0, LINK_VXLAN, ""),
         "bridge -j fdb show dev vcvx-tnet": (0, FDB_VXLAN, ""),
+        "ip -j -d link show type vxlan": (0, LINK_VXLAN, ""),
     }
     with pytest.raises(NetworkError, match="belongs to host ctl, not to this host node1: the DHCP server of a network runs on one host"):
         net.network_present(Host(Recorder(answers), name="node1"), SPEC, "127.0.0.1", ["10.247.0.11", "10.247.0.12"], True,

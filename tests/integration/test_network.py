@@ -279,7 +279,7 @@ def test_network_check_mode_then_create_then_no_change(lab):
 
 def test_network_repairs_flood_entries(lab):
     lab.ssh("node2", "bridge fdb del 00:00:00:00:00:00 dev %s dst %s && "
-                     "bridge fdb append 00:00:00:00:00:00 dev %s dst " + LAB_NET + ".99" % (VXLAN, lab.address("node3"), VXLAN))
+                     "bridge fdb append 00:00:00:00:00:00 dev %s dst %s.99" % (VXLAN, lab.address("node3"), VXLAN, LAB_NET))
     check = adhoc(lab, "all", "network", net_args(lab), check=True)
     assert check.ok() and check.changed() == dict({h: False for h in HOSTS}, node2=True), check
     assert sorted(check.results["node2"]["changes"]) == [

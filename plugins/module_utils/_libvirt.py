@@ -98,6 +98,7 @@ except ImportError:
     LXML_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import LIBVIRT_POWER_STATE
 
 try:
     from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import (
@@ -163,11 +164,6 @@ STATE_REASONS = {
                         "shutting down", "snapshot", "crashed", "starting up", "post-copy", "post-copy failed"),
     VIR_DOMAIN_SHUTOFF: ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot",
                          "daemon"),
-}
-# Nova's power states for libvirt states (nova/virt/libvirt/guest.py LIBVIRT_POWER_STATE).
-NOVA_POWER_STATE = {
-    VIR_DOMAIN_NOSTATE: 0, VIR_DOMAIN_RUNNING: 1, VIR_DOMAIN_BLOCKED: 1, VIR_DOMAIN_PAUSED: 3,
-    VIR_DOMAIN_SHUTDOWN: 4, VIR_DOMAIN_SHUTOFF: 4, VIR_DOMAIN_CRASHED: 6, VIR_DOMAIN_PMSUSPENDED: 7,
 }
 
 # libvirt error codes used here (virErrorNumber).
@@ -979,7 +975,7 @@ def _instance_entry(domain: dict, state: tuple) -> dict:
         "flavor": record.get("flavor"),
         "vm_state": record.get("vm_state"),
         "task_state": record.get("task_state"),
-        "power_state": NOVA_POWER_STATE.get(state[0], 0),
+        "power_state": LIBVIRT_POWER_STATE.get(state[0], 0),
         "domain_state": state[2],
         "server_group": record.get("server_group"),
         "availability_zone": record.get("availability_zone"),

@@ -47,6 +47,7 @@ molecule:
 bench: deps image
 	$(BIN)/python bench/lab.py
 	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/launch.py
 
 constraints:
 	$(BIN)/pip freeze --all | grep -v '^-e' > constraints.txt

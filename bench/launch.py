@@ -4,104 +4,254 @@
 """Launch figures: wall time to launch 1 and then 10 instances on the lab, from
 ansible-playbook's start to every guest's boot line, against a plain script doing the
 same qemu-img and virsh steps on the same hosts (no scheduler, claim, port or config
-drive) in the same run. Run as root: `.venv/bin/python bench/launch.py`.
+drive) in the same run.
+
+The bench brings up a lab of its own (`vclnch`, 10.247.0.0/24, 3 compute hosts on shared
+storage), prepares it (compute_node.yml, image import of the test image), launches once
+untimed to fill the image cache (its time is shown as the cold-cache figure), then for
+each repetition launches 1 and 10 instances with playbooks/launch.yml and with the plain
+script, alternating which goes first, removing the guests after each run. The lab is
+removed at the end, also on failure or interrupt.
+
+A watcher thread polls the instance folders during each run, so each figure comes with
+phase hints: when the first and the last domain started (console.log appeared) and when
+the last guest printed its BOOT line.
+
+Run as root: `.venv/bin/python bench/launch.py [--reps N]`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import signal
+import statistics
+import subprocess
 import sys
+import threading
 import time
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 
-from harness import GUEST_IMAGE, Console, LabHandle, run_playbook  # noqa: E402  pylint: disable=wrong-import-position
+from harness import GUEST_IMAGE, TOP, Console, LabHandle, run_playbook  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB = LabHandle(name="vcbnch", network="10.249.0.0/24", state_dir="/var/lib/virtcloud-lab-vcbnch",
-                run_dir="/run/virtcloud-lab-vcbnch", hosts=3, non_shared=[])
+LAB = LabHandle(name="vclnch", network="10.247.0.0/24", state_dir="/var/lib/virtcloud-lab-vclnch",
+                run_dir="/run/virtcloud-lab-vclnch", hosts=3, non_shared=[])
 HOSTS = ["node1", "node2", "node3"]
+BOOT_TIMEOUT = 600
 
 
-def wait_boots(consoles: list, timeout: float = 600) -> None:
-    for con in consoles:
-        con.wait("BOOT", timeout=timeout)
+def lab_namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(LAB.name + "-")]
 
 
-def ansible_launch(name: str, count: int) -> float:
+class Watcher(threading.Thread):
+    """Polls the (shared) instances folder for new instance folders: when each one's
+    console.log appeared (the domain started) and when it showed the BOOT line."""
+
+    def __init__(self, expected: int, start: float):
+        super().__init__(daemon=True)
+        # every compute host of this lab shares one instances folder
+        self.root = LAB.instances_dir(HOSTS[0])
+        self.before = set(self._dirs())
+        self.expected = expected
+        self.start_time = start
+        self.started: dict[str, float] = {}
+        self.booted: dict[str, float] = {}
+        self.stop_event = threading.Event()
+
+    def _dirs(self) -> list[str]:
+        try:
+            return [d for d in os.listdir(self.root) if not d.startswith(("_", "."))]
+        except FileNotFoundError:
+            return []
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            now = time.monotonic() - self.start_time
+            for d in self._dirs():
+                if d in self.before or d in self.booted:
+                    continue
+                log = os.path.join(self.root, d, "console.log")
+                if d not in self.started and os.path.exists(log):
+                    self.started[d] = now
+                if d in self.started and any(kind == "BOOT" for kind, _text in Console(log).lines()):
+                    self.booted[d] = now
+            if len(self.booted) >= self.expected:
+                return
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = BOOT_TIMEOUT) -> None:
+        self.join(timeout)
+        self.stop_event.set()
+        if len(self.booted) < self.expected:
+            raise RuntimeError("only %d of %d guests showed their BOOT line within %ss (started: %s)"
+                               % (len(self.booted), self.expected, timeout, sorted(self.started)))
+
+    def phases(self) -> dict:
+        return dict(first_start=min(self.started.values()), last_start=max(self.started.values()),
+                    last_boot=max(self.booted.values()))
+
+
+def ansible_launch(name: str, count: int) -> dict:
+    """launch.yml for COUNT instances; times from ansible-playbook's start to the last BOOT line."""
     start = time.monotonic()
+    watcher = Watcher(count, start)
+    watcher.start()
     result = run_playbook("launch.yml", dict(launch_name=name, launch_count=count), inventory=LAB.inventory)
+    playbook = time.monotonic() - start
     if result.rc != 0:
-        sys.exit("launch failed:\n" + result.stdout[-3000:])
-    consoles = []
-    for host in HOSTS:
-        out = LAB.ssh(host, "virsh list --uuid")
-        consoles += [Console(os.path.join(LAB.instances_dir(host), u, "console.log")) for u in out.split()]
-    wait_boots(consoles)
-    return time.monotonic() - start
+        watcher.stop_event.set()
+        raise RuntimeError("launch of %s x%d failed:\n%s\n%s" % (name, count, result.stdout[-3000:], result.stderr[-1000:]))
+    m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
+    launched = json.loads(m.group(1)) if m else []
+    if len(launched) != count:
+        watcher.stop_event.set()
+        raise RuntimeError("launch of %s x%d reported %d instances:\n%s" % (name, count, len(launched), result.stdout[-3000:]))
+    watcher.finish()
+    total = time.monotonic() - start
+    return dict(total=total, playbook=playbook, hosts=sorted(i["host"] for i in launched), **watcher.phases())
 
 
-def plain_launch(count: int, base: str) -> float:
-    """qemu-img overlay + virsh define + virsh start per instance, round robin over the hosts."""
+def plain_xml(name: str, d: str, bridge: str) -> str:
+    return ("<domain type='qemu'><name>%s</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/></features>"
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            "<source file='%s/disk'/><target dev='vda' bus='virtio'/></disk>"
+            "<interface type='bridge'><source bridge='%s'/><model type='virtio'/></interface>"
+            "<serial type='pty'><log file='%s/console.log' append='on'/><target port='0'/></serial>"
+            "</devices></domain>" % (name, d, bridge, d))
+
+
+def plain_launch(count: int, base: str, base_format: str, bridge: str) -> dict:
+    """qemu-img overlay + virsh define + virsh start per instance (one ssh each), round robin over the hosts."""
     start = time.monotonic()
-    consoles = []
+    watcher = Watcher(count, start)
+    watcher.start()
     for i in range(count):
         host = HOSTS[i % len(HOSTS)]
         name = "plain-%s" % uuid.uuid4().hex[:8]
         d = "%s/%s" % (LAB.instances_path, name)
-        xml = ("<domain type='qemu'><name>%s</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
-               "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/></features>"
-               "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-               "<source file='%s/disk'/><target dev='vda' bus='virtio'/></disk>"
-               "<interface type='bridge'><source bridge='vcbr-private'/><model type='virtio'/></interface>"
-               "<serial type='pty'><log file='%s/console.log' append='on'/><target port='0'/></serial>"
-               "</devices></domain>" % (name, d, d))
-        LAB.ssh(host, "mkdir -p %s && qemu-img create -q -f qcow2 -F qcow2 -b %s %s/disk 1G && virsh define /dev/stdin && virsh start %s"
-                % (d, base, d, name), data=xml)
-        consoles.append(Console(os.path.join(LAB.instances_dir(host), name, "console.log")))
-    wait_boots(consoles)
-    return time.monotonic() - start
+        try:
+            LAB.ssh(host, "mkdir -p %s && qemu-img create -q -f qcow2 -F %s -b %s %s/disk 1G"
+                    " && virsh -q define /dev/stdin >/dev/null && virsh -q start %s >/dev/null"
+                    % (d, base_format, base, d, name), data=plain_xml(name, d, bridge))
+        except AssertionError:
+            watcher.stop_event.set()
+            raise
+    scripted = time.monotonic() - start
+    watcher.finish()
+    total = time.monotonic() - start
+    return dict(total=total, playbook=scripted, **watcher.phases())
 
 
 def clean_all() -> None:
+    """Remove every guest of the lab (domains and instance folders). The DHCP reservations of the
+    launched instances are left (a few dozen of the /24; lab_down removes them with the lab)."""
     for host in HOSTS:
-        for name in LAB.ssh(host, "virsh list --all --name").split():
-            LAB.ssh(host, "virsh destroy %s; virsh undefine %s" % (name, name), check=False)
-    run_playbook("lab_up.yml", LAB.vars)  # nothing to repair; keeps the inventory
+        LAB.ssh(host, "for d in $(virsh list --all --name); do virsh -q destroy $d >/dev/null 2>&1;"
+                      " virsh -q undefine $d --managed-save >/dev/null; done", timeout=300)
+    LAB.ssh(HOSTS[0], "cd %s && rm -rf -- $(ls | grep -E '^(plain-[0-9a-f]{8}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$')"
+            % LAB.instances_path)
 
 
-def delete_launched(prefix: str, count: int) -> None:
-    names = [prefix] if count == 1 else ["%s-%d" % (prefix, i) for i in range(1, count + 1)]
-    for name in names:
-        run_playbook("instance.yml", dict(instance=name, action="delete"), inventory=LAB.inventory)
+def run_checked(playbook: str, extra: dict | None = None, inventory: str | None = None) -> float:
+    start = time.monotonic()
+    result = run_playbook(playbook, extra, inventory=inventory)
+    if result.rc != 0:
+        raise RuntimeError("%s failed:\n%s\n%s" % (playbook, result.stdout[-3000:], result.stderr[-1000:]))
+    return time.monotonic() - start
+
+
+def fmt_run(r: dict) -> str:
+    return ("%6.1f s (steps done %5.1f, 1st domain up %5.1f, last up %5.1f, last BOOT %5.1f)"
+            % (r["total"], r["playbook"], r["first_start"], r["last_start"], r["last_boot"]))
+
+
+def bench(reps: int) -> tuple[dict, dict]:
+    setup = {}
+    setup["lab_up"] = run_checked("lab_up.yml", LAB.vars)
+    setup["compute_node"] = run_checked("compute_node.yml", inventory=LAB.inventory)
+    setup["image_import"] = run_checked("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE),
+                                        inventory=LAB.inventory)
+    # untimed warm-up: fills the (shared) image cache, as a later launch of the same image finds it
+    warm = ansible_launch("warmup", 1)
+    setup["cold_launch"] = warm
+    print("setup: lab_up %.1f s, compute_node %.1f s, image_import %.1f s" % (
+        setup["lab_up"], setup["compute_node"], setup["image_import"]), flush=True)
+    print("  warm-up launch x1 (cold image cache): %s" % fmt_run(warm), flush=True)
+    base_info = LAB.ssh("node1", "cd %s/_base && for f in $(ls | grep -E '^[0-9a-f]{40}$'); do echo $PWD/$f;"
+                                 " qemu-img info -U --output=json $PWD/$f | grep '\"format\"'; done" % LAB.instances_path)
+    lines = base_info.split("\n")
+    base = lines[0].strip()
+    base_format = re.search(r'"format": "(\w+)"', base_info).group(1)
+    bridge = re.search(r"<source bridge='([^']+)'", LAB.ssh(warm["hosts"][0], "virsh dumpxml $(virsh list --name | head -1)")).group(1)
+    print("  plain script uses base %s (%s) and bridge %s" % (base, base_format, bridge), flush=True)
+    clean_all()
+    runs: dict = {(kind, n): [] for kind in ("ansible", "plain") for n in (1, 10)}
+    for rep in range(reps):
+        for count in (1, 10):
+            order = ("ansible", "plain") if rep % 2 == 0 else ("plain", "ansible")
+            for kind in order:
+                if kind == "ansible":
+                    r = ansible_launch("b%d-%d" % (count, rep), count)
+                else:
+                    r = plain_launch(count, base, base_format, bridge)
+                runs[(kind, count)].append(r)
+                print("  rep %d  %-7s x%-2d %s" % (rep + 1, kind, count, fmt_run(r)), flush=True)
+                clean_all()
+    return setup, runs
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (default 3)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    if lab_namespaces():
+        sys.exit("lab %s is already up (%s): another bench (bench/lab.py?) may be using it; if it is stale, remove it with "
+                 "ansible-playbook playbooks/lab_down.yml -e '%s'" % (LAB.name, " ".join(lab_namespaces()), json.dumps(LAB.vars)))
     if not os.path.exists(GUEST_IMAGE):
-        sys.exit("build the test image first: tools/build-test-image")
-    up = run_playbook("lab_up.yml", LAB.vars)
-    if up.rc != 0:
-        sys.exit("lab_up failed:\n" + up.stdout[-3000:])
+        subprocess.run([os.path.join(TOP, "tools", "build-test-image")], check=True)
+    # SIGTERM/SIGHUP as SystemExit, so that the finally below removes the lab
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit("stopped by signal %d" % signum))
+    started = time.monotonic()
     try:
-        for playbook, extra in (("compute_node.yml", {}),
-                                ("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE))):
-            r = run_playbook(playbook, extra, inventory=LAB.inventory)
-            if r.rc != 0:
-                sys.exit("%s failed:\n%s" % (playbook, r.stdout[-3000:]))
-        t1 = ansible_launch("bench1", 1)  # also fills node caches on its host
-        delete_launched("bench1", 1)
-        t10 = ansible_launch("bench10", 10)
-        delete_launched("bench10", 10)
-        base = LAB.ssh("node1", "ls -d %s/_base/* | grep -v '\\.' | head -1" % LAB.instances_path).strip()
-        p1 = plain_launch(1, base)
-        clean_all()
-        p10 = plain_launch(10, base)
-        clean_all()
+        setup, runs = bench(args.reps)
     finally:
-        run_playbook("lab_down.yml", LAB.vars)
-    print("launch figures (lab: 3 compute hosts, TCG guests of 256 MiB, %d cores)" % os.cpu_count())
-    print("  1 instance:   ansible launch %6.1f s   plain qemu-img+virsh %6.1f s   ratio %.2f" % (t1, p1, t1 / p1))
-    print("  10 instances: ansible launch %6.1f s   plain qemu-img+virsh %6.1f s   ratio %.2f" % (t10, p10, t10 / p10))
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        down = run_playbook("lab_down.yml", LAB.vars)
+        left = lab_namespaces()
+        print("lab_down rc=%d; %s namespaces left: %s; state dir %s" % (
+            down.rc, LAB.name, " ".join(left) or "none", "LEFT" if os.path.exists(LAB.state_dir) else "removed"), flush=True)
+    med = {key: statistics.median(r["total"] for r in rs) for key, rs in runs.items()}
+    print()
+    print("launch figures (lab: 3 compute hosts on shared storage, TCG guests of 256 MiB, %d cores, "
+          "%d repetitions, whole bench %.0f s)" % (os.cpu_count(), args.reps, time.monotonic() - started))
+    print("  instances  ansible-playbook (median)  plain qemu-img+virsh (median)  ratio   (each run: ansible / plain)")
+    for n in (1, 10):
+        each = ", ".join("%.1f/%.1f" % (a["total"], p["total"]) for a, p in zip(runs[("ansible", n)], runs[("plain", n)]))
+        ratio = med[("ansible", n)] / med[("plain", n)]
+        print("  %9d  %24.1f s  %28.1f s  %5.2f   (%s)" % (n, med[("ansible", n)], med[("plain", n)], ratio, each))
+    print()
+    print("  phases, medians in s from the start     steps done  1st domain up  last domain up  last BOOT")
+    for n in (1, 10):
+        for kind, label in (("ansible", "ansible-playbook"), ("plain", "plain script")):
+            rs = runs[(kind, n)]
+            print("  x%-2d %-34s %10.1f  %13.1f  %14.1f  %9.1f" % (
+                n, label, *(statistics.median(r[k] for r in rs) for k in ("playbook", "first_start", "last_start", "last_boot"))))
+    cold = setup["cold_launch"]
+    print("  cold image cache, ansible x1 (warm-up): %.1f s; setup: lab_up %.1f s, compute_node %.1f s, image_import %.1f s"
+          % (cold["total"], setup["lab_up"], setup["compute_node"], setup["image_import"]))
+    print("  ansible x10 placement (last rep): %s" % ", ".join(
+        "%s=%d" % (h, runs[("ansible", 10)][-1]["hosts"].count(h)) for h in HOSTS))
     return 0
 
 

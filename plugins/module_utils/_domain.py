@@ -95,18 +95,24 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml impo
     CONFIG_DISK,
     CONSOLE_LOG,
     NS,
+    RESCUE_DISK,
     ROOT_DISK,
     DomainXmlError,
     build_domain,
+    build_params,
     domain_name,
     is_rescue,
     normalise,
     normalised_pair,
     read_instance,
+    record_element,
     validate_path,
 )
+from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import (
     UUID_RE,
+    Image,
+    TaskState,
     VmState,
     as_instance,
     begin_action,
@@ -116,6 +122,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
     power_state_from_libvirt,
     power_state_name,
     set_lock,
+    update_task_state,
     validate_instance_name,
     validate_uuid,
     CONFIG_DRIVE_LABEL,
@@ -125,14 +132,24 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     STATE_ABSENT,
+    VIR_DOMAIN_AFFECT_CONFIG,
+    VIR_DOMAIN_AFFECT_LIVE,
     VIR_DOMAIN_BLOCKED,
     VIR_DOMAIN_CRASHED,
+    VIR_DOMAIN_METADATA_ELEMENT,
     VIR_DOMAIN_NOSTATE,
     VIR_DOMAIN_PAUSED,
     VIR_DOMAIN_PMSUSPENDED,
     VIR_DOMAIN_RUNNING,
     VIR_DOMAIN_SHUTDOWN,
+    VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
     VIR_DOMAIN_SHUTOFF,
+    VIR_DOMAIN_START_PAUSED,
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+    VIR_DOMAIN_UNDEFINE_NVRAM,
+    VIR_DOMAIN_XML_INACTIVE,
+    VIR_ERR_NO_DOMAIN,
+    VIR_ERR_OPERATION_INVALID,
     LibvirtError,
     WaitTimeout,
     domain_state,
@@ -140,19 +157,9 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
     lookup_domain,
     wait_for_state,
 )
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 # libvirt flags and error codes used here (stable libvirt ABI numbers)
-VIR_DOMAIN_XML_INACTIVE = 2
-VIR_DOMAIN_START_PAUSED = 1
-VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN = 1
-VIR_DOMAIN_UNDEFINE_MANAGED_SAVE = 1
-VIR_DOMAIN_UNDEFINE_NVRAM = 4
-VIR_DOMAIN_AFFECT_LIVE = 1
-VIR_DOMAIN_AFFECT_CONFIG = 2
-VIR_DOMAIN_METADATA_ELEMENT = 2
-VIR_ERR_NO_DOMAIN = 42
-VIR_ERR_OPERATION_INVALID = 55
-
 DEFAULT_INSTANCES_PATH = '/var/lib/virtcloud/instances'
 LOCK_DIR = '/run/virtcloud/locks'
 RECORD_FILE = 'instance.json'
@@ -335,7 +342,16 @@ ACTION_TARGETS = {
     'lock': ActionTarget(None, None),
     'unlock': ActionTarget(None, None),
     'delete': ActionTarget(VmState.DELETED, ABSENT),
+    'snapshot': ActionTarget(None, None, always=True),
+    'rebuild': ActionTarget(None, None, always=True),
+    'rescue': ActionTarget(VmState.RESCUED, RUNNING),
+    'unrescue': ActionTarget(VmState.ACTIVE, RUNNING),
 }
+# the actions that make or replace disks, with what they need
+IMAGE_ACTIONS = ('rebuild', 'rescue')
+DISK_ACTIONS = ('snapshot', 'rebuild', 'rescue', 'unrescue')
+IMAGE_FORMATS = ('qcow2', 'raw')
+SNAPSHOT_FORMAT = 'qcow2'
 ACTIONS = tuple(ACTION_TARGETS)
 
 
@@ -362,6 +378,38 @@ def action_decision(record, action, observed):
         return 'noop'
     check_action(inst, action)
     return 'run'
+
+
+def _whole(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def check_image_fits(inst, image, virtual_size, action='rebuild'):
+    """Refuse an image the instance's flavor is too small for, as Nova's API does.
+
+    min_ram (MiB) above the flavor's RAM (FlavorMemoryTooSmall), min_disk (GiB) above
+    its root disk, and an image whose virtual size exceeds the root disk
+    (FlavorDiskSmallerThanImage). A flavor with disk_gb 0 takes the image's size.
+    """
+    flavor = inst.flavor
+    min_ram = _whole(image.properties.get('min_ram', 0))
+    min_disk = _whole(image.properties.get('min_disk', 0))
+    where = f"cannot {action} instance {inst.label()} with image {image.id}"
+    if min_ram and min_ram > flavor.ram_mb:
+        raise DomainError(f"{where}: the image needs {min_ram} MB of RAM (min_ram) and flavor {flavor.name} has "
+                          f"{flavor.ram_mb} MB; resize the instance first or pick another image")
+    if flavor.disk_gb and min_disk and min_disk > flavor.disk_gb:
+        raise DomainError(f"{where}: the image needs a {min_disk} GB root disk (min_disk) and flavor {flavor.name} has "
+                          f"{flavor.disk_gb} GB; resize the instance first or pick another image")
+    if flavor.disk_gb and virtual_size > flavor.disk_gb * 1024 ** 3:
+        raise DomainError(f"{where}: its virtual size of {virtual_size} bytes is larger than the {flavor.disk_gb} GB root "
+                          f"disk of flavor {flavor.name}")
 
 
 def vm_state_after_failure(before_vm_state, target, observed):
@@ -572,17 +620,8 @@ class ConfigDrive:
 # --------------------------------------------------------------------------- the record in <metadata>
 
 def record_element_xml(inst, rescue=False):
-    """The ``<instance>`` metadata element as build_domain writes it (namespace added by libvirt)."""
-    if not HAS_LXML:
-        raise DomainError('the Python lxml library is needed on the host: install python3-lxml')
-    element = etree.Element('instance')
-    element.set('name', inst.name)
-    element.set('rescue', 'yes' if rescue else 'no')
-    element.set('task_state', inst.task_state or '')
-    element.set('uuid', inst.uuid)
-    element.set('vm_state', inst.vm_state)
-    element.text = inst.to_json()
-    return etree.tostring(element, encoding='unicode')
+    """The ``<instance>`` metadata element as build_domain writes it, for ``setMetadata`` (which adds the namespace)."""
+    return etree.tostring(record_element(inst, rescue, namespaced=False), encoding='unicode')
 
 
 # --------------------------------------------------------------------------- domain operations
@@ -1096,12 +1135,33 @@ def list_instances(conn, *, uuid=None, name=None, instances_path=DEFAULT_INSTANC
 
 def run_instance_action(conn, *, instance, action, request_id, instances_path=DEFAULT_INSTANCES_PATH, reason=None,
                         shutdown_timeout=60, retry_interval=10, timeout=120, check_mode=False, log=None, ops=None,
-                        lock_dir=LOCK_DIR):
-    """Carry out a Nova action on an existing instance on this host; returns the module result."""
+                        lock_dir=LOCK_DIR, image=None, image_format='qcow2', snapshot_path=None, qemu_img=None):
+    """Carry out a Nova action on an existing instance on this host; returns the module result.
+
+    ``image`` ({id, properties}) is the image of a rebuild (required) or a rescue (default:
+    the instance's own image); its base must be in the host's image cache
+    (``<instances_path>/_base/<sha1 of the id>``, format ``image_format``).
+    ``snapshot_path`` is the file a snapshot writes (qcow2, must not exist).
+    ``qemu_img`` (a ``_qemu_img.QemuImg``) is needed by snapshot, rebuild and rescue.
+    """
     if action not in ACTION_TARGETS:
         raise DomainError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
     if reason is not None and action != 'lock':
         raise DomainError(f"reason is only used with action=lock, not action={action}")
+    if image is not None and action not in IMAGE_ACTIONS:
+        raise DomainError(f"image is only used with action rebuild or rescue, not action={action}")
+    if action == 'rebuild' and image is None:
+        raise DomainError("action=rebuild needs image: the image ({id, properties}) to rebuild the instance from")
+    if image_format not in IMAGE_FORMATS:
+        raise DomainError(f"image_format {image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
+    if (snapshot_path is None) != (action != 'snapshot'):
+        raise DomainError("action=snapshot needs snapshot_path, the file to write the snapshot to" if action == 'snapshot'
+                          else f"snapshot_path is only used with action=snapshot, not action={action}")
+    if snapshot_path is not None:
+        validate_path(snapshot_path, 'snapshot_path')
+    if action in DISK_ACTIONS and action != 'unrescue' and qemu_img is None:
+        raise DomainError(f"action={action} needs a qemu-img runner")
+    image = None if image is None else _image(image)
     shutdown_schedule(shutdown_timeout, retry_interval)
     validate_path(instances_path, 'instances_path')
     ops = ops or DomainOps(conn)
@@ -1112,6 +1172,7 @@ def run_instance_action(conn, *, instance, action, request_id, instances_path=DE
                     'msg': f"instance {instance} is not on this host: nothing to delete"}
         raise DomainError(f"cannot {action} instance {instance}: there is no such instance on this host "
                           "(instance_info lists the instances of a host)")
+    disk_args = DiskArgs(instances_path, image, image_format, snapshot_path, qemu_img)
     with instance_lock(inst.uuid, timeout, lock_dir=lock_dir):
         dom, inst = find_instance(conn, inst.uuid, ops)   # again, under the lock
         if inst is None:
@@ -1121,7 +1182,29 @@ def run_instance_action(conn, *, instance, action, request_id, instances_path=DE
             raise DomainError(f"cannot {action} instance {instance}: it was deleted meanwhile")
         return _run_locked(ops, dom, inst, action=action, request_id=request_id, instances_path=instances_path,
                            reason=reason, shutdown_timeout=shutdown_timeout, retry_interval=retry_interval,
-                           timeout=timeout, check_mode=check_mode, log=log)
+                           timeout=timeout, check_mode=check_mode, log=log, disk_args=disk_args)
+
+
+def _image(value):
+    try:
+        return Image.from_dict(value)
+    except InstanceError as exc:
+        raise DomainError(f"image is not valid: {exc}") from None
+
+
+@dataclasses.dataclass
+class DiskArgs:
+    """What the disk actions (snapshot, rebuild, rescue, unrescue) are given."""
+
+    instances_path: str
+    image: Image | None
+    image_format: str
+    snapshot_path: str | None
+    qemu_img: object
+
+    def base(self, image):
+        """The cached base of ``image`` on this host."""
+        return f'{self.instances_path}/_base/{base_name(image.id)}'
 
 
 def _result(inst, action, changed, observed, **extra):
@@ -1132,18 +1215,22 @@ def _result(inst, action, changed, observed, **extra):
 
 
 def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, shutdown_timeout, retry_interval,
-                timeout, check_mode, log):
+                timeout, check_mode, log, disk_args):
     observed = ops.observe(dom)
     idir = instance_dir_of(instances_path, inst.uuid)
     decision = action_decision(inst, action, observed)
     target = ACTION_TARGETS[action]
     if decision == 'noop':
         return _result(inst, action, False, observed)
+    plan = _prepare_disk_action(inst, action, idir, disk_args, check_mode) if action in DISK_ACTIONS else {}
     if check_mode:
-        result = _result(inst, action, True, observed)
+        result = _result(inst, action, True, observed, **plan)
         if target.vm_state is not None:
             result['vm_state'] = target.vm_state
             result['state'] = target.domain
+        elif action == 'rebuild':
+            result['vm_state'] = VmState.STOPPED if inst.vm_state == VmState.STOPPED else VmState.ACTIVE
+            result['state'] = SHUTOFF if inst.vm_state == VmState.STOPPED else RUNNING
         if action == 'delete':
             result['ports'] = [p.to_dict() for p in inst.ports]
         return result
@@ -1163,9 +1250,12 @@ def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, s
     try:
         if action == 'delete':
             extra = _delete(ops, dom, inst, idir, timeout, log)
+        elif action in DISK_ACTIONS:
+            dom, extra = DISK_ACTION_RUNNERS[action](ops, dom, inst, idir, disk_args, plan, shutdown_timeout=shutdown_timeout,
+                                                     retry_interval=retry_interval, timeout=timeout, log=log)
         else:
             extra = _power_action(ops, dom, action, shutdown_timeout, retry_interval, timeout)
-    except (DomainError, LibvirtError, OSError) as exc:
+    except (DomainError, LibvirtError, QemuImgError, OSError) as exc:
         text = f"{action} of instance {inst.label()} failed: {exc}"
         after = ops.observe(ops.lookup(inst.uuid))
         vm_state = vm_state_after_failure(before_vm_state, target, after)
@@ -1178,13 +1268,183 @@ def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, s
             log.error(f"{text}; vm_state is now {vm_state} (domain {after})", instance=inst.uuid)
         raise ActionFailed(f"{text} (vm_state is now {vm_state}, the domain is {after})", record=inst.to_dict()) from None
     after = ABSENT if action == 'delete' else ops.observe(dom)
-    finish_action(inst, action, request_id, vm_state=target.vm_state, task_state=None,
-                  power_state=0 if action == 'delete' else _power(ops, inst.uuid))
+    finish_action(inst, action, request_id, vm_state=extra.pop('vm_state', target.vm_state), task_state=None,
+                  power_state=0 if action == 'delete' else _power(ops, inst.uuid), message=extra.pop('message', None))
     if action != 'delete':
         ops.save_record(dom, inst, idir)
     if log:
         log.info(f"{action}: done (vm_state {inst.vm_state}, domain {after})", instance=inst.uuid)
     return _result(inst, action, True, after, **extra)
+
+
+# --------------------------------------------------------------------------- snapshot, rebuild, rescue
+
+def _prepare_disk_action(inst, action, idir, args, check_mode=False):
+    """Everything a disk action checks before it begins (a refusal changes nothing); returns its plan."""
+    root = f'{idir}/{ROOT_DISK}'
+    if action == 'snapshot':
+        path = args.snapshot_path
+        if os.path.lexists(path):
+            raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the file exists; remove it or give "
+                              "another snapshot_path")
+        if not os.path.isdir(os.path.dirname(path)):
+            raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the folder {os.path.dirname(path)} "
+                              "does not exist")
+        if not os.path.isfile(root):
+            raise DomainError(f"cannot snapshot instance {inst.label()}: its root disk {root} does not exist")
+        return {'snapshot': {'path': path, 'format': SNAPSHOT_FORMAT, 'image': inst.image.to_dict()}}
+    if action == 'unrescue':
+        return {}
+    image = args.image if args.image is not None else inst.image
+    try:
+        base = args.base(image)
+    except VirtcloudError:
+        raise DomainError(f"cannot {action} instance {inst.label()}: image id {image.id} is not an image store id (a uuid)") from None
+    if not os.path.isfile(base):
+        if check_mode:
+            # a check-mode run of the workflow did not fill the cache: plan without the image's size
+            if action == 'rebuild':
+                check_image_fits(inst, image, 0)
+            return {'image': image.to_dict(), 'base': base, 'virtual_size': None}
+        raise DomainError(f"cannot {action} instance {inst.label()}: image {image.id} is not in this host's image cache "
+                          f"({base}); fill the cache first (virtcloud.compute.image_cache)")
+    try:
+        virtual_size = args.qemu_img.info(base, args.image_format, force_share=False)['virtual_size']
+    except (QemuImgError, VirtcloudError) as exc:
+        raise DomainError(f"cannot {action} instance {inst.label()}: the cached image {base} cannot be read as "
+                          f"{args.image_format}: {exc}") from None
+    if action == 'rebuild':
+        check_image_fits(inst, image, virtual_size)
+    return {'image': image.to_dict(), 'base': base, 'virtual_size': virtual_size}
+
+
+def _stop_for_disk_change(ops, dom, shutdown_timeout, retry_interval, timeout):
+    """Nova's ``_power_off_instance`` then ``destroy``: a clean shutdown of a running guest, the rest destroyed."""
+    observed = ops.observe(dom)
+    if observed == PAUSED:
+        ops.resume(dom, timeout)
+        observed = RUNNING
+    if observed == RUNNING:
+        ops.power_off(dom, shutdown_timeout, retry_interval, timeout)
+    ops.destroy(dom, timeout)
+    ops.discard_managed_save(dom)
+
+
+def _redefine(ops, inst, idir, params, rescue):
+    xml = build_domain(inst, instance_dir=idir, rescue=rescue, **params)
+    dom = ops.define(xml)
+    try:
+        atomic_write(f'{idir}/{XML_FILE}', xml.encode('utf-8'))
+    except OSError as exc:
+        raise DomainError(f"cannot write {idir}/{XML_FILE}: {exc.strerror or exc}") from None
+    return dom
+
+
+def _new_overlay(qemu_img, path, base, base_format, size=None):
+    """A fresh qcow2 overlay at ``path`` (made beside it, then moved in place)."""
+    part = path + '.part'
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)
+    try:
+        qemu_img.create_overlay(part, base, base_format, size)
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+
+
+def _snapshot(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
+    """Nova's cold snapshot as in the seeds: pause, qemu-img convert, resume.
+
+    A running guest is paused (QEMU drains and flushes its disks when it stops the vCPUs),
+    its root disk with the whole backing chain is converted into a standalone qcow2 with
+    ``--force-share`` (QEMU keeps the image open), and the guest is resumed: its memory and
+    its uptime go on. A stopped or suspended instance has no QEMU holding the disk.
+    """
+    del shutdown_timeout, retry_interval
+    path = args.snapshot_path
+    part = path + '.part'
+    observed = ops.observe(dom)
+    paused_here = observed == RUNNING
+    update_task_state(inst, TaskState.IMAGE_SNAPSHOT, expected_task_state=[TaskState.IMAGE_SNAPSHOT_PENDING])
+    if paused_here:
+        ops.pause(dom, timeout)
+        if log:
+            log.info("snapshot: guest paused", instance=inst.uuid)
+    try:
+        args.qemu_img.convert(f'{idir}/{ROOT_DISK}', 'qcow2', part, SNAPSHOT_FORMAT, force_share=observed in (RUNNING, PAUSED))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    finally:
+        if paused_here:
+            ops.resume(dom, timeout)
+            if log:
+                log.info("snapshot: guest resumed", instance=inst.uuid)
+    os.replace(part, path)
+    update_task_state(inst, TaskState.IMAGE_PENDING_UPLOAD, expected_task_state=[TaskState.IMAGE_SNAPSHOT])
+    info = args.qemu_img.info(path, SNAPSHOT_FORMAT, force_share=False)
+    snapshot = dict(plan['snapshot'], size=os.stat(path).st_size, virtual_size=info['virtual_size'], paused=paused_here)
+    if log:
+        log.info(f"snapshot: root disk extracted to {path} ({snapshot['size']} bytes)", instance=inst.uuid)
+    return dom, {'snapshot': snapshot, 'message': f"extracted to {path}"}
+
+
+def _rebuild(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
+    """Nova's rebuild: power off, a new root disk from the image, the same domain started again.
+
+    Same uuid, flavor, ports (MAC and IP), config drive and definition; the record's image is
+    the new one. An instance that was stopped stays stopped (Nova powers it off again).
+    """
+    params = build_params(ops.inactive_xml(dom), inst)
+    was_stopped = inst.vm_state == VmState.STOPPED
+    _stop_for_disk_change(ops, dom, shutdown_timeout, retry_interval, timeout)
+    update_task_state(inst, TaskState.REBUILD_SPAWNING, expected_task_state=[TaskState.REBUILDING])
+    flavor_size = inst.flavor.disk_gb * 1024 ** 3
+    size = max(flavor_size, plan['virtual_size']) if flavor_size else None
+    _new_overlay(args.qemu_img, f'{idir}/{ROOT_DISK}', plan['base'], args.image_format, size)
+    old_image = inst.image.id
+    inst.image = Image.from_dict(plan['image'])
+    dom = _redefine(ops, inst, idir, params, rescue=False)
+    if log:
+        log.info(f"rebuild: new root disk on image {inst.image.id} (was {old_image})", instance=inst.uuid)
+    if not was_stopped:
+        ops.start(dom, timeout)
+    return dom, {'vm_state': VmState.STOPPED if was_stopped else VmState.ACTIVE, 'image': plan['image'],
+                 'message': f"rebuilt from image {inst.image.id} (was {old_image})"}
+
+
+def _rescue(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
+    """Nova's rescue: power off, boot ``disk.rescue`` (an overlay on the rescue image) as vda
+    with the instance's own disk as vdb and the config drive last."""
+    params = build_params(ops.inactive_xml(dom), inst)
+    _stop_for_disk_change(ops, dom, shutdown_timeout, retry_interval, timeout)
+    _new_overlay(args.qemu_img, f'{idir}/{RESCUE_DISK}', plan['base'], args.image_format)
+    dom = _redefine(ops, inst, idir, params, rescue=True)
+    ops.start(dom, timeout)
+    if log:
+        log.info(f"rescue: booted rescue image {plan['image']['id']}", instance=inst.uuid)
+    return dom, {'image': plan['image'], 'message': f"rescue image {plan['image']['id']}"}
+
+
+def _unrescue(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
+    """Nova's unrescue: destroy the rescue guest, define the instance's own layout, drop
+    ``disk.rescue``, boot the original disk again."""
+    del args, plan, shutdown_timeout, retry_interval
+    params = build_params(ops.inactive_xml(dom), inst)
+    ops.destroy(dom, timeout)
+    dom = _redefine(ops, inst, idir, params, rescue=False)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f'{idir}/{RESCUE_DISK}')
+    ops.start(dom, timeout)
+    if log:
+        log.info("unrescue: booted the instance's own disk", instance=inst.uuid)
+    return dom, {}
+
+
+DISK_ACTION_RUNNERS = {'snapshot': _snapshot, 'rebuild': _rebuild, 'rescue': _rescue, 'unrescue': _unrescue}
 
 
 def _power(ops, uuid):

@@ -274,6 +274,24 @@ def _interface(devices, port, networks):
         _sub(element, 'mtu', size=spec['mtu'])
 
 
+def record_element(record, rescue=False, namespaced=True):
+    """The ``<vc:instance>`` metadata element: the record as JSON and its readable attributes.
+
+    ``namespaced`` False gives the bare ``<instance>`` that libvirt's ``setMetadata``
+    takes (it adds the namespace itself).
+    """
+    _require_lxml()
+    inst = as_instance(record)
+    element = etree.Element(RECORD_TAG, nsmap={NS_PREFIX: NS}) if namespaced else etree.Element('instance')
+    element.set('name', inst.name)
+    element.set('rescue', 'yes' if rescue else 'no')
+    element.set('task_state', inst.task_state or '')
+    element.set('uuid', inst.uuid)
+    element.set('vm_state', inst.vm_state)
+    element.text = inst.to_json()
+    return element
+
+
 def build_domain(record, *, instance_dir, domain_type='kvm', machine='pc', arch='x86_64', networks=None,
                  rescue=None, rescue_disk=None, image_cache=None, cpu_mode=None, cpu_model=None):
     """The domain XML (a string) for an instance record.
@@ -303,13 +321,7 @@ def build_domain(record, *, instance_dir, domain_type='kvm', machine='pc', arch=
     _sub(dom, 'uuid', inst.uuid)
     _sub(dom, 'title', inst.name)
     metadata = _sub(dom, 'metadata')
-    rec = etree.SubElement(metadata, RECORD_TAG, nsmap={NS_PREFIX: NS})
-    rec.set('name', inst.name)
-    rec.set('rescue', 'yes' if is_rescue else 'no')
-    rec.set('task_state', inst.task_state or '')
-    rec.set('uuid', inst.uuid)
-    rec.set('vm_state', inst.vm_state)
-    rec.text = inst.to_json()
+    metadata.append(record_element(inst, is_rescue))
     kib = inst.flavor.ram_mb * 1024
     _sub(dom, 'memory', kib, unit='KiB')
     _sub(dom, 'currentMemory', kib, unit='KiB')
@@ -410,6 +422,49 @@ def domain_disks(xml):
             'type': disk.get('type'),
         })
     return disks
+
+
+def build_params(xml, record=None):
+    """The keyword arguments of :func:`build_domain` that a defined domain was built with.
+
+    domain_type, machine, arch, cpu_mode, cpu_model and networks (each port of the
+    record mapped to the bridge or libvirt network its interface is on, with its MTU),
+    so that an action which changes the disks (rebuild, rescue, unrescue) defines the
+    domain again as it was, without the caller repeating how it was made.
+    ``record`` (default: the record in the XML's metadata) gives the ports' networks.
+    """
+    root = _parse(xml)
+    inst = read_instance(xml) if record is None else as_instance(record)
+    if inst is None:
+        raise DomainXmlError('the domain XML has no instance record: give the record')
+    os_type = root.find('os/type')
+    params = {'domain_type': root.get('type'),
+              'machine': None if os_type is None else os_type.get('machine'),
+              'arch': None if os_type is None else os_type.get('arch')}
+    cpu = root.find('cpu')
+    params['cpu_mode'] = None if cpu is None else cpu.get('mode')
+    model = None if cpu is None else cpu.find('model')
+    params['cpu_model'] = None if model is None or params['cpu_mode'] != 'custom' else (model.text or '').strip() or None
+    by_mac = {port.mac: port.network for port in inst.ports}
+    networks = {}
+    for interface in root.iterfind('devices/interface'):
+        mac = interface.find('mac')
+        address = None if mac is None else (mac.get('address') or '').lower()
+        if address not in by_mac:
+            raise DomainXmlError(f"the domain has an interface with MAC {address} that is not a port of instance {inst.uuid}")
+        source = interface.find('source')
+        if interface.get('type') == 'bridge' and source is not None and source.get('bridge'):
+            entry = {'bridge': source.get('bridge')}
+        elif interface.get('type') == 'network' and source is not None and source.get('network'):
+            entry = {'libvirt_network': source.get('network')}
+        else:
+            raise DomainXmlError(f"the interface with MAC {address} is of type {interface.get('type')}, not a bridge or a libvirt network")
+        mtu = interface.find('mtu')
+        if mtu is not None and mtu.get('size', '').isdigit():
+            entry['mtu'] = int(mtu.get('size'))
+        networks[by_mac[address]] = entry
+    params['networks'] = networks
+    return params
 
 
 def domain_macs(xml):

@@ -168,6 +168,17 @@ STATE_REASONS = {
 
 # libvirt error codes used here (virErrorNumber).
 VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_OPERATION_INVALID = 55
+
+# libvirt flags used here (the libvirt module is imported guarded, so they are written out).
+VIR_DOMAIN_XML_INACTIVE = 2
+VIR_DOMAIN_START_PAUSED = 1
+VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN = 1
+VIR_DOMAIN_UNDEFINE_MANAGED_SAVE = 1
+VIR_DOMAIN_UNDEFINE_NVRAM = 4
+VIR_DOMAIN_AFFECT_LIVE = 1
+VIR_DOMAIN_AFFECT_CONFIG = 2
+VIR_DOMAIN_METADATA_ELEMENT = 2
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,252}\Z")
@@ -1022,7 +1033,7 @@ def read_libvirt(conn, uri: str) -> dict:
         domains = conn.listAllDomains(0)
     for dom in domains:
         try:
-            xml = dom.XMLDesc(0)
+            xml = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE)  # the record is authoritative in the persistent XML
             state = domain_state(dom)
         except _LIBVIRT_ERROR as exc:
             if _error_code(exc) == VIR_ERR_NO_DOMAIN:

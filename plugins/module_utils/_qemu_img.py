@@ -318,12 +318,18 @@ class QemuImg:
         self._call("resize", path, ["resize", "-f", fmt, path, size], self.limits)
         return True
 
-    def convert(self, src: str, src_fmt: str, dest: str, dest_fmt: str, compress: bool = False) -> None:
-        """Copy ``src`` into a new image ``dest`` in ``dest_fmt``."""
+    def convert(self, src: str, src_fmt: str, dest: str, dest_fmt: str, compress: bool = False, force_share: bool = False) -> None:
+        """Copy ``src`` (with its whole backing chain) into a new standalone image ``dest`` in ``dest_fmt``.
+
+        ``force_share`` (``-U``) reads an image that a QEMU process holds open; only
+        consistent when that guest is paused (QEMU flushed its disks when it stopped).
+        """
         src = self._path("convert", src, "source")
         dest = self._path("convert", dest, "destination")
         args = ["convert", "-f", self._format("convert", src, src_fmt, "source format"),
                 "-O", self._format("convert", src, dest_fmt, "destination format")]
+        if force_share:
+            args.append("--force-share")
         if compress:
             if dest_fmt not in COMPRESS_FORMATS:
                 raise QemuImgError("qemu-img convert of %s refused: compression needs destination format %s, not %s"

@@ -36,6 +36,20 @@ def lab():
         run_playbook("lab_down.yml", LAB.vars)
 
 
+@pytest.fixture(scope="session")
+def cloud(lab):
+    """The lab prepared as a cloud: image store, compute nodes, instance network, the test image."""
+    prep = run_playbook("compute_node.yml", inventory=lab.inventory)
+    assert prep.rc == 0, prep.stdout[-4000:]
+    again = run_playbook("compute_node.yml", inventory=lab.inventory)
+    assert again.rc == 0 and again.changed == 0, again.stdout[-4000:]
+    image = run_playbook("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE,
+                                                  image_properties={"hw_architecture": "x86_64", "min_ram": "128"}),
+                         inventory=lab.inventory)
+    assert image.rc == 0, image.stdout[-3000:]
+    yield lab
+
+
 def pytest_collection_modifyitems(items):
     """The teardown tests remove the lab: they run after every other lab test."""
     items.sort(key=lambda item: item.fspath.basename == "test_lab_teardown.py")

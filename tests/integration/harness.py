@@ -162,3 +162,31 @@ def start_bare_qemu(disk: str, console_log: str) -> subprocess.Popen:
     return subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none",
                              "-no-user-config", "-serial", "file:%s" % console_log,
                              "-drive", "file=%s,if=virtio,format=qcow2,cache=none" % disk])
+
+
+# --------------------------------------------------------------------------- the cloud workflows
+
+def launch(lab, **extra) -> PlaybookResult:
+    return run_playbook("launch.yml", extra, inventory=lab.inventory)
+
+
+def launched(result) -> list:
+    """The instances a launch made, from its report."""
+    m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
+    assert m, result.stdout[-3000:]
+    return json.loads(m.group(1))
+
+
+def act(lab, name, action, check=False, **extra) -> PlaybookResult:
+    """playbooks/instance.yml: an action on an instance wherever it runs."""
+    extra = {"instance_" + key: value for key, value in extra.items()}
+    return run_playbook("instance.yml", dict(extra, instance=name, instance_action=action), inventory=lab.inventory, check=check)
+
+
+def delete(lab, name) -> None:
+    result = act(lab, name, "delete")
+    assert result.rc == 0, result.stdout[-3000:]
+
+
+def console(lab, inst) -> Console:
+    return Console(os.path.join(lab.instances_dir(inst["host"]), inst["uuid"], "console.log"))

@@ -11,41 +11,7 @@ import re
 
 import pytest
 
-from harness import GUEST_IMAGE, Console, run_playbook
-
-
-@pytest.fixture(scope="module")
-def cloud(lab):
-    """The lab prepared as a cloud: image store, compute nodes, instance network, the test image."""
-    prep = run_playbook("compute_node.yml", inventory=lab.inventory)
-    assert prep.rc == 0, prep.stdout[-4000:]
-    again = run_playbook("compute_node.yml", inventory=lab.inventory)
-    assert again.rc == 0 and again.changed == 0, again.stdout[-4000:]
-    image = run_playbook("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE,
-                                                  image_properties={"hw_architecture": "x86_64", "min_ram": "128"}),
-                         inventory=lab.inventory)
-    assert image.rc == 0, image.stdout[-3000:]
-    yield lab
-
-
-def launch(lab, **extra):
-    return run_playbook("launch.yml", extra, inventory=lab.inventory)
-
-
-def launched(result) -> list:
-    """The instances a launch made, from its report."""
-    m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
-    assert m, result.stdout[-3000:]
-    return json.loads(m.group(1))
-
-
-def delete(lab, name):
-    result = run_playbook("instance.yml", dict(instance=name, action="delete"), inventory=lab.inventory)
-    assert result.rc == 0, result.stdout[-3000:]
-
-
-def console(lab, inst) -> Console:
-    return Console(os.path.join(lab.instances_dir(inst["host"]), inst["uuid"], "console.log"))
+from harness import console, delete, launch, launched, run_playbook
 
 
 def test_five_launches_spread_over_three_hosts_and_boot_with_their_addresses(cloud):
@@ -72,6 +38,16 @@ def test_five_launches_spread_over_three_hosts_and_boot_with_their_addresses(clo
         for inst in insts:
             assert "%s %s on %s: active/-/running, %s" % (inst["name"], inst["uuid"], inst["host"], inst["ip"]) in info.stdout
         assert info.stdout.count("create %s Success" % req) == 5
+        # a guest launched in az2 (node3) reaches the guests on node1 and node2 over the instance network
+        others = [i for i in insts if i["host"] != "node3"]
+        pinger = launch(cloud, launch_name="pinger", launch_availability_zone="az2",
+                        launch_meta={"ping": " ".join(i["ip"] for i in others)})
+        assert pinger.rc == 0, pinger.stdout[-3000:]
+        insts += launched(pinger)
+        assert insts[-1]["host"] == "node3"
+        con = console(cloud, insts[-1])
+        for inst in others:
+            con.wait("PING", timeout=150, pattern=r"^%s ok$" % re.escape(inst["ip"]))
     finally:
         for inst in insts:
             delete(cloud, inst["name"])

@@ -17,6 +17,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils import _domain a
 from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt as lv
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, Instance
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 UUID = '3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b'
 REQ = 'req-0b0e4c83-2a3f-4c52-9d3f-2b8e2f0d4c11'
@@ -830,3 +831,217 @@ def test_deep_copy_of_record_is_not_changed_by_actions(env):
     ensure(env, rec)
     act(env, 'pause')
     assert rec == keep
+
+
+# --------------------------------------------------------------------------- snapshot, rebuild, rescue
+
+IMAGE1 = '9e0f7a2c-4d1b-4c3a-8f5e-1a2b3c4d5e6f'
+IMAGE2 = '0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d'
+
+
+class FakeQemuImg:
+    """Records qemu-img calls and makes the files they would make (no qemu-img here: pure logic)."""
+
+    def __init__(self, virtual_size=64 * 1024 ** 2, fail=None):
+        self.calls = []
+        self.virtual_size = virtual_size
+        self.fail = fail
+
+    def info(self, path, fmt, force_share=True):
+        self.calls.append(('info', path, fmt, force_share))
+        if not os.path.exists(path):
+            raise dm.DomainError(f'{path}: no such file')
+        return {'virtual_size': self.virtual_size, 'format': fmt}
+
+    def create_overlay(self, path, backing, backing_fmt, size=None):
+        self.calls.append(('create_overlay', path, backing, backing_fmt, size))
+        with open(path, 'w', encoding='ascii') as f:
+            f.write(f'overlay on {backing}')
+
+    def convert(self, src, src_fmt, dest, dest_fmt, compress=False, force_share=False):
+        self.calls.append(('convert', src, src_fmt, dest, dest_fmt, force_share))
+        if self.fail == 'convert':
+            with open(dest, 'w', encoding='ascii') as f:
+                f.write('half')
+            raise QemuImgError('qemu-img convert failed (rc 1): disk full', operation='convert', path=src)
+        with open(dest, 'w', encoding='ascii') as f:
+            f.write('copy')
+
+
+@pytest.fixture()
+def disk_env(env):
+    path = env[3]
+    os.makedirs(f'{path}/_base')
+    for image in (IMAGE1, IMAGE2):
+        with open(f'{path}/_base/{base_name(image)}', 'w', encoding='ascii') as f:
+            f.write('base')
+    ensure(env, record(image={'id': IMAGE1}))
+    return env
+
+
+def base_name(image_id):
+    return __import__('hashlib').sha1(image_id.encode()).hexdigest()
+
+
+def test_build_params_give_back_what_the_domain_was_built_with():
+    inst = Instance.from_dict(record(ports=[{'network': 'net1', 'mac': 'fa:16:3e:00:00:01', 'ip': '10.0.0.5'},
+                                            {'network': 'net2', 'mac': 'fa:16:3e:00:00:02', 'ip': '10.1.0.5'}]))
+    cases = [
+        dict(domain_type='qemu', machine='pc', arch='x86_64', networks={'net1': {'bridge': 'vcbr0'}, 'net2': {'libvirt_network': 'default', 'mtu': 1400}}),
+        dict(domain_type='kvm', machine='q35', arch='x86_64', networks={'net1': {'bridge': 'br1', 'mtu': 9000}, 'net2': {'bridge': 'br2'}},
+             cpu_mode='host-passthrough'),
+        dict(domain_type='qemu', machine='pc-i440fx-7.2', arch='x86_64', networks={'net1': {'bridge': 'a'}, 'net2': {'bridge': 'b'}},
+             cpu_mode='custom', cpu_model='Haswell-noTSX'),
+    ]
+    for params in cases:
+        xml = dx.build_domain(inst, instance_dir=f'/x/{UUID}', **params)
+        found = dx.build_params(xml)
+        assert dx.build_domain(inst, instance_dir=f'/x/{UUID}', **found) == xml
+        assert found['networks'] == params['networks'] and found['machine'] == params['machine']
+
+
+def test_build_params_refuse_an_interface_that_is_no_port():
+    xml = dx.build_domain(record(), instance_dir=f'/x/{UUID}', networks=NETS)
+    other = Instance.from_dict(record(ports=[{'network': 'net1', 'mac': 'fa:16:3e:00:00:09', 'ip': '10.0.0.9'}]))
+    with pytest.raises(dx.DomainXmlError, match='fa:16:3e:00:00:01 that is not a port'):
+        dx.build_params(xml, other)
+
+
+@pytest.mark.parametrize('flavor_disk, props, vsize, message', [
+    (1, {'min_ram': 512}, 1, 'needs 512 MB of RAM'),
+    (1, {'min_ram': '257'}, 1, 'needs 257 MB of RAM'),
+    (1, {'min_disk': 2}, 1, 'needs a 2 GB root disk'),
+    (1, {}, 2 * 1024 ** 3, 'larger than the 1 GB root disk'),
+    (1, {'min_ram': 256, 'min_disk': 1}, 1024 ** 3, None),
+    (0, {'min_disk': 20}, 50 * 1024 ** 3, None),    # disk_gb 0: the image's size
+])
+def test_check_image_fits(flavor_disk, props, vsize, message):
+    inst = Instance.from_dict(record(flavor={'name': 'm1.tiny', 'vcpus': 1, 'ram_mb': 256, 'disk_gb': flavor_disk}))
+    image = dm.Image.from_dict({'id': IMAGE2, 'properties': props})
+    if message is None:
+        dm.check_image_fits(inst, image, vsize)
+    else:
+        with pytest.raises(dm.DomainError, match=message):
+            dm.check_image_fits(inst, image, vsize)
+
+
+@pytest.mark.parametrize('action, kwargs, message', [
+    ('rebuild', {}, 'needs image'),
+    ('pause', {'image': {'id': IMAGE2}}, 'image is only used with action rebuild or rescue'),
+    ('snapshot', {}, 'needs snapshot_path'),
+    ('stop', {'snapshot_path': '/tmp/x.qcow2'}, 'snapshot_path is only used with action=snapshot'),
+    ('rescue', {'image_format': 'vmdk'}, 'image_format'),
+    ('rebuild', {'image': {'id': 'bad id!'}}, 'image is not valid'),
+    ('snapshot', {'snapshot_path': 'relative.qcow2'}, 'snapshot_path'),
+])
+def test_disk_action_arguments_are_checked_first(disk_env, action, kwargs, message):
+    before = copy.deepcopy(stored(disk_env))
+    with pytest.raises((dm.DomainError, dm.InstanceError), match=message):
+        act(disk_env, action, qemu_img=FakeQemuImg(), **kwargs)
+    assert stored(disk_env) == before
+
+
+def test_snapshot_pauses_copies_with_force_share_and_resumes(disk_env, tmp_path):
+    conn = disk_env[0]
+    qemu = FakeQemuImg()
+    target = str(tmp_path / 'snap.qcow2')
+    check = act(disk_env, 'snapshot', snapshot_path=target, qemu_img=qemu, check_mode=True)
+    assert check['changed'] and check['snapshot']['path'] == target and not os.path.exists(target) and qemu.calls == []
+    result = act(disk_env, 'snapshot', snapshot_path=target, qemu_img=qemu)
+    dom = conn.domains[UUID]
+    assert [c for c in dom.calls if c in ('suspend', 'resume')] == ['suspend', 'resume'] and dom.st == RUNNING
+    convert = [c for c in qemu.calls if c[0] == 'convert'][0]
+    assert convert[1].endswith(f'{UUID}/disk') and convert[3] == target + '.part' and convert[5] is True
+    assert open(target, encoding='ascii').read() == 'copy' and not os.path.exists(target + '.part')
+    assert result['snapshot']['paused'] is True and result['snapshot']['image'] == {'id': IMAGE1, 'properties': {}}
+    rec = stored(disk_env)
+    assert rec['vm_state'] == 'active' and rec['task_state'] is None
+    assert (rec['actions'][-1]['action'], rec['actions'][-1]['result']) == ('createImage', 'Success')
+    # the file exists now: a second snapshot to it is refused before anything happens
+    with pytest.raises(dm.DomainError, match='the file exists'):
+        act(disk_env, 'snapshot', snapshot_path=target, qemu_img=qemu)
+
+
+def test_snapshot_of_a_stopped_instance_does_not_pause_or_share(disk_env, tmp_path):
+    act(disk_env, 'stop', shutdown_timeout=0)
+    qemu = FakeQemuImg()
+    result = act(disk_env, 'snapshot', snapshot_path=str(tmp_path / 's.qcow2'), qemu_img=qemu)
+    assert result['snapshot']['paused'] is False and [c for c in qemu.calls if c[0] == 'convert'][0][5] is False
+    assert 'suspend' not in disk_env[0].domains[UUID].calls
+
+
+def test_a_failed_snapshot_resumes_the_guest_and_leaves_no_file(disk_env, tmp_path):
+    target = str(tmp_path / 'snap.qcow2')
+    with pytest.raises(dm.ActionFailed, match='disk full'):
+        act(disk_env, 'snapshot', snapshot_path=target, qemu_img=FakeQemuImg(fail='convert'))
+    assert disk_env[0].domains[UUID].st == RUNNING
+    assert not os.path.exists(target) and not os.path.exists(target + '.part')
+    rec = stored(disk_env)
+    assert rec['vm_state'] == 'active' and rec['actions'][-1]['result'] == 'Error'
+
+
+def test_rebuild_replaces_the_root_disk_and_keeps_the_rest(disk_env):
+    conn, _clock, _ops, path, _locks = disk_env
+    before = stored(disk_env)
+    xml_before = conn.domains[UUID].xml
+    qemu = FakeQemuImg()
+    image = {'id': IMAGE2, 'properties': {'min_ram': 128}}
+    check = act(disk_env, 'rebuild', image=image, qemu_img=qemu, check_mode=True)
+    assert check['changed'] and check['vm_state'] == 'active' and stored(disk_env) == before
+    result = act(disk_env, 'rebuild', image=image, qemu_img=qemu)
+    overlay = [c for c in qemu.calls if c[0] == 'create_overlay'][0]
+    assert overlay[1:] == (f'{path}/{UUID}/disk.part', f'{path}/_base/{base_name(IMAGE2)}', 'qcow2', 1024 ** 3)
+    assert open(f'{path}/{UUID}/disk', encoding='ascii').read().endswith(base_name(IMAGE2))
+    rec = stored(disk_env)
+    assert rec['image'] == image and rec['vm_state'] == 'active' and rec['task_state'] is None
+    assert rec['ports'] == before['ports'] and rec['flavor'] == before['flavor'] and rec['uuid'] == before['uuid']
+    assert rec['launched_at'] != before['launched_at']   # a rebuild launches again
+    assert result['image'] == image and conn.domains[UUID].st == RUNNING
+    assert not dx.differs(conn.domains[UUID].xml, xml_before, include_record=False)
+
+
+def test_rebuild_of_a_stopped_instance_leaves_it_stopped(disk_env):
+    act(disk_env, 'stop', shutdown_timeout=0)
+    act(disk_env, 'rebuild', image={'id': IMAGE2}, qemu_img=FakeQemuImg())
+    assert stored(disk_env)['vm_state'] == 'stopped' and disk_env[0].domains[UUID].st == SHUTOFF
+
+
+def test_rebuild_refuses_an_image_not_in_the_cache_or_too_big(disk_env):
+    before = stored(disk_env)
+    with pytest.raises(dm.DomainError, match="not in this host's image cache"):
+        act(disk_env, 'rebuild', image={'id': '6d1f1b4e-8a1b-4f0e-9c1a-0e5e3f1b2c3e'}, qemu_img=FakeQemuImg())
+    with pytest.raises(dm.DomainError, match="not an image store id"):
+        act(disk_env, 'rebuild', image={'id': 'vctest'}, qemu_img=FakeQemuImg())
+    with pytest.raises(dm.DomainError, match='larger than the 1 GB root disk'):
+        act(disk_env, 'rebuild', image={'id': IMAGE2}, qemu_img=FakeQemuImg(virtual_size=2 * 1024 ** 3))
+    assert stored(disk_env) == before and disk_env[0].domains[UUID].st == RUNNING
+
+
+def test_rescue_and_unrescue(disk_env):
+    conn, _clock, _ops, path, _locks = disk_env
+    qemu = FakeQemuImg()
+    result = act(disk_env, 'rescue', qemu_img=qemu)     # default: the instance's own image
+    assert result['image']['id'] == IMAGE1
+    xml = conn.domains[UUID].xml
+    assert [(d['target'], os.path.basename(d['source'])) for d in dx.domain_disks(xml)] == [('vda', 'disk.rescue'), ('vdb', 'disk')]
+    assert dx.is_rescue(xml) and stored(disk_env)['vm_state'] == 'rescued' and conn.domains[UUID].st == RUNNING
+    assert os.path.exists(f'{path}/{UUID}/disk.rescue')
+    assert act(disk_env, 'rescue', qemu_img=qemu)['changed'] is False
+    with pytest.raises(ActionRefused, match='while it is rescued'):
+        act(disk_env, 'pause')
+    act(disk_env, 'unrescue')
+    xml = conn.domains[UUID].xml
+    assert [d['target'] for d in dx.domain_disks(xml)] == ['vda'] and not dx.is_rescue(xml)
+    assert not os.path.exists(f'{path}/{UUID}/disk.rescue')
+    rec = stored(disk_env)
+    assert rec['vm_state'] == 'active' and [a['action'] for a in rec['actions']][-2:] == ['rescue', 'unrescue']
+    assert act(disk_env, 'unrescue')['changed'] is False
+
+
+def test_check_mode_plans_a_rescue_whose_image_is_not_cached_yet(disk_env):
+    missing = '6d1f1b4e-8a1b-4f0e-9c1a-0e5e3f1b2c3e'
+    result = act(disk_env, 'rescue', image={'id': missing}, qemu_img=FakeQemuImg(), check_mode=True)
+    assert result['changed'] and result['vm_state'] == 'rescued' and result['virtual_size'] is None
+    with pytest.raises(dm.DomainError, match='needs 4096 MB of RAM'):   # what can be checked still is
+        act(disk_env, 'rebuild', image={'id': missing, 'properties': {'min_ram': 4096}}, qemu_img=FakeQemuImg(), check_mode=True)
+    assert stored(disk_env)['vm_state'] == 'active'

@@ -36,3 +36,23 @@ options:
     type: int
     default: 120
 """
+
+    SSH = r"""
+options:
+  ssh_key:
+    description:
+      - Private key file, on the host the module runs on, used to log in to the other host
+        over SSH. SSH's own defaults when not given.
+    type: path
+  known_hosts:
+    description:
+      - Known hosts file, on the host the module runs on, that holds the other host's key.
+        Host keys are always checked strictly (never trusted on first use); SSH's own
+        default file when not given.
+    type: path
+  connect_timeout:
+    description:
+      - Seconds SSH waits for the other host to answer.
+    type: int
+    default: 10
+"""

@@ -18,8 +18,31 @@ REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4
 LOG_FILE = "/var/log/virtcloud/virtcloud.log"
 
 
+C_LOCALE = {"LC_ALL": "C", "LANG": "C"}
+
+
+def command_runner(module, binary_data: bool = False):
+    """``run(argv, data=None) -> (rc, stdout, stderr)`` over ``module.run_command`` in the C
+    locale, so that the tools' output and messages read the same on every host.
+
+    The module_utils runners (qemu-img, mkfs/mtools, ip, dnsmasq, ...) take this ``run``.
+    """
+    def run(argv, data=None):
+        return module.run_command(argv, data=data, binary_data=binary_data, environ_update=dict(C_LOCALE))
+    return run
+
+
 class VirtcloudError(Exception):
     """Base of the collection's own errors; the message says what was wrong and what to do."""
+
+
+def ssh_argument_spec() -> dict:
+    """SSH key, known hosts and timeout towards another host (doc fragment virtcloud.compute.connection.ssh)."""
+    return dict(
+        ssh_key=dict(type="path", no_log=False),
+        known_hosts=dict(type="path"),
+        connect_timeout=dict(type="int", default=10),
+    )
 
 
 def connection_argument_spec() -> dict:

@@ -1287,7 +1287,7 @@ def _prepare_disk_action(inst, action, idir, args, check_mode=False):
         if os.path.lexists(path):
             raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the file exists; remove it or give "
                               "another snapshot_path")
-        if not os.path.isdir(os.path.dirname(path)):
+        if not os.path.isdir(os.path.dirname(path)) and not check_mode:   # a check run of the workflow made no folder
             raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the folder {os.path.dirname(path)} "
                               "does not exist")
         if not os.path.isfile(root):

@@ -33,7 +33,11 @@ while hashing it, inspects that copy with ``inspect_image`` (the declared format
 must be the real one; backing files, data files, VMDK descriptors, ambiguous
 files are refused) and with qemu-img's view, writes the record beside it, and
 renames the directory to ``<store>/<id>``: the image appears whole or not at
-all. A refused or failed import removes its directory. Every change holds
+all. A refused or failed import removes its directory. A ``src`` on another
+host (``src_host``: a compute host's snapshot) is pulled first with scp
+(``ScpRemote``, strict host keys, the file size bounded by ``prlimit --fsize`` at
+the size cap) into that same ``.import-*/image``, then hashed and inspected
+exactly as a local copy. Every change holds
 ``<store>/.lock``, so leftovers of an interrupted run (``.import-*``,
 ``.deleted-*``) found while holding it are stale and removed.
 
@@ -471,6 +475,135 @@ def download(url: str, out, size_cap: int, timeout: int = 60, validate_certs: bo
 
 
 # ---------------------------------------------------------------------------
+# Files on other hosts, over scp
+# ---------------------------------------------------------------------------
+
+def check_host(value, what: str = "source_host") -> str:
+    """A host name or IP address that cannot be read as an option or a path by ssh."""
+    if not isinstance(value, str) or not value:
+        raise ImageStoreError("%s %r is not a host name or address" % (what, value))
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.match(value):
+        raise ImageStoreError("%s %r is not a host name or IP address" % (what, value))
+    return value
+
+
+class ScpRemote:
+    """One host reached with scp: the validated connection options and the one scp command line.
+
+    Used by the image cache (``ScpSource``: a compute host fetches from the image
+    store host) and by imports of a file on another host (``ImageStore.ensure``
+    with ``src_host``: the image host pulls a compute host's snapshot). Host keys
+    are always checked strictly (``BatchMode=yes``, ``StrictHostKeyChecking=yes``):
+    an unknown or changed host key fails, never trusted on first use. ``option``
+    is the prefix of the module options named in errors (``source``, ``src``).
+    """
+
+    def __init__(self, host: str, user: str = "root", port: int = 22, ssh_key: str | None = None,
+                 known_hosts: str | None = None, connect_timeout: int = 10, scp: str = "scp", prlimit: str = "prlimit",
+                 option: str = "source") -> None:
+        self.host = check_host(host, "%s_host" % option)
+        if not isinstance(user, str) or not USER_RE.match(user):
+            raise ImageStoreError("%s_user %r is not a valid user name" % (option, user))
+        self.user = user
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ImageStoreError("%s_port %r is not a port number" % (option, port))
+        self.port = port
+        self.ssh_key = check_path(ssh_key, "ssh_key") if ssh_key else None
+        self.known_hosts = check_path(known_hosts, "known_hosts") if known_hosts else None
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int) or connect_timeout <= 0:
+            raise ImageStoreError("connect_timeout %r is not a positive number of seconds" % (connect_timeout,))
+        self.connect_timeout = connect_timeout
+        self.scp = scp
+        self.prlimit = prlimit
+
+    def target(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s@%s" % (self.user, host)
+
+    def location(self, path: str) -> str:
+        """``user@host:/path``, as scp reads it and as messages name it."""
+        return "%s:%s" % (self.target(), path)
+
+    def argv(self, paths: list[str], dest: str, max_bytes: int | None = None) -> list[str]:
+        """scp of the remote ``paths`` to the local ``dest`` (a directory ending in /, or a file).
+
+        ``max_bytes`` limits the size of every file scp writes (``prlimit --fsize``):
+        a larger file stops the copy there instead of filling the disk.
+        """
+        for path in paths:
+            check_path(path, "remote path", safe=True)
+        check_path(dest, "destination")  # validated; a trailing / (a directory) is kept
+        # no -q: it would hide ssh's own messages ("Host key verification failed."); no progress
+        # meter is printed anyway, since the output is not a terminal
+        argv = [self.scp, "-P", str(self.port), "-o", "LogLevel=ERROR",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout,
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        if self.ssh_key:
+            argv += ["-o", "IdentitiesOnly=yes", "-i", self.ssh_key]
+        if self.known_hosts:
+            argv += ["-o", "UserKnownHostsFile=%s" % self.known_hosts]
+        argv += [self.location(p) for p in paths]
+        argv.append(dest)
+        if max_bytes is not None:
+            argv = [self.prlimit, "--fsize=%d" % max_bytes, "--"] + argv
+        return argv
+
+    @staticmethod
+    def copy(run, argv: list[str]) -> tuple[int, str]:
+        """Run an scp command line; returns (rc, scp's messages on one line, joined by "; ", without full stops)."""
+        rc, _out, err = run(argv)
+        lines = [line.strip().rstrip(".") for line in (err or "").splitlines()]
+        return rc, "; ".join(line for line in lines if line) or "no message"
+
+    def check_files(self) -> None:
+        """ssh_key and known_hosts, when given, must be readable files on this host."""
+        for what, path in (("ssh_key", self.ssh_key), ("known_hosts", self.known_hosts)):
+            if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ImageStoreError("%s %s is not a readable file on this host; give the right path, or leave it out "
+                                      "to use SSH's default" % (what, path))
+
+    def pull(self, run, path: str, dest: str, size_cap: int) -> tuple[int, str]:
+        """Copy the remote file ``path`` to the new local file ``dest``; returns (size, sha256).
+
+        The copy is stopped at ``size_cap`` + 1 bytes; a failed copy leaves whatever
+        scp wrote in ``dest`` (the caller removes its work directory).
+        """
+        path = check_path(path, "src", safe=True)
+        source = self.location(path)
+        rc, err = self.copy(run, self.argv([path], dest, max_bytes=size_cap + 1))
+        try:
+            size = os.lstat(dest).st_size
+        except FileNotFoundError:
+            size = None
+        if size is not None and size > size_cap:
+            raise ImageStoreError("%s is larger than the size cap of %d bytes; raise size_cap if it is wanted; nothing "
+                                  "was imported" % (source, size_cap))
+        if rc != 0:
+            raise ImageStoreError(
+                "fetching %s to this host failed (scp rc %d): %s. Check that %s's host key is in known_hosts (%s; "
+                "strict host key checking, never trusted on first use), that this host's key (ssh_key %s) is "
+                "authorized for %s there, and that %s exists on %s and %s can read it; nothing was imported"
+                % (source, rc, err, self.host, self.known_hosts or "SSH's default file", self.ssh_key or "not given: SSH's default",
+                   self.user, path, self.host, self.user))
+        if not os.path.isfile(dest) or os.path.islink(dest):
+            raise ImageStoreError("scp of %s made no regular file; nothing was imported" % source)
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            return os.stat(dest).st_size, sha256_file(dest)
+        except ImageInspectError as exc:
+            raise ImageStoreError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------
 # The image store
 # ---------------------------------------------------------------------------
 
@@ -478,9 +611,10 @@ class ImageStore:
     """The image store directory on the image host."""
 
     def __init__(self, path: str, qemu_img=None, check_mode: bool = False, log=None, lock_timeout: float = 60,
-                 now=None) -> None:
+                 now=None, run=None) -> None:
         self.path = check_path(path, "store_path", safe=True)
         self.qemu_img = qemu_img
+        self.run = run  # run(argv, data=None) -> (rc, out, err), for scp (src_host)
         self.check_mode = check_mode
         self.log = log
         self.lock_timeout = lock_timeout
@@ -583,12 +717,20 @@ class ImageStore:
     def ensure(self, name: str | None = None, image_id: str | None = None, src: str | None = None, url: str | None = None,
                disk_format: str = "qcow2", properties=None, image_type: str = "image", instance_uuid: str | None = None,
                checksum: str | None = None, owner: str | None = None, visibility: str | None = None,
-               size_cap: int = DEFAULT_SIZE_CAP, timeout: int = 60, validate_certs: bool = True) -> dict:
+               size_cap: int = DEFAULT_SIZE_CAP, timeout: int = 60, validate_certs: bool = True,
+               src_host: str | None = None, src_user: str = "root", src_port: int = 22, ssh_key: str | None = None,
+               known_hosts: str | None = None, connect_timeout: int = 10) -> dict:
         """Make the image present; returns {changed, before, after, actions}.
 
         ``properties`` None leaves an existing image's properties as they are;
         a dict is the complete set wanted. ``visibility`` None means public for
         a new image and unchanged for an existing one.
+
+        With ``src_host``, ``src`` is a file on that host, pulled with scp (as
+        ``src_user``, strict host keys) into the import's work directory and then
+        imported as a local file is. An existing image is then compared by
+        ``checksum`` only: without it, the image of that name/id is taken as the
+        one wanted and nothing is fetched. Check mode never contacts the host.
         """
         if name is not None:
             check_name(name)
@@ -598,7 +740,14 @@ class ImageStore:
             raise ImageStoreError("give the image a name (and optionally an id)")
         if src is not None and url is not None:
             raise ImageStoreError("give src or url, not both")
-        if src is not None:
+        remote = None
+        if src_host is not None:
+            if src is None:
+                raise ImageStoreError("src_host needs src, the path of the file on %s" % src_host)
+            remote = ScpRemote(src_host, user=src_user, port=src_port, ssh_key=ssh_key, known_hosts=known_hosts,
+                               connect_timeout=connect_timeout, option="src")
+            src = check_path(src, "src", safe=True)
+        elif src is not None:
             src = check_path(src, "src")
         if url is not None:
             check_url(url)
@@ -631,14 +780,18 @@ class ImageStore:
                     raise ImageConflict("the name %r belongs to image %s; pick another name for image %s"
                                         % (name, other["id"], image_id))
             if existing is not None:
-                return self._update(existing, name, src, url, disk_format, wanted_props, image_type, instance_uuid,
-                                    checksum, owner, visibility)
+                # a remote src is not read again: the given checksum, if any, is what is compared
+                return self._update(existing, name, src if remote is None else None, url, disk_format, wanted_props,
+                                    image_type, instance_uuid, checksum, owner, visibility)
             if src is None and url is None:
-                raise ImageStoreError("image %s is not in the store %s: give src (a file on this host) or url to import it"
-                                      % (name or image_id, self.path))
+                raise ImageStoreError("image %s is not in the store %s: give src (a file on this host, or on src_host) "
+                                      "or url to import it" % (name or image_id, self.path))
+            if remote is not None:
+                remote.check_files()
             spec = dict(name=name, image_id=image_id, src=src, url=url, disk_format=disk_format,
                         properties=wanted_props or {}, image_type=image_type, instance_uuid=instance_uuid,
-                        checksum=checksum, owner=owner, visibility=visibility or "public")
+                        checksum=checksum, owner=owner, visibility=visibility or "public", remote=remote,
+                        source=remote.location(src) if remote is not None else src or url)
             if self.check_mode:
                 return self._plan_import(spec, size_cap)
             return self._import(spec, size_cap, timeout, validate_certs)
@@ -669,7 +822,7 @@ class ImageStore:
             if not same:
                 raise ImageConflict("%s holds other content than %s (sha256 %s): the content of an image never changes; "
                                     "import it under another name, or delete the image first" % (ident, src, existing["sha256"]))
-        # url without checksum: an image of that name/id is taken as it is (URLs are not fetched again).
+        # url or src_host without checksum: an image of that name/id is taken as it is (never fetched again).
         after = dict(existing)
         if name is not None:
             after["name"] = name
@@ -698,10 +851,10 @@ class ImageStore:
                     image_type=spec["image_type"], instance_uuid=spec["instance_uuid"], created_at=now, updated_at=now)
 
     def _plan_import(self, spec: dict, size_cap: int) -> dict:
-        """Check mode: inspect a local source as the real run would (reading only)."""
+        """Check mode: inspect a local source as the real run would (reading only); a URL or remote file is not read."""
         image_id = spec["image_id"] or str(uuid.uuid4())
         size = virtual_size = sha = None
-        if spec["src"] is not None:
+        if spec["src"] is not None and spec["remote"] is None:
             try:
                 size = os.stat(spec["src"]).st_size
             except OSError as exc:
@@ -716,22 +869,27 @@ class ImageStore:
             sha = spec["checksum"]
         record = self._new_record(spec, image_id, size, virtual_size, sha)
         return dict(changed=True, before=None, after=record,
-                    actions=["import %s as image %s (%s)" % (spec["src"] or spec["url"], record["name"], image_id)])
+                    actions=["import %s as image %s (%s)" % (spec["source"], record["name"], image_id)])
 
     def _import(self, spec: dict, size_cap: int, timeout: int, validate_certs: bool) -> dict:
         image_id = spec["image_id"] or str(uuid.uuid4())
-        source = spec["src"] or spec["url"]
+        source = spec["source"]
+        if spec["remote"] is not None and self.run is None:
+            raise ImageStoreError("no command runner given to the image store: cannot run scp for %s" % source)
         work = tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=self.path)
         try:
             os.chmod(work, 0o700)
             data = os.path.join(work, IMAGE_FILE)
-            with open(data, "xb") as out:
-                if spec["src"] is not None:
-                    size, sha = copy_file(spec["src"], out, size_cap)
-                else:
-                    size, sha = download(spec["url"], out, size_cap, timeout, validate_certs)
-                out.flush()
-                os.fsync(out.fileno())
+            if spec["remote"] is not None:
+                size, sha = spec["remote"].pull(self.run, spec["src"], data, size_cap)
+            else:
+                with open(data, "xb") as out:
+                    if spec["src"] is not None:
+                        size, sha = copy_file(spec["src"], out, size_cap)
+                    else:
+                        size, sha = download(spec["url"], out, size_cap, timeout, validate_certs)
+                    out.flush()
+                    os.fsync(out.fileno())
             if spec["checksum"] is not None and sha != spec["checksum"]:
                 raise ImageStoreError("%s has sha256 %s, not the given checksum %s; nothing was imported" % (source, sha, spec["checksum"]))
             try:
@@ -787,19 +945,6 @@ def base_name(image_id: str) -> str:
     return hashlib.sha1(check_image_id(image_id).encode("ascii")).hexdigest()  # nosec B324: a name, not security
 
 
-def check_host(value) -> str:
-    if not isinstance(value, str) or not value:
-        raise ImageStoreError("source_host %r is not a host name or address" % (value,))
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.match(value):
-        raise ImageStoreError("source_host %r is not a host name or IP address" % (value,))
-    return value
-
-
 class ScpSource:
     """The image store host, reached from the compute host with scp (SFTP protocol, strict host keys)."""
 
@@ -808,47 +953,23 @@ class ScpSource:
     def __init__(self, host: str, store_path: str = DEFAULT_STORE_PATH, user: str = "root", port: int = 22,
                  ssh_key: str | None = None, known_hosts: str | None = None, connect_timeout: int = 10,
                  scp: str = "scp") -> None:
-        self.host = check_host(host)
+        self.remote = ScpRemote(host, user=user, port=port, ssh_key=ssh_key, known_hosts=known_hosts,
+                                connect_timeout=connect_timeout, scp=scp, option="source")
         self.store_path = check_path(store_path, "source_path", safe=True)
-        if not isinstance(user, str) or not USER_RE.match(user):
-            raise ImageStoreError("source_user %r is not a valid user name" % (user,))
-        self.user = user
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ImageStoreError("source_port %r is not a port number" % (port,))
-        self.port = port
-        self.ssh_key = check_path(ssh_key, "ssh_key") if ssh_key else None
-        self.known_hosts = check_path(known_hosts, "known_hosts") if known_hosts else None
-        self.connect_timeout = connect_timeout
-        self.scp = scp
-
-    def _target(self) -> str:
-        host = "[%s]" % self.host if ":" in self.host else self.host
-        return "%s@%s" % (self.user, host)
 
     def describe(self, image_id: str) -> str:
-        return "%s:%s/%s" % (self._target(), self.store_path, check_image_id(image_id))
+        return self.remote.location("%s/%s" % (self.store_path, check_image_id(image_id)))
 
     def argv(self, image_id: str, names: list[str], dest_dir: str) -> list[str]:
-        image_id = check_image_id(image_id)
-        # no -q: it would hide ssh's own messages ("Host key verification failed."); no progress
-        # meter is printed anyway, since the output is not a terminal
-        argv = [self.scp, "-P", str(self.port), "-o", "LogLevel=ERROR",
-                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout,
-                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
-        if self.ssh_key:
-            argv += ["-o", "IdentitiesOnly=yes", "-i", self.ssh_key]
-        if self.known_hosts:
-            argv += ["-o", "UserKnownHostsFile=%s" % self.known_hosts]
-        argv += ["%s/%s" % (self.describe(image_id), n) for n in names]
-        argv.append(dest_dir.rstrip("/") + "/")
-        return argv
+        image_dir = "%s/%s" % (self.store_path, check_image_id(image_id))
+        return self.remote.argv(["%s/%s" % (image_dir, n) for n in names], dest_dir.rstrip("/") + "/")
 
     def fetch(self, run, image_id: str, names: list[str], dest_dir: str) -> None:
-        rc, _out, err = run(self.argv(image_id, names, dest_dir))
+        rc, err = self.remote.copy(run, self.argv(image_id, names, dest_dir))
         if rc != 0:
             raise ImageStoreError("fetching image %s from %s to this host failed (scp rc %d): %s. Check that the image "
                                   "exists in the store, and the host, ssh_key and known_hosts (strict host key checking)"
-                                  % (image_id, self.describe(image_id), rc, (err or "").strip() or "no message"))
+                                  % (image_id, self.describe(image_id), rc, err))
 
 
 class ImageCache:

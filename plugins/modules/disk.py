@@ -163,7 +163,12 @@ request_id:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    HostLog,
+    VirtcloudError,
+    command_runner,
+    request_id,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import Disks
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
 
@@ -191,8 +196,7 @@ def main():
     )
     p = module.params
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update={"LC_ALL": "C", "LANG": "C"})
+    run = command_runner(module)
 
     try:
         req = request_id(p["request_id"])

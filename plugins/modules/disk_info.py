@@ -110,7 +110,7 @@ disk:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, command_runner
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import Disks
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
 
@@ -126,8 +126,7 @@ def main():
     )
     p = module.params
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update={"LC_ALL": "C", "LANG": "C"})
+    run = command_runner(module)
 
     try:
         info = Disks(QemuImg(run)).info(p["path"], p["format"], backing_chain=p["backing_chain"])

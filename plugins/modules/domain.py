@@ -201,6 +201,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
     VirtcloudError,
+    command_runner,
     connection_argument_spec,
     request_id,
     wait_argument_spec,
@@ -237,8 +238,7 @@ def main():
         module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
     p = module.params
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=True)
+    run = command_runner(module, binary_data=True)
 
     try:
         log = HostLog("domain", request_id(p["request_id"]))

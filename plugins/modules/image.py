@@ -13,7 +13,8 @@ description:
   - Manages the image store on the image host, the part of Glance this collection
     has. Each image is a directory C(<store_path>/<id>/) holding the file C(image)
     and its record C(image.json).
-  - An import copies O(src) (a file on the image host) or downloads O(url) into a
+  - An import copies O(src) (a file on the image host, or with O(src_host) a file on
+    that other host, pulled with C(scp)) or downloads O(url) into a
     temporary directory of the store while computing its sha256, then inspects the
     copy as untrusted data with oslo.utils' format inspector (as Nova does) and
     qemu-img (explicit format, CPU-time and memory limits), and only then moves it
@@ -24,8 +25,17 @@ description:
   - Idempotent by content. An image found by O(id), or else by O(name), is
     compared with the source by sha256; the same content changes nothing, other
     content is refused (an image id never changes content; names are unique in the
-    store). With O(url) and without O(checksum) an existing image is taken as it is
-    and the URL is not fetched again.
+    store). With O(url) or O(src_host) and without O(checksum) an existing image is
+    taken as it is and the URL or remote file is not fetched again; with O(checksum)
+    the existing image's sha256 must be that checksum.
+  - With O(src_host), the image host itself fetches O(src) from that host with C(scp)
+    (SSH as O(src_user), with O(ssh_key), strict host key checking against
+    O(known_hosts); an unknown or changed host key fails, it is never trusted on first
+    use). This is how a snapshot a compute host extracted reaches the store (Nova's
+    snapshot upload), without passing through the Ansible controller. The file lands in
+    the import's temporary directory (its size bounded at O(size_cap) while it is
+    copied) and is then hashed and inspected exactly as a local O(src); a file that is
+    refused, or a failed transfer, leaves nothing in the store.
   - Name (when O(id) is given), O(properties), O(owner) and O(visibility) of an
     existing image are updated in place.
   - Runs on the image host with a Python that has oslo.utils with
@@ -35,10 +45,14 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.connection.ssh
 attributes:
   check_mode:
     support: full
-    details: A local O(src) is inspected and hashed in check mode too, so an unsafe file fails as in a real run; a URL is not fetched.
+    details:
+      - A local O(src) is inspected and hashed in check mode too, so an unsafe file fails as in a real run.
+      - A URL is not fetched, and a file on O(src_host) is not read (the host is not contacted); they are
+        inspected in the real run, so check mode reports the import that would happen without sha256 or sizes.
   diff_mode:
     support: full
   idempotent:
@@ -62,7 +76,24 @@ options:
   src:
     description:
       - Path of the file to import, on the image host.
+      - With O(src_host), the absolute path of the file on that host; only letters,
+        digits and C(. _ + @ -) between slashes.
     type: path
+  src_host:
+    description:
+      - The host that holds O(src) (name or address, as the image host reaches it over
+        SSH), for example the compute host where a snapshot was extracted. Requires O(src).
+    type: str
+  src_user:
+    description:
+      - SSH user on O(src_host); it must be able to read O(src).
+    type: str
+    default: root
+  src_port:
+    description:
+      - SSH port of O(src_host).
+    type: int
+    default: 22
   url:
     description:
       - C(http://) or C(https://) address to download the image from, on the image host.
@@ -87,6 +118,10 @@ options:
         (numbers and booleans are turned into strings). C(min_ram) and C(min_disk) must
         be whole numbers; C(hw_architecture), C(img_hv_type), C(hw_vm_mode) must be
         values Nova knows and are canonicalised as Nova does (C(amd64) becomes C(x86_64)).
+      - A snapshot carries, as Nova makes it, its instance's image properties plus
+        C(base_image_ref), C(image_location=snapshot), C(image_state), C(owner_id) and
+        C(user_id); its O(image_type), O(instance_uuid) and O(owner) are options of
+        their own (fields of the record), not properties.
       - Leave out to keep the properties of an existing image.
     type: dict
   image_type:
@@ -168,6 +203,27 @@ EXAMPLES = r"""
     visibility: private
     owner: demo
 
+- name: Upload a snapshot a compute host extracted, pulled by the image host over scp
+  virtcloud.compute.image:
+    name: web1-snap
+    src: /var/lib/virtcloud/instances/snapshots/web1-snap.qcow2
+    src_host: "{{ hostvars['node1'].ansible_host }}"
+    ssh_key: /root/.ssh/id_ed25519
+    known_hosts: /root/.ssh/known_hosts
+    image_type: snapshot
+    instance_uuid: 6c1f0a38-8f4d-4a57-9d0c-2b1e7f3c5a10
+    owner: demo
+    visibility: private
+    properties:
+      hw_architecture: x86_64
+      min_ram: 128
+      base_image_ref: 0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d
+      image_location: snapshot
+      user_id: alice
+  delegate_to: "{{ groups['controller'][0] }}"
+  vars:
+    ansible_python_interpreter: /opt/virtcloud/venv/bin/python
+
 - name: Delete an image
   virtcloud.compute.image:
     name: debian-12
@@ -217,7 +273,13 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    HostLog,
+    VirtcloudError,
+    command_runner,
+    request_id,
+    ssh_argument_spec,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
     HAS_OSLO,
     OSLO_IMPORT_ERROR,
@@ -228,28 +290,34 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import
 
 
 def main():
+    argument_spec = ssh_argument_spec()
+    argument_spec.update(
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        name=dict(type="str"),
+        id=dict(type="str"),
+        src=dict(type="path"),
+        src_host=dict(type="str"),
+        src_user=dict(type="str", default="root"),
+        src_port=dict(type="int", default=22),
+        url=dict(type="str"),
+        checksum=dict(type="str"),
+        disk_format=dict(type="str", choices=["qcow2", "raw"], default="qcow2"),
+        properties=dict(type="dict"),
+        image_type=dict(type="str", choices=["image", "snapshot"], default="image"),
+        instance_uuid=dict(type="str"),
+        owner=dict(type="str"),
+        visibility=dict(type="str", choices=["public", "private", "shared", "community"]),
+        store_path=dict(type="path", default="/var/lib/virtcloud/images"),
+        size_cap=dict(type="int", default=1024 ** 4),
+        timeout=dict(type="int", default=60),
+        validate_certs=dict(type="bool", default=True),
+        request_id=dict(type="str"),
+    )
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            name=dict(type="str"),
-            id=dict(type="str"),
-            src=dict(type="path"),
-            url=dict(type="str"),
-            checksum=dict(type="str"),
-            disk_format=dict(type="str", choices=["qcow2", "raw"], default="qcow2"),
-            properties=dict(type="dict"),
-            image_type=dict(type="str", choices=["image", "snapshot"], default="image"),
-            instance_uuid=dict(type="str"),
-            owner=dict(type="str"),
-            visibility=dict(type="str", choices=["public", "private", "shared", "community"]),
-            store_path=dict(type="path", default="/var/lib/virtcloud/images"),
-            size_cap=dict(type="int", default=1024 ** 4),
-            timeout=dict(type="int", default=60),
-            validate_certs=dict(type="bool", default=True),
-            request_id=dict(type="str"),
-        ),
+        argument_spec=argument_spec,
         required_one_of=[("name", "id")],
         mutually_exclusive=[("src", "url")],
+        required_by={"src_host": "src"},
         supports_check_mode=True,
     )
     p = module.params
@@ -258,20 +326,22 @@ def main():
                                                   reason="to inspect untrusted images; run the module with the image store's venv python"),
                          exception=OSLO_IMPORT_ERROR)
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update={"LC_ALL": "C", "LANG": "C"})
+    run = command_runner(module)
 
     try:
         req = request_id(p["request_id"])
         store = ImageStore(p["store_path"], qemu_img=QemuImg(run), check_mode=module.check_mode,
-                           log=HostLog("image", req), lock_timeout=p["timeout"])
+                           log=HostLog("image", req), lock_timeout=p["timeout"], run=run)
         if p["state"] == "absent":
             result = store.delete(image_id=p["id"], name=p["name"])
         else:
             result = store.ensure(name=p["name"], image_id=p["id"], src=p["src"], url=p["url"], disk_format=p["disk_format"],
                                   properties=p["properties"], image_type=p["image_type"], instance_uuid=p["instance_uuid"],
                                   checksum=p["checksum"], owner=p["owner"], visibility=p["visibility"],
-                                  size_cap=p["size_cap"], timeout=p["timeout"], validate_certs=p["validate_certs"])
+                                  size_cap=p["size_cap"], timeout=p["timeout"], validate_certs=p["validate_certs"],
+                                  src_host=p["src_host"], src_user=p["src_user"], src_port=p["src_port"],
+                                  ssh_key=p["ssh_key"], known_hosts=p["known_hosts"],
+                                  connect_timeout=p["connect_timeout"])
     except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

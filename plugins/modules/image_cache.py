@@ -39,6 +39,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.connection.ssh
 attributes:
   check_mode:
     support: full
@@ -78,21 +79,6 @@ options:
       - SSH port of O(source_host).
     type: int
     default: 22
-  ssh_key:
-    description:
-      - Private key file on the compute host used to log in to O(source_host).
-        SSH's own defaults when not given.
-    type: path
-  known_hosts:
-    description:
-      - Known hosts file on the compute host that holds O(source_host)'s host key.
-        Host keys are always checked strictly; SSH's own default file when not given.
-    type: path
-  connect_timeout:
-    description:
-      - Seconds SSH waits for O(source_host) to answer.
-    type: int
-    default: 10
   sha256:
     description:
       - Expected sha256 of the image (from M(virtcloud.compute.image_info)); the store's
@@ -252,7 +238,13 @@ request_id:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    HostLog,
+    VirtcloudError,
+    command_runner,
+    request_id,
+    ssh_argument_spec,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
     HAS_OSLO,
     OSLO_IMPORT_ERROR,
@@ -263,25 +255,24 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import
 
 
 def main():
+    argument_spec = ssh_argument_spec()
+    argument_spec.update(
+        image_id=dict(type="str", required=True),
+        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        source_host=dict(type="str", required=True),
+        source_path=dict(type="path", default="/var/lib/virtcloud/images"),
+        source_user=dict(type="str", default="root"),
+        source_port=dict(type="int", default=22),
+        sha256=dict(type="str"),
+        size=dict(type="int"),
+        disk_format=dict(type="str", choices=["qcow2", "raw"]),
+        force_raw=dict(type="bool", default=False),
+        verify=dict(type="str", choices=["quick", "full"], default="quick"),
+        timeout=dict(type="int", default=600),
+        request_id=dict(type="str"),
+    )
     module = AnsibleModule(
-        argument_spec=dict(
-            image_id=dict(type="str", required=True),
-            instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
-            source_host=dict(type="str", required=True),
-            source_path=dict(type="path", default="/var/lib/virtcloud/images"),
-            source_user=dict(type="str", default="root"),
-            source_port=dict(type="int", default=22),
-            ssh_key=dict(type="path", no_log=False),
-            known_hosts=dict(type="path"),
-            connect_timeout=dict(type="int", default=10),
-            sha256=dict(type="str"),
-            size=dict(type="int"),
-            disk_format=dict(type="str", choices=["qcow2", "raw"]),
-            force_raw=dict(type="bool", default=False),
-            verify=dict(type="str", choices=["quick", "full"], default="quick"),
-            timeout=dict(type="int", default=600),
-            request_id=dict(type="str"),
-        ),
+        argument_spec=argument_spec,
         supports_check_mode=True,
     )
     p = module.params
@@ -290,8 +281,7 @@ def main():
                                                   reason="to inspect untrusted images; run the module with the compute host's venv python"),
                          exception=OSLO_IMPORT_ERROR)
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update={"LC_ALL": "C", "LANG": "C"})
+    run = command_runner(module)
 
     try:
         req = request_id(p["request_id"])

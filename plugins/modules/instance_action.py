@@ -263,6 +263,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
     VirtcloudError,
+    command_runner,
     connection_argument_spec,
     request_id,
 )
@@ -303,8 +304,7 @@ def main():
         module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
     p = module.params
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update={"LC_ALL": "C", "LANG": "C"})
+    run = command_runner(module)
 
     try:
         req = request_id(p["request_id"])

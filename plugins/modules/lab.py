@@ -152,6 +152,7 @@ ssh:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import command_runner
 from ansible_collections.virtcloud.compute.plugins.module_utils._lab import Lab, LabError, plan
 
 
@@ -171,10 +172,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    env = {"LC_ALL": "C", "LANG": "C"}
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update=env)
+    run = command_runner(module)
 
     try:
         spec = plan(p["name"], p["network"], p["hosts"], p["non_shared"], p["state_dir"], p["run_dir"], kvm=p["kvm"])

@@ -186,7 +186,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id
 from ansible_collections.virtcloud.compute.plugins.module_utils._network import (
     DEFAULT_STATE_DIR,
     Host,
@@ -222,10 +222,8 @@ def main():
     )
     p = module.params
     opt_dirs = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-    env = {"LC_ALL": "C", "LANG": "C"}
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update=env)
+    run = command_runner(module)
 
     try:
         req = request_id(p["request_id"])

@@ -163,7 +163,7 @@ changes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id
 from ansible_collections.virtcloud.compute.plugins.module_utils._network import (
     DEFAULT_STATE_DIR,
     Host,
@@ -196,10 +196,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    env = {"LC_ALL": "C", "LANG": "C"}
 
-    def run(argv, data=None):
-        return module.run_command(argv, data=data, environ_update=env)
+    run = command_runner(module)
 
     try:
         req = request_id(p["request_id"])

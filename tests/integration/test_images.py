@@ -51,8 +51,10 @@ class Images:
         self.venv = os.path.join(lab.state_dir, "venv")
         self.wheels = os.path.join(lab.state_dir, "wheels")
         self.incoming = os.path.join(lab.state_dir, "incoming")  # seen by the controller (the machine's file system)
-        self.store = os.path.join(lab.state_dir, "images")  # the store path as the controller sees it
-        self.store_on_machine = os.path.join(lab.state_dir, "hosts", "controller", "images")
+        # a store of these tests' own (not the lab's, which the cloud tests fill): a folder of the lab's
+        # state folder, which the controller sees at the same path as the machine (removed by lab_down)
+        self.store = os.path.join(lab.state_dir, "images-test")
+        self.store_on_machine = self.store
         self.key = lab.spec.key_file
         self.known_hosts = lab.spec.known_hosts
         self.controller = lab.address("controller")
@@ -122,7 +124,7 @@ def images(lab):
     proc = subprocess.run([os.path.join(VENV_BIN, "python"), "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", env.wheels,
                            "oslo.utils==10.2.0", "-c", CONSTRAINTS], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    extra = dict(images_venv=env.venv, images_wheels=env.wheels)
+    extra = dict(images_venv=env.venv, images_wheels=env.wheels, images_store_path=env.store)
     first = run_playbook(os.path.join(PLAYBOOKS, "images_store.yml"), extra, inventory=lab.inventory)
     assert first.rc == 0, first.stdout[-3000:] + first.stderr[-2000:]
     env.role_runs = (first, run_playbook(os.path.join(PLAYBOOKS, "images_store.yml"), extra, inventory=lab.inventory))

@@ -1045,3 +1045,11 @@ def test_check_mode_plans_a_rescue_whose_image_is_not_cached_yet(disk_env):
     with pytest.raises(dm.DomainError, match='needs 4096 MB of RAM'):   # what can be checked still is
         act(disk_env, 'rebuild', image={'id': missing, 'properties': {'min_ram': 4096}}, qemu_img=FakeQemuImg(), check_mode=True)
     assert stored(disk_env)['vm_state'] == 'active'
+
+
+def test_snapshot_folder_must_exist_except_in_check_mode(disk_env, tmp_path):
+    target = str(tmp_path / 'not-yet' / 'snap.qcow2')
+    assert act(disk_env, 'snapshot', snapshot_path=target, qemu_img=FakeQemuImg(), check_mode=True)['changed']
+    with pytest.raises(dm.DomainError, match='does not exist'):
+        act(disk_env, 'snapshot', snapshot_path=target, qemu_img=FakeQemuImg())
+    assert stored(disk_env)['actions'] == [] and stored(disk_env)['task_state'] is None

@@ -32,6 +32,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._image_store imp
     ImageConflict,
     ImageStore,
     ImageStoreError,
+    ScpRemote,
     ScpSource,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
@@ -134,6 +135,22 @@ def test_properties_are_normalised(props, expected):
     assert st.normalize_properties(props) == expected
 
 
+# What Nova's snapshot adds to the properties it copies from the instance's image
+# (compute/utils.py create_image and initialize_instance_snapshot_metadata, libvirt's
+# _create_snapshot_metadata); instance_uuid, owner and image_type are record fields here.
+SNAPSHOT_PROPERTIES = {"base_image_ref": ID1, "image_location": "snapshot", "image_state": "available",
+                       "owner_id": "demo", "user_id": "alice"}
+
+
+@pytest.mark.parametrize("props, expected", [
+    (SNAPSHOT_PROPERTIES, SNAPSHOT_PROPERTIES),
+    (dict(SNAPSHOT_PROPERTIES, hw_architecture="amd64", min_ram=128, os_type="linux"),
+     dict(SNAPSHOT_PROPERTIES, hw_architecture="x86_64", min_ram="128", os_type="linux")),
+])
+def test_a_snapshot_s_properties_are_accepted(props, expected):
+    assert st.normalize_properties(props) == expected
+
+
 @pytest.mark.parametrize("props, message", [
     ({"Bad": "x"}, "property key 'Bad' is not valid"),
     ({"with space": "x"}, "is not valid"),
@@ -142,6 +159,9 @@ def test_properties_are_normalised(props, expected):
     ({"k" * 256: "x"}, "is not valid"),
     ({"name": "x"}, "is a field of the image record"),
     ({"sha256": "x"}, "is a field of the image record"),
+    ({"instance_uuid": ID2}, "is a field of the image record"),
+    ({"image_type": "snapshot"}, "is a field of the image record"),
+    ({"owner": "demo"}, "is a field of the image record"),
     ({"k": "v" * 256}, "at most 255"),
     ({"k": ["a"]}, "must be a string"),
     ({"k": None}, "must be a string"),
@@ -770,10 +790,216 @@ def test_scp_failure_names_the_source():
     (dict(host="ok", user="-x"), "source_user"),
     (dict(host="ok", port=0), "source_port"),
     (dict(host="ok", ssh_key="relative"), "ssh_key"),
+    (dict(host="ok", connect_timeout="10"), "connect_timeout"),
 ])
 def test_scp_source_validates_what_reaches_the_command_line(kwargs, message):
     with pytest.raises(ImageStoreError, match=message):
         ScpSource(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Imports of a file on another host (src_host: the image host pulls a snapshot)
+# ---------------------------------------------------------------------------
+
+SNAP = "/var/lib/virtcloud/snapshots/web1.qcow2"
+
+
+def test_one_scp_command_line_for_the_cache_and_the_remote_import():
+    remote = ScpRemote("node1", user="nova", port=2222, ssh_key="/root/.ssh/id_ed25519", known_hosts="/root/.ssh/known_hosts",
+                       connect_timeout=5, option="src")
+    options = ["-P", "2222", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+               "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+               "-o", "IdentitiesOnly=yes", "-i", "/root/.ssh/id_ed25519", "-o", "UserKnownHostsFile=/root/.ssh/known_hosts"]
+    assert remote.argv([SNAP], "/images/.import-x/image", max_bytes=1001) == (
+        ["prlimit", "--fsize=1001", "--", "scp"] + options + ["nova@node1:" + SNAP, "/images/.import-x/image"])
+    # the cache's fetch is the same builder with the store's paths
+    source = ScpSource("node1", user="nova", port=2222, ssh_key="/root/.ssh/id_ed25519", known_hosts="/root/.ssh/known_hosts",
+                       connect_timeout=5)
+    assert source.argv(ID1, ["image"], "/inst/_base/.fetch-x") == (
+        ["scp"] + options + ["nova@node1:/var/lib/virtcloud/images/%s/image" % ID1, "/inst/_base/.fetch-x/"])
+    assert ScpRemote("fd00::11").location(SNAP) == "root@[fd00::11]:" + SNAP
+
+
+@pytest.mark.parametrize("paths, dest, message", [
+    (["/snap/a b.qcow2"], "/d/image", "remote path"),
+    (["/snap/*"], "/d/image", "remote path"),
+    (["relative"], "/d/image", "remote path"),
+    ([SNAP], "relative", "destination"),
+])
+def test_scp_argv_refuses_unsafe_paths(paths, dest, message):
+    with pytest.raises(ImageStoreError, match=message):
+        ScpRemote("node1").argv(paths, dest)
+
+
+def never_run(argv, data=None):
+    pytest.fail("a command was run: %s" % argv)
+
+
+class FakeScp:
+    """Stands in for scp to ``user@host``: runs the same command line with ``cp`` from a local "remote" root.
+
+    The prlimit prefix stays, so the size cap really stops the copy.
+    """
+
+    def __init__(self, remote_root):
+        self.remote_root = str(remote_root)
+        self.calls = []
+        self.written = []  # bytes in the destination after each copy
+
+    def __call__(self, argv, data=None):
+        self.calls.append(argv)
+        scp = argv.index("scp")
+        remote = [a for a in argv[scp:] if a.startswith("root@node1:")]
+        assert len(remote) == 1 and argv[-1].endswith("/image"), argv
+        path = self.remote_root + remote[0].split(":", 1)[1]
+        if not os.path.exists(path):
+            return 1, "", "scp: %s: No such file or directory\n" % remote[0].split(":", 1)[1]
+        result = real_run(argv[:scp] + ["cp", path, argv[-1]])
+        self.written.append(os.path.getsize(argv[-1]) if os.path.exists(argv[-1]) else None)
+        return result
+
+    def put(self, local, path=SNAP):
+        dest = self.remote_root + path
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(local, dest)
+        return path
+
+
+@pytest.fixture()
+def remote_store(tmp_path):
+    """(store, fake scp): a store whose scp reads files of "node1" from tmp_path/node1."""
+    scp = FakeScp(tmp_path / "node1")
+    return ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(real_run), now=lambda: NOW, run=scp), scp
+
+
+def snapshot_args(**extra):
+    args = dict(name="web1-snap", src=SNAP, src_host="node1", image_type="snapshot", instance_uuid=ID2,
+                properties=SNAPSHOT_PROPERTIES, visibility="private", owner="demo")
+    args.update(extra)
+    return args
+
+
+class TestRemoteImport:
+    pytestmark = needs_tools
+
+    def test_check_mode_plans_the_import_without_reading_the_remote_file(self, tmp_path):
+        checker = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(never_run), check_mode=True, run=never_run)
+        planned = checker.ensure(**snapshot_args())
+        assert planned["changed"] and planned["before"] is None
+        after = planned["after"]
+        assert (after["name"], after["image_type"], after["instance_uuid"], after["properties"]) == (
+            "web1-snap", "snapshot", ID2, SNAPSHOT_PROPERTIES)
+        assert (after["sha256"], after["size"], after["virtual_size"]) == (None, None, None)
+        assert planned["actions"] == ["import root@node1:%s as image web1-snap (%s)" % (SNAP, after["id"])]
+        assert not os.path.exists(checker.path)
+        # a given checksum is what the record would carry
+        assert checker.ensure(**snapshot_args(checksum="a" * 64))["after"]["sha256"] == "a" * 64
+
+    def test_import_then_no_change_without_fetching_again(self, remote_store, qcow2):
+        store, scp = remote_store
+        scp.put(qcow2)
+        made = store.ensure(**snapshot_args())
+        rec = made["after"]
+        assert made["changed"] and made["actions"] == ["import root@node1:%s as image web1-snap (%s)" % (SNAP, rec["id"])]
+        assert (rec["sha256"], rec["size"], rec["virtual_size"]) == (sha256(qcow2), os.path.getsize(qcow2), 2 * MIB)
+        assert (rec["image_type"], rec["instance_uuid"], rec["owner"], rec["visibility"]) == ("snapshot", ID2, "demo", "private")
+        assert rec["properties"] == SNAPSHOT_PROPERTIES
+        assert sha256(store.image_file(rec["id"])) == sha256(qcow2)
+        assert store_entries(store) == [".lock", rec["id"]]
+        assert len(scp.calls) == 1 and scp.calls[0][:3] == ["prlimit", "--fsize=%d" % (st.DEFAULT_SIZE_CAP + 1), "--"]
+
+        again = store.ensure(**snapshot_args())
+        assert not again["changed"] and again["after"] == rec
+        assert not store.ensure(**snapshot_args(checksum=rec["sha256"]))["changed"]
+        checker = ImageStore(store.path, qemu_img=store.qemu_img, check_mode=True, run=never_run)
+        assert not checker.ensure(**snapshot_args())["changed"]
+        with pytest.raises(ImageConflict, match="not the given checksum"):
+            store.ensure(**snapshot_args(checksum="0" * 64))
+        assert len(scp.calls) == 1, "an existing image is never fetched again"
+
+    def test_checksum_of_the_pulled_file_is_checked(self, remote_store, qcow2):
+        store, scp = remote_store
+        scp.put(qcow2)
+        with pytest.raises(ImageStoreError, match="root@node1:%s has sha256 .* not the given checksum" % SNAP):
+            store.ensure(**snapshot_args(checksum="0" * 64))
+        assert store_entries(store) == [".lock"]
+
+    @pytest.mark.parametrize("make", [backing_file_qcow2, data_file_qcow2, qcow2_declared_raw, vmdk_descriptor])
+    def test_an_unsafe_remote_file_is_rejected_and_leaves_nothing(self, remote_store, tmp_path, make):
+        store, scp = remote_store
+        bad, declared, reason = make(tmp_path)
+        scp.put(bad)
+        with pytest.raises(ImageUnsafe) as caught:
+            store.ensure(**snapshot_args(disk_format=declared))
+        assert reason in str(caught.value) and "root@node1:%s" % SNAP in str(caught.value)
+        assert store_entries(store) == [".lock"]
+
+    def test_a_missing_remote_file_fails_clearly(self, remote_store):
+        store, _scp = remote_store
+        with pytest.raises(ImageStoreError) as caught:
+            store.ensure(**snapshot_args(src="/var/lib/virtcloud/snapshots/missing.qcow2"))
+        msg = str(caught.value)
+        assert "fetching root@node1:/var/lib/virtcloud/snapshots/missing.qcow2 to this host failed (scp rc 1)" in msg
+        assert "No such file or directory" in msg and "known_hosts" in msg and "ssh_key" in msg
+        assert store_entries(store) == [".lock"]
+
+    def test_scp_s_own_message_is_passed_on(self, tmp_path):
+        stderr = "No ED25519 host key is known for node1 and you have requested strict checking.\r\nHost key verification failed.\r\n"
+        store = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(real_run), run=lambda argv, data=None: (255, "", stderr))
+        with pytest.raises(ImageStoreError, match=r"failed \(scp rc 255\): No ED25519 host key is known for node1 and you have "
+                                                  r"requested strict checking; Host key verification failed\. Check that node1's "
+                                                  r"host key is in known_hosts"):
+            store.ensure(**snapshot_args())
+        assert store_entries(store) == [".lock"]
+
+    def test_the_size_cap_stops_the_copy(self, remote_store, qcow2):
+        store, scp = remote_store
+        scp.put(qcow2)
+        with pytest.raises(ImageStoreError, match="root@node1:%s is larger than the size cap of 4096 bytes" % SNAP):
+            store.ensure(**snapshot_args(size_cap=4096))
+        assert scp.written == [4097], "the copy stops one byte past the cap, it does not fill the disk"
+        assert store_entries(store) == [".lock"]
+
+    def test_key_files_must_exist_before_anything_is_run(self, tmp_path):
+        for check_mode in (True, False):
+            store = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(never_run), check_mode=check_mode, run=never_run)
+            with pytest.raises(ImageStoreError, match="ssh_key /nowhere/id_ed25519 is not a readable file on this host"):
+                store.ensure(**snapshot_args(ssh_key="/nowhere/id_ed25519"))
+            with pytest.raises(ImageStoreError, match="known_hosts /nowhere/known_hosts is not a readable file"):
+                store.ensure(**snapshot_args(known_hosts="/nowhere/known_hosts"))
+
+    def test_a_store_without_a_runner_refuses(self, tmp_path):
+        store = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(real_run))
+        with pytest.raises(ImageStoreError, match="no command runner"):
+            store.ensure(**snapshot_args())
+        assert store_entries(store) == [".lock"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(src_host="-oProxyCommand=x"), "src_host '-oProxyCommand=x' is not a host name"),
+    (dict(src_host="node1 node2"), "src_host"),
+    (dict(src_host=""), "src_host"),
+    (dict(src_user="-oProxyCommand=x"), "src_user"),
+    (dict(src_user="root@node2"), "src_user"),
+    (dict(src_port=0), "src_port"),
+    (dict(src_port=65536), "src_port"),
+    (dict(src_port="22"), "src_port"),
+    (dict(connect_timeout=0), "connect_timeout"),
+    (dict(ssh_key="id_ed25519"), "ssh_key"),
+    (dict(known_hosts="../known_hosts"), "known_hosts"),
+    (dict(src="snapshots/web1.qcow2"), "src .* is not an absolute path"),
+    (dict(src="/snapshots/web 1.qcow2"), "src .* may only hold"),
+    (dict(src="/snapshots/web1;reboot"), "src .* may only hold"),
+    (dict(src="/snapshots/*.qcow2"), "src .* may only hold"),
+    (dict(src="/snapshots/../etc/shadow"), "src .* not a normalised path"),
+    (dict(src=None), "src_host needs src"),
+    (dict(src=None, url="http://h/x"), "src_host needs src"),
+])
+def test_bad_remote_imports_fail_before_anything_is_run(tmp_path, kwargs, message):
+    store = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(never_run), run=never_run)
+    with pytest.raises(ImageStoreError, match=message):
+        store.ensure(**snapshot_args(**kwargs))
+    assert not os.path.exists(store.path)
 
 
 # ---------------------------------------------------------------------------

@@ -1068,6 +1068,34 @@ def default_host() -> str:
     return socket.gethostname()
 
 
+def allocation_options(cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
+                       ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
+                       disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
+                       reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
+                       reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB) -> dict:
+    """The allocation ratios and reservations, checked: keyword arguments of :func:`host_state`."""
+    options = {name: check_ratio(value, name) for name, value in (
+        ("cpu_allocation_ratio", cpu_allocation_ratio), ("ram_allocation_ratio", ram_allocation_ratio),
+        ("disk_allocation_ratio", disk_allocation_ratio))}
+    options["reserved_host_memory_mb"] = check_reserved(reserved_host_memory_mb, "reserved_host_memory_mb")
+    options["reserved_host_disk_mb"] = check_reserved(reserved_host_disk_mb, "reserved_host_disk_mb")
+    return options
+
+
+def host_figures(seen: dict, instances_path: str, options: dict, extra_instances=()) -> dict:
+    """Nova's HostState numbers from what :func:`read_libvirt` saw and the instances folder's
+    file system, with ``extra_instances`` (pending claims) counted too.
+
+    compute_facts and the claim of a spawn (instance_claim) both count with this, so the
+    scheduler and the claim never disagree on how a host is used.
+    """
+    disk_total, disk_free = _disk_usage(instances_path)
+    return host_state(
+        vcpus_total=seen["vcpus_total"], memory_mb_total=seen["memory_mb_total"], disk_total_bytes=disk_total,
+        disk_free_bytes=disk_free, disk_over_committed_bytes=seen["disk_over_committed_bytes"],
+        instances=list(seen["instances"]) + list(extra_instances), other_domains=seen["other_domains"], **options)
+
+
 def gather_host_facts(*, uri: str, instances_path: str, host: str | None = None, availability_zone: str | None = None,
                       aggregates=None, cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
                       ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
@@ -1080,14 +1108,11 @@ def gather_host_facts(*, uri: str, instances_path: str, host: str | None = None,
     host = check_host_name(host if host else default_host())
     zone = check_zone(availability_zone)
     aggs = normalise_aggregates(aggregates)
-    ratios = {name: check_ratio(value, name) for name, value in (
-        ("cpu_allocation_ratio", cpu_allocation_ratio), ("ram_allocation_ratio", ram_allocation_ratio),
-        ("disk_allocation_ratio", disk_allocation_ratio))}
-    reserved_mem = check_reserved(reserved_host_memory_mb, "reserved_host_memory_mb")
-    reserved_disk = check_reserved(reserved_host_disk_mb, "reserved_host_disk_mb")
+    options = allocation_options(cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio,
+                                 reserved_host_memory_mb, reserved_host_disk_mb)
     require_lxml()
     service = service_state(read_service_record(service_file, host), host)
-    disk_total, disk_free = _disk_usage(instances_path)
+    _disk_usage(instances_path)   # a missing instances folder is an error, not a down service
 
     down_reason = None
     try:
@@ -1097,11 +1122,7 @@ def gather_host_facts(*, uri: str, instances_path: str, host: str | None = None,
         seen = {"caps": None, "vcpus_total": 0, "memory_mb_total": 0, "hypervisor_type": None, "hypervisor_version": 0,
                 "libvirt_version": 0, "hypervisor_hostname": None, "virt_type": None, "instances": [], "other_domains": [],
                 "disk_over_committed_bytes": 0}
-    numbers = host_state(
-        vcpus_total=seen["vcpus_total"], memory_mb_total=seen["memory_mb_total"], disk_total_bytes=disk_total,
-        disk_free_bytes=disk_free, disk_over_committed_bytes=seen["disk_over_committed_bytes"],
-        instances=seen["instances"], other_domains=seen["other_domains"],
-        reserved_host_memory_mb=reserved_mem, reserved_host_disk_mb=reserved_disk, **ratios)
+    numbers = host_figures(seen, instances_path, options)
     caps = seen["caps"]
     facts = {
         "host": host,

@@ -98,16 +98,14 @@ figures:
   sample: {free_ram_mb: 3072, total_usable_ram_mb: 3584, vcpus_used: 1, vcpus_total: 2}
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR, check_host_name, check_ratio, check_reserved, close_all, connect, default_host,
-    host_state, read_libvirt,
+    HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR, allocation_options, check_host_name, close_all, connect, default_host, host_figures,
+    read_libvirt,
 )
 
 
@@ -137,23 +135,14 @@ def main():
             module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
-        ratios = {n: check_ratio(p[n], n) for n in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio")}
-        reserved = dict(reserved_host_memory_mb=check_reserved(p["reserved_host_memory_mb"], "reserved_host_memory_mb"),
-                        reserved_host_disk_mb=check_reserved(p["reserved_host_disk_mb"], "reserved_host_disk_mb"))
-        try:
-            stat = os.statvfs(p["instances_path"])
-        except OSError as exc:
-            raise VirtcloudError("cannot read the instances folder %s: %s (prepare the host with the compute_node role)"
-                                 % (p["instances_path"], exc.strerror or exc)) from None
+        options = allocation_options(p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"],
+                                     p["reserved_host_memory_mb"], p["reserved_host_disk_mb"])
         seen = {}
 
         def read_host(extra):
             if not seen:
                 seen.update(read_libvirt(connect(p["uri"]), p["uri"]))
-            figures = host_state(vcpus_total=seen["vcpus_total"], memory_mb_total=seen["memory_mb_total"],
-                                 disk_total_bytes=stat.f_blocks * stat.f_frsize, disk_free_bytes=stat.f_bavail * stat.f_frsize,
-                                 instances=list(seen["instances"]) + list(extra), other_domains=seen["other_domains"],
-                                 **ratios, **reserved)
+            figures = host_figures(seen, p["instances_path"], options, extra)
             return figures, {i["uuid"] for i in seen["instances"]}
 
         result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from harness import GUEST_IMAGE, run_playbook
+from harness import GUEST_IMAGE
 from test_images import Images
 
 SNAPSHOTS = "/var/lib/virtcloud/snapshots"  # private to each lab host (not on the machine's own file system)
@@ -32,11 +32,10 @@ PROPERTIES = {"hw_architecture": "x86_64", "min_ram": "128", "base_image_ref": B
 
 
 @pytest.fixture(scope="module")
-def remote(lab):
+def remote(cloud):
     """The lab as a cloud (keys and pinned host keys between the hosts), and the files on node1."""
-    prep = run_playbook("compute_node.yml", inventory=lab.inventory)
-    assert prep.rc == 0, prep.stdout[-4000:] + prep.stderr[-2000:]
-    env = Images(lab)
+    lab = cloud
+    env = Images(lab, own_store=False)
     env.node1 = lab.address("node1")
     lab.ssh("node1", "mkdir -p %s && qemu-img convert -q -f qcow2 -O qcow2 %s %s && "
                      "qemu-img create -q -f qcow2 -u -F raw -b /etc/hostname %s 1M" % (SNAPSHOTS, GUEST_IMAGE, SNAP, BAD))

@@ -46,7 +46,7 @@ def sha256(path):
 class Images:
     """What the tests share: the lab, the venv, where files are, and a module runner."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, own_store=True):
         self.lab = lab
         self.venv = os.path.join(lab.state_dir, "venv")
         self.wheels = os.path.join(lab.state_dir, "wheels")
@@ -55,6 +55,9 @@ class Images:
         # state folder, which the controller sees at the same path as the machine (removed by lab_down)
         self.store = os.path.join(lab.state_dir, "images-test")
         self.store_on_machine = self.store
+        if not own_store:   # the lab's store, as the controller sees it and where it lies on the machine
+            self.store = os.path.join(lab.state_dir, "images")
+            self.store_on_machine = os.path.join(lab.state_dir, "hosts", "controller", "images")
         self.key = lab.spec.key_file
         self.known_hosts = lab.spec.known_hosts
         self.controller = lab.address("controller")

@@ -746,3 +746,19 @@ def test_gather_bad_options(tmp_path, kwargs, message):
     args.update(kwargs)
     with pytest.raises(VirtcloudError, match=message):
         lv.gather_host_facts(**args)
+
+
+def test_host_figures_count_what_libvirt_saw_and_the_pending_claims(tmp_path):
+    seen = {"vcpus_total": 8, "memory_mb_total": 16384, "disk_over_committed_bytes": 2 * GIB,
+            "instances": [inst(vcpus=2, ram=1024)], "other_domains": []}
+    options = lv.allocation_options(reserved_host_memory_mb=0)
+    alone = lv.host_figures(seen, str(tmp_path), options)
+    claimed = lv.host_figures(seen, str(tmp_path), options, [inst(vcpus=1, ram=512, task_state="spawning")])
+    assert (alone["vcpus_used"], alone["memory_mb_used"], alone["num_instances"]) == (2, 1024, 1)
+    assert (claimed["vcpus_used"], claimed["memory_mb_used"], claimed["num_instances"]) == (3, 1536, 2)
+    assert claimed["disk_available_least"] == alone["disk_available_least"]   # over-commit counted in both
+    assert len(seen["instances"]) == 1                                         # what libvirt saw is not changed
+    with pytest.raises(VirtcloudError, match="cpu_allocation_ratio"):
+        lv.allocation_options(cpu_allocation_ratio=0)
+    with pytest.raises(VirtcloudError, match="does not exist"):
+        lv.host_figures(seen, str(tmp_path / "missing"), options)

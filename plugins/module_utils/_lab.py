@@ -176,6 +176,15 @@ def _host(lab: LabSpec, name: str, role: str, address: str, shared: bool, short:
                     veth="%s-%s" % (lab.name, short), state_dir=os.path.join(lab.state_dir, "hosts", name))
 
 
+def with_line(content: str, line: str) -> str:
+    """``content`` with ``line`` in it (added at the end when missing), every other line kept."""
+    line = line.strip()
+    lines = content.splitlines()
+    if line in (existing.strip() for existing in lines):
+        return content
+    return "".join(existing + "\n" for existing in lines) + line + "\n"
+
+
 class Lab:
     """Operations on a planned lab. ``changes`` collects what was done (or would be)."""
 
@@ -433,8 +442,11 @@ class Lab:
             self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key])
         if self._write(os.path.join(d, "ssh", "sshd_config"), self._sshd_config(host), "sshd_config of %s" % host.name):
             stale.add("sshd")
-        pub = self._read(self.spec.key_file + ".pub")
-        self._write(os.path.join(d, "root-ssh", "authorized_keys"), pub, "authorized_keys of %s" % host.name, mode=0o600)
+        # the lab's key in the host's authorized_keys, beside the keys the compute_node role adds
+        # (the compute hosts' keys for migrations and image fetches): they stay
+        path = os.path.join(d, "root-ssh", "authorized_keys")
+        self._write(path, with_line(self._read(path), self._read(self.spec.key_file + ".pub")),
+                    "authorized_keys of %s" % host.name, mode=0o600)
         return stale
 
     @staticmethod

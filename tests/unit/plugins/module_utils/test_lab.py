@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._lab import Lab, LabError, plan
+from ansible_collections.virtcloud.compute.plugins.module_utils._lab import Lab, LabError, plan, with_line
 
 
 def test_plan_names_and_addresses():
@@ -79,3 +79,13 @@ def test_address_range_in_use(name, network, message):
         with pytest.raises(LabError) as err:
             lab._check_range_free()  # pylint: disable=protected-access
         assert message in str(err.value)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "ssh-ed25519 AAAA lab\n"),
+    ("ssh-ed25519 BBBB root@node2\n", "ssh-ed25519 BBBB root@node2\nssh-ed25519 AAAA lab\n"),
+    ("ssh-ed25519 BBBB root@node2", "ssh-ed25519 BBBB root@node2\nssh-ed25519 AAAA lab\n"),
+    ("ssh-ed25519 AAAA lab\nssh-ed25519 BBBB root@node2\n", "ssh-ed25519 AAAA lab\nssh-ed25519 BBBB root@node2\n"),
+])
+def test_the_lab_key_is_added_and_other_keys_stay(content, expected):
+    assert with_line(content, "ssh-ed25519 AAAA lab\n") == expected

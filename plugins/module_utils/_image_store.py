@@ -1,10 +1,10 @@
 # Copyright: Contributors to the virtcloud.compute project
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Images and disks: the image store, the compute-side image cache, instance disks.
+"""Images: the image store and the compute-side image cache.
 
-Private to this collection; the modules ``image``, ``image_info``, ``image_cache``,
-``disk`` and ``disk_info`` are thin over it. Everything here takes plain arguments
+Private to this collection; the modules ``image``, ``image_info`` and ``image_cache``
+are thin over it. Everything here takes plain arguments
 and raises ``ImageStoreError`` (a ``VirtcloudError``), ``ImageUnsafe`` /
 ``ImageInspectError`` (from ``_image_inspect``) or ``QemuImgError``.
 
@@ -80,13 +80,7 @@ is replaced after failing verification: overlays already made on it name that
 format. The result's ``format`` is the one to give
 as backing format.
 
-Instance disks
---------------
-``Disks`` creates qcow2 overlays on a backing file (or empty disks), grows them
-(never shrinks), converts, deletes; always with explicit formats through the
-qemu-img runner, so its resource limits apply. Conversions write a temporary
-file beside the destination and rename it, so an interrupted convert leaves no
-half image under the wanted name.
+Instance disks are in ``_disks`` (``Disks``).
 """
 
 from __future__ import annotations
@@ -119,7 +113,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect i
     inspect_image,
     sha256_file,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 IMAGE_FILE = "image"
 RECORD_FILE = "image.json"
@@ -1149,187 +1142,3 @@ class ImageCache:
         self._log("info", "fetched image %s from %s into %s (%s, %d bytes, %.1f s)"
                   % (image_id, self.source.describe(image_id), path, side["format"], result["bytes"], result["seconds"]))
         return side, info["virtual_size"]
-
-
-# ---------------------------------------------------------------------------
-# Instance disks
-# ---------------------------------------------------------------------------
-
-DISK_FILE_FORMATS = ("qcow2", "raw")
-
-
-def _describe_disk(info: dict | None, path: str) -> dict:
-    if info is None:
-        return {}
-    return dict(path=path, format=info.get("format"), virtual_size=info.get("virtual_size"),
-                backing_file=info.get("backing_filename"), backing_format=info.get("backing_format"))
-
-
-class Disks:
-    """Instance disks through the qemu-img runner (explicit formats, resource limits)."""
-
-    def __init__(self, qemu_img, check_mode: bool = False, log=None) -> None:
-        self.qemu_img = qemu_img
-        self.check_mode = check_mode
-        self.log = log
-
-    def _log(self, message: str) -> None:
-        if self.log is not None:
-            self.log.info(message)
-
-    @staticmethod
-    def _format(fmt, what: str = "format") -> str:
-        if fmt not in DISK_FILE_FORMATS:
-            raise ImageStoreError("%s %r is not one of %s" % (what, fmt, ", ".join(DISK_FILE_FORMATS)))
-        return fmt
-
-    @staticmethod
-    def _size(size, what: str = "size") -> int | None:
-        if size is None:
-            return None
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ImageStoreError("%s %r is not a positive number of bytes" % (what, size))
-        return size
-
-    def info(self, path: str, fmt: str, backing_chain: bool = False) -> dict | None:
-        """qemu-img info of an existing disk (None when there is no file)."""
-        path = check_path(path)
-        if not os.path.lexists(path):
-            return None
-        if not os.path.isfile(path):
-            raise ImageStoreError("%s is not a regular file" % path)
-        try:
-            return self.qemu_img.info(path, self._format(fmt), backing_chain=backing_chain)
-        except QemuImgError as exc:
-            raise ImageStoreError("%s exists but qemu-img cannot read it as %s: %s. Give its real format, or remove it"
-                                  % (path, fmt, exc.stderr or exc)) from exc
-
-    def present(self, path: str, fmt: str = "qcow2", size: int | None = None, backing: str | None = None,
-                backing_format: str | None = None) -> dict:
-        path = check_path(path)
-        self._format(fmt)
-        size = self._size(size)
-        if backing is not None:
-            backing = check_path(backing, "backing")
-            if fmt != "qcow2":
-                raise ImageStoreError("only a qcow2 disk can have a backing file, not %s" % fmt)
-            if backing_format is None:
-                raise ImageStoreError("backing_format is needed with backing: qemu-img never guesses an image's format")
-            self._format(backing_format, "backing_format")
-        elif backing_format is not None:
-            raise ImageStoreError("backing_format is only for a disk with a backing file")
-        current = self.info(path, fmt)
-        before = _describe_disk(current, path)
-        if current is None:
-            return self._create(path, fmt, size, backing, backing_format, before)
-        if backing is not None or current.get("backing_filename"):
-            have = current.get("full_backing_filename") or current.get("backing_filename")
-            if backing is None:
-                raise ImageStoreError("%s has the backing file %s; give it as backing (this module never flattens a disk)" % (path, have))
-            if have is None or os.path.normpath(have) != backing:
-                raise ImageStoreError("%s exists with backing file %s, not %s: refusing to change it; remove the disk first"
-                                      % (path, have or "none", backing))
-            if current.get("backing_format") != backing_format:
-                raise ImageStoreError("%s has backing format %s, not %s: refusing to change it"
-                                      % (path, current.get("backing_format"), backing_format))
-        return self._grow(path, fmt, size, current, before)
-
-    def _create(self, path, fmt, size, backing, backing_format, before) -> dict:
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            raise ImageStoreError("the directory %s of disk %s does not exist; make the instance directory first" % (parent, path))
-        if backing is not None:
-            if not os.path.isfile(backing):
-                raise ImageStoreError("backing file %s does not exist (is the image cached? see image_cache)" % backing)
-            try:
-                binfo = self.qemu_img.info(backing, backing_format)
-            except QemuImgError as exc:
-                raise ImageStoreError("backing file %s cannot be read as %s: %s" % (backing, backing_format, exc.stderr or exc)) from exc
-            bsize = binfo.get("virtual_size")
-            if size is not None and isinstance(bsize, int) and size < bsize:
-                raise ImageStoreError("size %d is smaller than the virtual size %d of the backing file %s: a disk is "
-                                      "never smaller than its image (Nova's FlavorDiskSmallerThanImage)" % (size, bsize, backing))
-            virtual = size if size is not None else bsize
-            action = "create qcow2 overlay %s on %s (%s)" % (path, backing, backing_format)
-            if not self.check_mode:
-                self.qemu_img.create_overlay(path, backing, backing_format, size)
-        else:
-            if size is None:
-                raise ImageStoreError("size is needed to create %s without a backing file" % path)
-            virtual = size
-            action = "create %s disk %s of %d bytes" % (fmt, path, size)
-            if not self.check_mode:
-                self.qemu_img.create(path, fmt, size)
-        if not self.check_mode:
-            self._log(action)
-        after = dict(path=path, format=fmt, virtual_size=virtual, backing_file=backing, backing_format=backing_format)
-        return dict(changed=True, before=before, after=after, actions=[action])
-
-    def _grow(self, path, fmt, size, current, before) -> dict:
-        virtual = current.get("virtual_size")
-        if size is None or size == virtual:
-            return dict(changed=False, before=before, after=before, actions=[])
-        if not isinstance(virtual, int):
-            raise ImageStoreError("the virtual size of %s is unknown; cannot resize it" % path)
-        if size < virtual:
-            raise ImageStoreError("%s is %d bytes and cannot shrink to %d: shrinking a disk loses the guest's data "
-                                  "(Nova refuses it too); give a size >= %d" % (path, virtual, size, virtual))
-        action = "grow %s from %d to %d bytes" % (path, virtual, size)
-        if not self.check_mode:
-            self.qemu_img.resize(path, fmt, size)
-            self._log(action)
-        return dict(changed=True, before=before, after=dict(before, virtual_size=size), actions=[action])
-
-    def resized(self, path: str, fmt: str, size: int) -> dict:
-        path = check_path(path)
-        self._format(fmt)
-        if size is None:
-            raise ImageStoreError("size is needed for state resized")
-        size = self._size(size)
-        current = self.info(path, fmt)
-        if current is None:
-            raise ImageStoreError("disk %s does not exist; nothing to resize" % path)
-        return self._grow(path, fmt, size, current, _describe_disk(current, path))
-
-    def converted(self, src: str, src_format: str, path: str, fmt: str, compress: bool = False) -> dict:
-        src = check_path(src, "src")
-        path = check_path(path)
-        self._format(src_format, "src_format")
-        self._format(fmt)
-        if src == path:
-            raise ImageStoreError("src and path are the same file %s" % path)
-        current = self.info(path, fmt)
-        if current is not None:
-            before = _describe_disk(current, path)
-            return dict(changed=False, before=before, after=before, actions=[])
-        sinfo = self.info(src, src_format)
-        if sinfo is None:
-            raise ImageStoreError("source disk %s does not exist" % src)
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            raise ImageStoreError("the directory %s of %s does not exist" % (parent, path))
-        action = "convert %s (%s) to %s (%s%s)" % (src, src_format, path, fmt, ", compressed" if compress else "")
-        if not self.check_mode:
-            tmp = os.path.join(parent, ".%s.part-%s" % (os.path.basename(path), uuid.uuid4().hex[:8]))
-            try:
-                self.qemu_img.convert(src, src_format, tmp, fmt, compress=compress)
-                os.rename(tmp, path)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            self._log(action)
-        after = dict(path=path, format=fmt, virtual_size=sinfo.get("virtual_size"), backing_file=None, backing_format=None)
-        return dict(changed=True, before={}, after=after, actions=[action])
-
-    def absent(self, path: str) -> dict:
-        path = check_path(path)
-        if not os.path.lexists(path):
-            return dict(changed=False, before={}, after={}, actions=[])
-        if not os.path.islink(path) and not os.path.isfile(path):
-            raise ImageStoreError("%s is not a file; refusing to remove it" % path)
-        before = dict(path=path)
-        action = "remove %s" % path
-        if not self.check_mode:
-            os.unlink(path)
-            self._log(action)
-        return dict(changed=True, before=before, after={}, actions=[action])

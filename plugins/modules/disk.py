@@ -169,7 +169,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     command_runner,
     request_id,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import Disks
+from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
 
 

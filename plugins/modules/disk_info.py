@@ -111,7 +111,7 @@ disk:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, command_runner
-from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import Disks
+from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
 
 

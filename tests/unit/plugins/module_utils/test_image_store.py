@@ -26,8 +26,8 @@ import pytest
 from ansible_collections.virtcloud.compute.plugins.module_utils import _image_inspect
 from ansible_collections.virtcloud.compute.plugins.module_utils import _image_store as st
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import ImageUnsafe
+from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import (
-    Disks,
     ImageCache,
     ImageConflict,
     ImageStore,

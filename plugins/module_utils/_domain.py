@@ -108,7 +108,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml impo
     record_element,
     validate_path,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_name
+from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_path
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import (
     UUID_RE,
     Image,
@@ -1204,7 +1204,7 @@ class DiskArgs:
 
     def base(self, image):
         """The cached base of ``image`` on this host."""
-        return f'{self.instances_path}/_base/{base_name(image.id)}'
+        return base_path(self.instances_path, image.id)
 
 
 def _result(inst, action, changed, observed, **extra):

@@ -67,6 +67,8 @@ import stat
 import struct
 import traceback
 
+from ansible.module_utils.basic import missing_required_lib
+
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 try:
@@ -81,6 +83,16 @@ else:
     # The inspector logs each failed check as a warning; the reasons are in our
     # exceptions, so keep them off the module's stderr.
     logging.getLogger(format_inspector.__name__).addHandler(logging.NullHandler())
+
+
+def require_oslo(module, python: str) -> None:
+    """Fail the module when oslo.utils' format inspector cannot be imported; ``python`` says which
+    interpreter has it (the image store's venv, the compute host's venv)."""
+    if not HAS_OSLO:
+        module.fail_json(msg=missing_required_lib("oslo.utils (with imageutils.format_inspector, 7.3 or later)",
+                                                  reason="to inspect untrusted images; run the module with %s" % python),
+                         exception=OSLO_IMPORT_ERROR)
+
 
 # Formats an image may be declared as (Glance's disk_format names), and the
 # format qemu-img must then be told to use.

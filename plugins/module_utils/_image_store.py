@@ -938,6 +938,11 @@ def base_name(image_id: str) -> str:
     return hashlib.sha1(check_image_id(image_id).encode("ascii")).hexdigest()  # nosec B324: a name, not security
 
 
+def base_path(instances_path: str, image_id: str) -> str:
+    """``<instances_path>/_base/<sha1 of the image id>``: where a compute host caches an image."""
+    return os.path.join(instances_path, BASE_DIR, base_name(image_id))
+
+
 class ScpSource:
     """The image store host, reached from the compute host with scp (SFTP protocol, strict host keys)."""
 
@@ -981,7 +986,7 @@ class ImageCache:
         self.hostname = hostname or socket.gethostname()
 
     def base_path(self, image_id: str) -> str:
-        return os.path.join(self.base_dir, base_name(image_id))
+        return base_path(self.instances_path, image_id)
 
     def _log(self, level: str, message: str) -> None:
         if self.log is not None:

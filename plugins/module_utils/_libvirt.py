@@ -79,6 +79,8 @@ import time
 import traceback
 from urllib.parse import parse_qsl, urlsplit
 
+from ansible.module_utils.basic import missing_required_lib
+
 try:
     import libvirt
     HAS_LIBVIRT = True
@@ -236,6 +238,14 @@ def require_libvirt() -> None:
     if not HAS_LIBVIRT:
         raise LibvirtError("the libvirt Python bindings are needed on the host: install python3-libvirt "
                            "(Debian/Ubuntu/RHEL package) for the Python that runs the module")
+
+
+def require_libraries(module, lxml: bool = True) -> None:
+    """Fail the module (``fail_json``) when libvirt-python, or lxml with ``lxml``, cannot be imported."""
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python (package python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
+    if lxml and not HAS_LXML:
+        module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
 
 
 def require_lxml() -> None:

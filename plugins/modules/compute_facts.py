@@ -217,7 +217,7 @@ host_state:
   sample: {host: node1, free_ram_mb: 23081}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
@@ -225,13 +225,10 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     request_id,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT,
-    HAS_LXML,
-    LIBVIRT_IMPORT_ERROR,
-    LXML_IMPORT_ERROR,
     NO_RECORD,
     close_all,
     gather_host_facts,
+    require_libraries,
 )
 
 
@@ -253,10 +250,7 @@ def main():
         service_file=dict(type="path", default="/var/lib/virtcloud/service.json"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python (package python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
-    if not HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
+    require_libraries(module)
     p = module.params
     try:
         request_id(p["request_id"])

@@ -196,7 +196,7 @@ reboot:
   sample: {kind: soft, acpi_presses: 1, seconds: 0.5, fallback: false}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
@@ -207,14 +207,10 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     wait_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    HAS_LIBVIRT,
-    HAS_LXML,
-    LIBVIRT_IMPORT_ERROR,
-    LXML_IMPORT_ERROR,
     InstanceError,
     ensure_domain,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
 
 
 def main():
@@ -232,10 +228,7 @@ def main():
     argument_spec.update(connection_argument_spec())
     argument_spec.update(wait_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python (package python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
-    if not HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
+    require_libraries(module)
     p = module.params
 
     run = command_runner(module, binary_data=True)

@@ -271,7 +271,7 @@ request_id:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
@@ -281,9 +281,8 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
-    HAS_OSLO,
-    OSLO_IMPORT_ERROR,
     ImageInspectError,
+    require_oslo,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageStore
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
@@ -321,10 +320,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["state"] == "present" and (p["src"] or p["url"]) and not HAS_OSLO:
-        module.fail_json(msg=missing_required_lib("oslo.utils (with imageutils.format_inspector, 7.3 or later)",
-                                                  reason="to inspect untrusted images; run the module with the image store's venv python"),
-                         exception=OSLO_IMPORT_ERROR)
+    if p["state"] == "present" and (p["src"] or p["url"]):
+        require_oslo(module, "the image store's venv python")
 
     run = command_runner(module)
 

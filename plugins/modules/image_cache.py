@@ -236,7 +236,7 @@ request_id:
   sample: req-3f1c2b4a-5d6e-4f70-8a9b-0c1d2e3f4a5b
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
@@ -246,9 +246,8 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
-    HAS_OSLO,
-    OSLO_IMPORT_ERROR,
     ImageInspectError,
+    require_oslo,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageCache, ScpSource
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
@@ -276,10 +275,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if not HAS_OSLO:
-        module.fail_json(msg=missing_required_lib("oslo.utils (with imageutils.format_inspector, 7.3 or later)",
-                                                  reason="to inspect untrusted images; run the module with the compute host's venv python"),
-                         exception=OSLO_IMPORT_ERROR)
+    require_oslo(module, "the compute host's venv python")
 
     run = command_runner(module)
 

@@ -258,7 +258,7 @@ reboot:
   sample: {kind: soft, acpi_presses: 1, seconds: 0.5, fallback: false}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
@@ -269,16 +269,12 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
     ACTIONS,
-    HAS_LIBVIRT,
-    HAS_LXML,
-    LIBVIRT_IMPORT_ERROR,
-    LXML_IMPORT_ERROR,
     ActionFailed,
     InstanceError,
     run_instance_action,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
@@ -298,10 +294,7 @@ def main():
     argument_spec.update(connection_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("action", "rebuild", ["image"]), ("action", "snapshot", ["snapshot_path"])])
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python (package python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
-    if not HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
+    require_libraries(module)
     p = module.params
 
     run = command_runner(module)

@@ -98,14 +98,13 @@ figures:
   sample: {free_ram_mb: 3072, total_usable_ram_mb: 3584, vcpus_used: 1, vcpus_total: 2}
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT, LIBVIRT_IMPORT_ERROR, allocation_options, check_host_name, close_all, connect, default_host, host_figures,
-    read_libvirt,
+    allocation_options, check_host_name, close_all, connect, default_host, host_figures, read_libvirt, require_libraries,
 )
 
 
@@ -131,8 +130,7 @@ def main():
         uuid = validate_uuid(p["uuid"])
         if p["state"] == "absent":
             module.exit_json(changed=release(p["claims_file"], uuid, check_mode=module.check_mode))
-        if not HAS_LIBVIRT:
-            module.fail_json(msg=missing_required_lib("libvirt-python (Debian: python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
+        require_libraries(module, lxml=False)
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
         options = allocation_options(p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"],

@@ -139,18 +139,14 @@ unreadable:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    HAS_LIBVIRT,
-    HAS_LXML,
-    LIBVIRT_IMPORT_ERROR,
-    LXML_IMPORT_ERROR,
     InstanceError,
     list_instances,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
 
 
 def main():
@@ -161,10 +157,7 @@ def main():
     )
     argument_spec.update(connection_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=[("uuid", "name")])
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python (package python3-libvirt)"), exception=LIBVIRT_IMPORT_ERROR)
-    if not HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml (package python3-lxml)"), exception=LXML_IMPORT_ERROR)
+    require_libraries(module)
     p = module.params
     try:
         instances, unreadable = list_instances(connect(p["uri"]), uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])

@@ -9,41 +9,29 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 
 import pytest
 
-from harness import GUEST_IMAGE, act, ansible_env, console, delete, launch, launched, run_playbook
+from harness import GUEST_IMAGE, act, console, delete, launch, launched, run_playbook
+from test_images import Images
 
 RESCUE_IMAGE = os.path.join(os.path.dirname(GUEST_IMAGE), "vctest-rescue.qcow2")
 
 
-def image_module(lab, args: str, check: bool = False) -> dict:
-    """virtcloud.compute.image(_info) on the image host (the lab's controller), its JSON result."""
-    module = "virtcloud.compute.image_info" if args.startswith("info ") else "virtcloud.compute.image"
-    args = args[len("info "):] if args.startswith("info ") else args
-    store = os.path.join(lab.state_dir, "images")
-    argv = ["ansible", "-i", lab.inventory, "controller", "-m", module, "-a", "%s store_path=%s" % (args, store),
-            "-e", "ansible_python_interpreter=%s/venv/bin/python" % lab.state_dir, "-o"] + (["--check"] if check else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=300, check=False)
-    m = re.search(r"=> (\{.*\})\s*$", proc.stdout, re.S)
-    assert m, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return json.loads(m.group(1))
-
-
 def images_named(lab, name) -> list:
-    return image_module(lab, "info name=%s" % name)["images"]
+    """The images of that name in the lab's store (image_info on the controller)."""
+    store = Images(lab, own_store=False)
+    return store.ok("controller", "image_info", store.image_args(name=name))["images"]
+
+
+def delete_image(lab, name) -> None:
+    store = Images(lab, own_store=False)
+    store.ok("controller", "image", store.image_args(name=name, state="absent"))
 
 
 def info_of(lab, inst) -> dict:
     out = lab.ssh(inst["host"], "cat %s/%s/instance.json" % (lab.instances_dir(inst["host"]), inst["uuid"]))
     return json.loads(out)
-
-
-def boot_line(con, after=0, timeout=240):
-    """(index, text) of the next BOOT line after ``after``."""
-    return con.wait("BOOT", timeout=timeout, after=after)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +93,7 @@ def test_snapshot_keeps_the_guest_running_and_a_launch_from_it_continues_the_boo
     finally:
         for inst in made:
             delete(cloud, inst["name"])
-        image_module(cloud, "name=snapsrc-snap state=absent")
+        delete_image(cloud, "snapsrc-snap")
 
 
 def test_rebuild_gives_a_new_disk_with_the_same_address_and_resets_the_boot_count(cloud):
@@ -147,7 +135,7 @@ def test_rebuild_gives_a_new_disk_with_the_same_address_and_resets_the_boot_coun
         assert [a["action"] for a in after["actions"]][-1] == "rebuild"
     finally:
         delete(cloud, "rebld")
-        image_module(cloud, "name=vctest-big state=absent")
+        delete_image(cloud, "vctest-big")
 
 
 def test_rescue_boots_the_rescue_image_with_the_disk_second_and_unrescue_boots_it_again(cloud, rescue_image):

@@ -17,6 +17,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils import _domain a
 from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt as lv
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, Instance
+from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 UUID = '3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b'
@@ -877,10 +878,6 @@ def disk_env(env):
             f.write('base')
     ensure(env, record(image={'id': IMAGE1}))
     return env
-
-
-def base_name(image_id):
-    return __import__('hashlib').sha1(image_id.encode()).hexdigest()
 
 
 def test_build_params_give_back_what_the_domain_was_built_with():

@@ -8,14 +8,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)/.collections
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: demo test deps image lab-up lab-down units sanity lint integration molecule bench clean constraints
+.PHONY: demo test deps image lab-up lab-down units style format sanity lint integration molecule bench clean constraints
 
 demo: deps image
 	$(BIN)/ansible-playbook playbooks/lab_up.yml
 	$(BIN)/ansible-playbook -i /var/lib/virtcloud-lab/inventory.yml playbooks/demo.yml
 
 test: deps image
-	tools/run-suite units sanity lint integration molecule
+	tools/run-suite units style sanity lint integration molecule
 
 deps:
 	tools/install-deps $(PYTHON)
@@ -31,6 +31,14 @@ lab-down:
 
 units:
 	$(BIN)/python -m pytest -q tests/unit
+
+style:
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 sanity:
 	tools/ansible-test/run sanity --color no

@@ -23,10 +23,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from harness import GUEST_IMAGE, Console, LabHandle, domain_xml, run_playbook, start_bare_qemu  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB = LabHandle(name="vcbnch", network="10.249.0.0/24", state_dir="/var/lib/virtcloud-lab-vcbnch",
-                run_dir="/run/virtcloud-lab-vcbnch", hosts=3, non_shared=[])
-NET_XML = ("<network><name>benchnet</name><bridge name='vcbench0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
-           "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>")
+LAB = LabHandle(name="vcbnch", network="10.249.0.0/24", state_dir="/var/lib/virtcloud-lab-vcbnch", run_dir="/run/virtcloud-lab-vcbnch", hosts=3, non_shared=[])
+NET_XML = (
+    "<network><name>benchnet</name><bridge name='vcbench0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
+    "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>"
+)
 
 
 def timed(fn, *args, **kwargs):
@@ -37,20 +38,20 @@ def timed(fn, *args, **kwargs):
 
 def boot_in_libvirt(boots: int) -> list[float]:
     name = "bench-guest"
-    inst = "%s/%s" % (LAB.instances_path, name)
+    inst = f"{LAB.instances_path}/{name}"
     LAB.ssh("node1", "virsh net-create /dev/stdin", data=NET_XML)
-    LAB.ssh("node1", "mkdir -p %s && qemu-img create -q -f qcow2 -F qcow2 -b %s %s/disk" % (inst, GUEST_IMAGE, inst))
+    LAB.ssh("node1", f"mkdir -p {inst} && qemu-img create -q -f qcow2 -F qcow2 -b {GUEST_IMAGE} {inst}/disk")
     LAB.ssh("node1", "virsh define /dev/stdin", data=domain_xml(name, inst + "/disk", inst + "/console.log", "benchnet"))
     console = Console(os.path.join(LAB.instances_dir("node1"), name, "console.log"))
     times = []
     for n in range(1, boots + 1):
         seen = len(console.lines())
         start = time.monotonic()
-        LAB.ssh("node1", "virsh start %s" % name)
-        console.wait("BOOT", timeout=120, after=seen, pattern="^count=%d " % n)
+        LAB.ssh("node1", f"virsh start {name}")
+        console.wait("BOOT", timeout=120, after=seen, pattern=f"^count={n} ")
         times.append(time.monotonic() - start)
-        LAB.ssh("node1", "virsh destroy %s" % name)
-    LAB.ssh("node1", "virsh undefine %s; rm -rf %s; virsh net-destroy benchnet" % (name, inst))
+        LAB.ssh("node1", f"virsh destroy {name}")
+    LAB.ssh("node1", f"virsh undefine {name}; rm -rf {inst}; virsh net-destroy benchnet")
     return times
 
 
@@ -60,11 +61,11 @@ def boot_in_bare_qemu(boots: int) -> list[float]:
         disk = os.path.join(tmp, "disk")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", GUEST_IMAGE, disk], check=True)
         for n in range(1, boots + 1):
-            log = os.path.join(tmp, "console-%d.log" % n)
+            log = os.path.join(tmp, f"console-{n}.log")
             start = time.monotonic()
             proc = start_bare_qemu(disk, log)
             try:
-                Console(log).wait("BOOT", timeout=120, pattern="^count=%d " % n)
+                Console(log).wait("BOOT", timeout=120, pattern=f"^count={n} ")
                 times.append(time.monotonic() - start)
             finally:
                 proc.kill()
@@ -92,14 +93,12 @@ def main() -> int:
         t_down, down = timed(run_playbook, "lab_down.yml", LAB.vars)
     if down.rc != 0:
         sys.exit("lab_down failed")
-    print("lab figures (%d compute hosts + controller, %d cores)" % (LAB.hosts, os.cpu_count()))
-    print("  lab_up, new lab            %6.1f s" % t_up)
-    print("  lab_up, healthy lab (base) %6.1f s   -> making the hosts costs %.1f s" % (t_noop, t_up - t_noop))
-    print("  lab_down                   %6.1f s" % t_down)
-    print("  domain start -> BOOT line, libvirt on node1: median %.2f s  (%s)"
-          % (statistics.median(libvirt), ", ".join("%.2f" % t for t in libvirt)))
-    print("  qemu exec -> BOOT line, bare QEMU (base):    median %.2f s  (%s)"
-          % (statistics.median(bare), ", ".join("%.2f" % t for t in bare)))
+    print(f"lab figures ({LAB.hosts} compute hosts + controller, {os.cpu_count()} cores)")
+    print(f"  lab_up, new lab            {t_up:6.1f} s")
+    print(f"  lab_up, healthy lab (base) {t_noop:6.1f} s   -> making the hosts costs {t_up - t_noop:.1f} s")
+    print(f"  lab_down                   {t_down:6.1f} s")
+    print(f"  domain start -> BOOT line, libvirt on node1: median {statistics.median(libvirt):.2f} s  ({', '.join(f'{t:.2f}' for t in libvirt)})")
+    print(f"  qemu exec -> BOOT line, bare QEMU (base):    median {statistics.median(bare):.2f} s  ({', '.join(f'{t:.2f}' for t in bare)})")
     print("  libvirt / bare QEMU: %.2fx" % (statistics.median(libvirt) / statistics.median(bare)))
     return 0
 

@@ -38,8 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from harness import GUEST_IMAGE, TOP, Console, LabHandle, run_playbook  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB = LabHandle(name="vclnch", network="10.247.0.0/24", state_dir="/var/lib/virtcloud-lab-vclnch",
-                run_dir="/run/virtcloud-lab-vclnch", hosts=3, non_shared=[])
+LAB = LabHandle(name="vclnch", network="10.247.0.0/24", state_dir="/var/lib/virtcloud-lab-vclnch", run_dir="/run/virtcloud-lab-vclnch", hosts=3, non_shared=[])
 HOSTS = ["node1", "node2", "node3"]
 BOOT_TIMEOUT = 600
 
@@ -89,12 +88,10 @@ class Watcher(threading.Thread):
         self.join(timeout)
         self.stop_event.set()
         if len(self.booted) < self.expected:
-            raise RuntimeError("only %d of %d guests showed their BOOT line within %ss (started: %s)"
-                               % (len(self.booted), self.expected, timeout, sorted(self.started)))
+            raise RuntimeError(f"only {len(self.booted)} of {self.expected} guests showed their BOOT line within {timeout}s (started: {sorted(self.started)})")
 
     def phases(self) -> dict:
-        return dict(first_start=min(self.started.values()), last_start=max(self.started.values()),
-                    last_boot=max(self.booted.values()))
+        return dict(first_start=min(self.started.values()), last_start=max(self.started.values()), last_boot=max(self.booted.values()))
 
 
 def ansible_launch(name: str, count: int) -> dict:
@@ -106,25 +103,27 @@ def ansible_launch(name: str, count: int) -> dict:
     playbook = time.monotonic() - start
     if result.rc != 0:
         watcher.stop_event.set()
-        raise RuntimeError("launch of %s x%d failed:\n%s\n%s" % (name, count, result.stdout[-3000:], result.stderr[-1000:]))
+        raise RuntimeError(f"launch of {name} x{count} failed:\n{result.stdout[-3000:]}\n{result.stderr[-1000:]}")
     m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
     launched = json.loads(m.group(1)) if m else []
     if len(launched) != count:
         watcher.stop_event.set()
-        raise RuntimeError("launch of %s x%d reported %d instances:\n%s" % (name, count, len(launched), result.stdout[-3000:]))
+        raise RuntimeError(f"launch of {name} x{count} reported {len(launched)} instances:\n{result.stdout[-3000:]}")
     watcher.finish()
     total = time.monotonic() - start
     return dict(total=total, playbook=playbook, hosts=sorted(i["host"] for i in launched), **watcher.phases())
 
 
 def plain_xml(name: str, d: str, bridge: str) -> str:
-    return ("<domain type='qemu'><name>%s</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
-            "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/></features>"
-            "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-            "<source file='%s/disk'/><target dev='vda' bus='virtio'/></disk>"
-            "<interface type='bridge'><source bridge='%s'/><model type='virtio'/></interface>"
-            "<serial type='pty'><log file='%s/console.log' append='on'/><target port='0'/></serial>"
-            "</devices></domain>" % (name, d, bridge, d))
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/></features>"
+        "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+        f"<source file='{d}/disk'/><target dev='vda' bus='virtio'/></disk>"
+        f"<interface type='bridge'><source bridge='{bridge}'/><model type='virtio'/></interface>"
+        f"<serial type='pty'><log file='{d}/console.log' append='on'/><target port='0'/></serial>"
+        "</devices></domain>"
+    )
 
 
 def plain_launch(count: int, base: str, base_format: str, bridge: str) -> dict:
@@ -134,12 +133,15 @@ def plain_launch(count: int, base: str, base_format: str, bridge: str) -> dict:
     watcher.start()
     for i in range(count):
         host = HOSTS[i % len(HOSTS)]
-        name = "plain-%s" % uuid.uuid4().hex[:8]
-        d = "%s/%s" % (LAB.instances_path, name)
+        name = f"plain-{uuid.uuid4().hex[:8]}"
+        d = f"{LAB.instances_path}/{name}"
         try:
-            LAB.ssh(host, "mkdir -p %s && qemu-img create -q -f qcow2 -F %s -b %s %s/disk 1G"
-                    " && virsh -q define /dev/stdin >/dev/null && virsh -q start %s >/dev/null"
-                    % (d, base_format, base, d, name), data=plain_xml(name, d, bridge))
+            LAB.ssh(
+                host,
+                f"mkdir -p {d} && qemu-img create -q -f qcow2 -F {base_format} -b {base} {d}/disk 1G"
+                f" && virsh -q define /dev/stdin >/dev/null && virsh -q start {name} >/dev/null",
+                data=plain_xml(name, d, bridge),
+            )
         except AssertionError:
             watcher.stop_event.set()
             raise
@@ -153,44 +155,53 @@ def clean_all() -> None:
     """Remove every guest of the lab (domains and instance folders). The DHCP reservations of the
     launched instances are left (a few dozen of the /24; lab_down removes them with the lab)."""
     for host in HOSTS:
-        LAB.ssh(host, "for d in $(virsh list --all --name); do virsh -q destroy $d >/dev/null 2>&1;"
-                      " virsh -q undefine $d --managed-save >/dev/null; done", timeout=300)
-    LAB.ssh(HOSTS[0], "cd %s && rm -rf -- $(ls | grep -E '^(plain-[0-9a-f]{8}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$')"
-            % LAB.instances_path)
+        LAB.ssh(
+            host,
+            "for d in $(virsh list --all --name); do virsh -q destroy $d >/dev/null 2>&1; virsh -q undefine $d --managed-save >/dev/null; done",
+            timeout=300,
+        )
+    LAB.ssh(
+        HOSTS[0],
+        f"cd {LAB.instances_path} && rm -rf -- $(ls | grep -E "
+        "'^(plain-[0-9a-f]{8}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$')",
+    )
 
 
 def run_checked(playbook: str, extra: dict | None = None, inventory: str | None = None) -> float:
     start = time.monotonic()
     result = run_playbook(playbook, extra, inventory=inventory)
     if result.rc != 0:
-        raise RuntimeError("%s failed:\n%s\n%s" % (playbook, result.stdout[-3000:], result.stderr[-1000:]))
+        raise RuntimeError(f"{playbook} failed:\n{result.stdout[-3000:]}\n{result.stderr[-1000:]}")
     return time.monotonic() - start
 
 
 def fmt_run(r: dict) -> str:
-    return ("%6.1f s (steps done %5.1f, 1st domain up %5.1f, last up %5.1f, last BOOT %5.1f)"
-            % (r["total"], r["playbook"], r["first_start"], r["last_start"], r["last_boot"]))
+    return (
+        f"{r['total']:6.1f} s (steps done {r['playbook']:5.1f}, 1st domain up {r['first_start']:5.1f}, "
+        f"last up {r['last_start']:5.1f}, last BOOT {r['last_boot']:5.1f})"
+    )
 
 
 def bench(reps: int) -> tuple[dict, dict]:
     setup = {}
     setup["lab_up"] = run_checked("lab_up.yml", LAB.vars)
     setup["compute_node"] = run_checked("compute_node.yml", inventory=LAB.inventory)
-    setup["image_import"] = run_checked("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE),
-                                        inventory=LAB.inventory)
+    setup["image_import"] = run_checked("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE), inventory=LAB.inventory)
     # untimed warm-up: fills the (shared) image cache, as a later launch of the same image finds it
     warm = ansible_launch("warmup", 1)
     setup["cold_launch"] = warm
-    print("setup: lab_up %.1f s, compute_node %.1f s, image_import %.1f s" % (
-        setup["lab_up"], setup["compute_node"], setup["image_import"]), flush=True)
-    print("  warm-up launch x1 (cold image cache): %s" % fmt_run(warm), flush=True)
-    base_info = LAB.ssh("node1", "cd %s/_base && for f in $(ls | grep -E '^[0-9a-f]{40}$'); do echo $PWD/$f;"
-                                 " qemu-img info -U --output=json $PWD/$f | grep '\"format\"'; done" % LAB.instances_path)
+    print(f"setup: lab_up {setup['lab_up']:.1f} s, compute_node {setup['compute_node']:.1f} s, image_import {setup['image_import']:.1f} s", flush=True)
+    print(f"  warm-up launch x1 (cold image cache): {fmt_run(warm)}", flush=True)
+    base_info = LAB.ssh(
+        "node1",
+        f"cd {LAB.instances_path}/_base && for f in $(ls | grep -E '^[0-9a-f]{{40}}$'); do echo $PWD/$f;"
+        " qemu-img info -U --output=json $PWD/$f | grep '\"format\"'; done",
+    )
     lines = base_info.split("\n")
     base = lines[0].strip()
     base_format = re.search(r'"format": "(\w+)"', base_info).group(1)
     bridge = re.search(r"<source bridge='([^']+)'", LAB.ssh(warm["hosts"][0], "virsh dumpxml $(virsh list --name | head -1)")).group(1)
-    print("  plain script uses base %s (%s) and bridge %s" % (base, base_format, bridge), flush=True)
+    print(f"  plain script uses base {base} ({base_format}) and bridge {bridge}", flush=True)
     clean_all()
     runs: dict = {(kind, n): [] for kind in ("ansible", "plain") for n in (1, 10)}
     for rep in range(reps):
@@ -198,11 +209,11 @@ def bench(reps: int) -> tuple[dict, dict]:
             order = ("ansible", "plain") if rep % 2 == 0 else ("plain", "ansible")
             for kind in order:
                 if kind == "ansible":
-                    r = ansible_launch("b%d-%d" % (count, rep), count)
+                    r = ansible_launch(f"b{count}-{rep}", count)
                 else:
                     r = plain_launch(count, base, base_format, bridge)
                 runs[(kind, count)].append(r)
-                print("  rep %d  %-7s x%-2d %s" % (rep + 1, kind, count, fmt_run(r)), flush=True)
+                print(f"  rep {rep + 1}  {kind:<7} x{count:<2} {fmt_run(r)}", flush=True)
                 clean_all()
     return setup, runs
 
@@ -214,13 +225,15 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("run as root")
     if lab_namespaces():
-        sys.exit("lab %s is already up (%s): another bench (bench/lab.py?) may be using it; if it is stale, remove it with "
-                 "ansible-playbook playbooks/lab_down.yml -e '%s'" % (LAB.name, " ".join(lab_namespaces()), json.dumps(LAB.vars)))
+        sys.exit(
+            f"lab {LAB.name} is already up ({' '.join(lab_namespaces())}): another bench (bench/lab.py?) may be using it; if it is stale, remove it with "
+            f"ansible-playbook playbooks/lab_down.yml -e '{json.dumps(LAB.vars)}'"
+        )
     if not os.path.exists(GUEST_IMAGE):
         subprocess.run([os.path.join(TOP, "tools", "build-test-image")], check=True)
     # SIGTERM/SIGHUP as SystemExit, so that the finally below removes the lab
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: sys.exit("stopped by signal %d" % signum))
+        signal.signal(sig, lambda signum, _frame: sys.exit(f"stopped by signal {signum}"))
     started = time.monotonic()
     try:
         setup, runs = bench(args.reps)
@@ -229,29 +242,39 @@ def main() -> int:
             signal.signal(sig, signal.SIG_IGN)
         down = run_playbook("lab_down.yml", LAB.vars)
         left = lab_namespaces()
-        print("lab_down rc=%d; %s namespaces left: %s; state dir %s" % (
-            down.rc, LAB.name, " ".join(left) or "none", "LEFT" if os.path.exists(LAB.state_dir) else "removed"), flush=True)
+        print(
+            f"lab_down rc={down.rc}; {LAB.name} namespaces left: {' '.join(left) or 'none'}; "
+            f"state dir {'LEFT' if os.path.exists(LAB.state_dir) else 'removed'}",
+            flush=True,
+        )
     med = {key: statistics.median(r["total"] for r in rs) for key, rs in runs.items()}
     print()
-    print("launch figures (lab: 3 compute hosts on shared storage, TCG guests of 256 MiB, %d cores, "
-          "%d repetitions, whole bench %.0f s)" % (os.cpu_count(), args.reps, time.monotonic() - started))
+    print(
+        f"launch figures (lab: 3 compute hosts on shared storage, TCG guests of 256 MiB, {os.cpu_count()} cores, "
+        f"{args.reps} repetitions, whole bench {time.monotonic() - started:.0f} s)"
+    )
     print("  instances  ansible-playbook (median)  plain qemu-img+virsh (median)  ratio   (each run: ansible / plain)")
     for n in (1, 10):
-        each = ", ".join("%.1f/%.1f" % (a["total"], p["total"]) for a, p in zip(runs[("ansible", n)], runs[("plain", n)]))
+        each = ", ".join(f"{a['total']:.1f}/{p['total']:.1f}" for a, p in zip(runs[("ansible", n)], runs[("plain", n)]))
         ratio = med[("ansible", n)] / med[("plain", n)]
-        print("  %9d  %24.1f s  %28.1f s  %5.2f   (%s)" % (n, med[("ansible", n)], med[("plain", n)], ratio, each))
+        print(f"  {n:9d}  {med[('ansible', n)]:24.1f} s  {med[('plain', n)]:28.1f} s  {ratio:5.2f}   ({each})")
     print()
     print("  phases, medians in s from the start     steps done  1st domain up  last domain up  last BOOT")
     for n in (1, 10):
         for kind, label in (("ansible", "ansible-playbook"), ("plain", "plain script")):
             rs = runs[(kind, n)]
-            print("  x%-2d %-34s %10.1f  %13.1f  %14.1f  %9.1f" % (
-                n, label, *(statistics.median(r[k] for r in rs) for k in ("playbook", "first_start", "last_start", "last_boot"))))
+            print(
+                f"  x{n:<2} {label:<34} "
+                + "  ".join(
+                    f"{statistics.median(r[k] for r in rs):{w}.1f}" for k, w in (("playbook", 10), ("first_start", 13), ("last_start", 14), ("last_boot", 9))
+                )
+            )
     cold = setup["cold_launch"]
-    print("  cold image cache, ansible x1 (warm-up): %.1f s; setup: lab_up %.1f s, compute_node %.1f s, image_import %.1f s"
-          % (cold["total"], setup["lab_up"], setup["compute_node"], setup["image_import"]))
-    print("  ansible x10 placement (last rep): %s" % ", ".join(
-        "%s=%d" % (h, runs[("ansible", 10)][-1]["hosts"].count(h)) for h in HOSTS))
+    print(
+        f"  cold image cache, ansible x1 (warm-up): {cold['total']:.1f} s; setup: lab_up {setup['lab_up']:.1f} s, compute_node {setup['compute_node']:.1f} s, "
+        f"image_import {setup['image_import']:.1f} s"
+    )
+    print("  ansible x10 placement (last rep): {}".format(", ".join(f"{h}={runs[('ansible', 10)][-1]['hosts'].count(h)}" for h in HOSTS)))
     return 0
 
 

@@ -188,22 +188,35 @@ def _omitted(value: t.Any) -> bool:
     ansible-core 2.19 hands filters its Omit singleton (no public name to import);
     earlier releases handed a placeholder string.
     """
-    return type(value).__name__ == '_OmitType' or (isinstance(value, str) and value.startswith('__omit_place_holder__'))
+    return type(value).__name__ == "_OmitType" or (isinstance(value, str) and value.startswith("__omit_place_holder__"))
 
 
-def schedule_filter(hosts: t.Any, request: t.Any, filters: t.Any = None, weighers: t.Any = None,
-                    weigher_multipliers: t.Any = None, filter_options: t.Any = None, max_attempts: t.Any = 3,
-                    host_subset_size: t.Any = 1, seed: t.Any = None) -> dict[str, t.Any]:
-    options = {'filters': filters, 'weighers': weighers, 'weigher_multipliers': weigher_multipliers,
-               'filter_options': filter_options, 'max_attempts': max_attempts, 'host_subset_size': host_subset_size, 'seed': seed}
-    defaults = {'max_attempts': 3, 'host_subset_size': 1}
+def schedule_filter(
+    hosts: t.Any,
+    request: t.Any,
+    filters: t.Any = None,
+    weighers: t.Any = None,
+    weigher_multipliers: t.Any = None,
+    filter_options: t.Any = None,
+    max_attempts: t.Any = 3,
+    host_subset_size: t.Any = 1,
+    seed: t.Any = None,
+) -> dict[str, t.Any]:
+    options = {
+        "filters": filters,
+        "weighers": weighers,
+        "weigher_multipliers": weigher_multipliers,
+        "filter_options": filter_options,
+        "max_attempts": max_attempts,
+        "host_subset_size": host_subset_size,
+        "seed": seed,
+    }
+    defaults = {"max_attempts": 3, "host_subset_size": 1}
     options = {key: defaults.get(key) if _omitted(value) else value for key, value in options.items()}
     if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Sequence):
-        raise AnsibleFilterError(
-            f"virtcloud.compute.schedule: the input must be a list of host facts, got {type(hosts).__name__}")
+        raise AnsibleFilterError(f"virtcloud.compute.schedule: the input must be a list of host facts, got {type(hosts).__name__}")
     if not isinstance(request, Mapping):
-        raise AnsibleFilterError(
-            f"virtcloud.compute.schedule: the request must be a dictionary, got {type(request).__name__}")
+        raise AnsibleFilterError(f"virtcloud.compute.schedule: the request must be a dictionary, got {type(request).__name__}")
     try:
         return schedule(list(hosts), dict(request), **options)
     except SchedulerError as exc:
@@ -215,5 +228,5 @@ class FilterModule:
 
     def filters(self) -> dict[str, t.Callable]:
         return {
-            'schedule': schedule_filter,
+            "schedule": schedule_filter,
         }

@@ -41,21 +41,21 @@ def shortfalls(state: dict, flavor: dict, host: str) -> list[str]:
     usable_ram = state["total_usable_ram_mb"]
     ram_free = usable_ram * state["ram_allocation_ratio"] - (usable_ram - state["free_ram_mb"])
     if ram > usable_ram:
-        out.append("%s has %d MB of usable RAM in all, the flavor asks %d MB" % (host, usable_ram, ram))
+        out.append(f"{host} has {usable_ram} MB of usable RAM in all, the flavor asks {ram} MB")
     elif ram > ram_free:
-        out.append("%s has %d MB of RAM free (ratio %g), the flavor asks %d MB" % (host, ram_free, state["ram_allocation_ratio"], ram))
+        out.append(f"{host} has {int(ram_free)} MB of RAM free (ratio {state['ram_allocation_ratio']:g}), the flavor asks {int(ram)} MB")
     usable_disk = state["total_usable_disk_gb"] * 1024
     disk_free = usable_disk * state["disk_allocation_ratio"] - (usable_disk - state["free_disk_mb"])
     if disk > usable_disk:
-        out.append("%s has %d MB of disk in all, the flavor asks %d MB" % (host, usable_disk, disk))
+        out.append(f"{host} has {usable_disk} MB of disk in all, the flavor asks {disk} MB")
     elif disk > disk_free:
-        out.append("%s has %d MB of disk free (ratio %g), the flavor asks %d MB" % (host, disk_free, state["disk_allocation_ratio"], disk))
+        out.append(f"{host} has {int(disk_free)} MB of disk free (ratio {state['disk_allocation_ratio']:g}), the flavor asks {int(disk)} MB")
     total = state["vcpus_total"]
     vcpus_free = total * state["cpu_allocation_ratio"] - state["vcpus_used"]
     if vcpus > total:
-        out.append("%s has %d vCPUs in all, the flavor asks %d" % (host, total, vcpus))
+        out.append(f"{host} has {total} vCPUs in all, the flavor asks {vcpus}")
     elif vcpus > vcpus_free:
-        out.append("%s has %g vCPUs free (ratio %g), the flavor asks %d" % (host, vcpus_free, state["cpu_allocation_ratio"], vcpus))
+        out.append(f"{host} has {vcpus_free:g} vCPUs free (ratio {state['cpu_allocation_ratio']:g}), the flavor asks {int(vcpus)}")
     return out
 
 
@@ -78,9 +78,9 @@ def read_claims(path: str) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise ClaimError("the claims file %s cannot be read (%s): remove it if no launch is running on this host" % (path, exc)) from None
+        raise ClaimError(f"the claims file {path} cannot be read ({exc}): remove it if no launch is running on this host") from None
     if not isinstance(data, dict):
-        raise ClaimError("the claims file %s does not hold a mapping: remove it if no launch is running on this host" % path)
+        raise ClaimError(f"the claims file {path} does not hold a mapping: remove it if no launch is running on this host")
     return data
 
 
@@ -95,8 +95,7 @@ def write_claims(path: str, claims: dict) -> None:
 
 def pending(claims: dict, defined_uuids: set) -> list[dict]:
     """Claims of instances that have no domain yet, as instance entries for host_state()."""
-    return [dict(uuid=uuid, flavor=c["flavor"], vm_state="building", task_state="spawning")
-            for uuid, c in sorted(claims.items()) if uuid not in defined_uuids]
+    return [dict(uuid=uuid, flavor=c["flavor"], vm_state="building", task_state="spawning") for uuid, c in sorted(claims.items()) if uuid not in defined_uuids]
 
 
 def claim(path: str, uuid: str, flavor: dict, host: str, read_host, check_mode: bool = False) -> dict:
@@ -116,7 +115,7 @@ def claim(path: str, uuid: str, flavor: dict, host: str, read_host, check_mode: 
         figures, _defined = read_host(pending(claims, defined))
         short = shortfalls(figures, flavor, host)
         if short:
-            raise ClaimError("claim for instance %s on %s failed: %s" % (uuid, host, "; ".join(short)))
+            raise ClaimError(f"claim for instance {uuid} on {host} failed: {'; '.join(short)}")
         if not check_mode:
             now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             claims[uuid] = dict(flavor=flavor, claimed_at=now)

@@ -27,8 +27,10 @@ def command_runner(module, binary_data: bool = False):
 
     The module_utils runners (qemu-img, mkfs/mtools, ip, dnsmasq, ...) take this ``run``.
     """
+
     def run(argv, data=None):
         return module.run_command(argv, data=data, binary_data=binary_data, environ_update=dict(C_LOCALE))
+
     return run
 
 
@@ -62,7 +64,7 @@ def wait_argument_spec(timeout: int = 120) -> dict:
 
 
 def new_request_id() -> str:
-    return "req-%s" % uuid.uuid4()
+    return f"req-{uuid.uuid4()}"
 
 
 def request_id(value: str | None) -> str:
@@ -70,18 +72,17 @@ def request_id(value: str | None) -> str:
     if value is None or value == "":
         return new_request_id()
     if not REQUEST_ID_RE.match(value):
-        raise VirtcloudError("request_id %r is not of the form req-<uuid> (lowercase hex): pass the workflow's id unchanged" % (value,))
+        raise VirtcloudError(f"request_id {value!r} is not of the form req-<uuid> (lowercase hex): pass the workflow's id unchanged")
     return value
 
 
-def format_log_line(level: str, module: str, req_id: str, message: str, instance: str | None = None,
-                    now: datetime.datetime | None = None) -> str:
+def format_log_line(level: str, module: str, req_id: str, message: str, instance: str | None = None, now: datetime.datetime | None = None) -> str:
     """``time level module [req-id] [instance: uuid] message``, one line."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    stamp = now.strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (now.microsecond // 1000)
-    where = " [instance: %s]" % instance if instance else ""
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}"
+    where = f" [instance: {instance}]" if instance else ""
     text = " ".join(message.split())
-    return "%s %s %s [%s]%s %s" % (stamp, level.upper(), module, req_id, where, text)
+    return f"{stamp} {level.upper()} {module} [{req_id}]{where} {text}"
 
 
 class HostLog:

@@ -27,8 +27,13 @@ DISK_FILE_FORMATS = ("qcow2", "raw")
 def _describe_disk(info: dict | None, path: str) -> dict:
     if info is None:
         return {}
-    return dict(path=path, format=info.get("format"), virtual_size=info.get("virtual_size"),
-                backing_file=info.get("backing_filename"), backing_format=info.get("backing_format"))
+    return dict(
+        path=path,
+        format=info.get("format"),
+        virtual_size=info.get("virtual_size"),
+        backing_file=info.get("backing_filename"),
+        backing_format=info.get("backing_format"),
+    )
 
 
 class Disks:
@@ -46,7 +51,7 @@ class Disks:
     @staticmethod
     def _format(fmt, what: str = "format") -> str:
         if fmt not in DISK_FILE_FORMATS:
-            raise ImageStoreError("%s %r is not one of %s" % (what, fmt, ", ".join(DISK_FILE_FORMATS)))
+            raise ImageStoreError(f"{what} {fmt!r} is not one of {', '.join(DISK_FILE_FORMATS)}")
         return fmt
 
     @staticmethod
@@ -54,7 +59,7 @@ class Disks:
         if size is None:
             return None
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ImageStoreError("%s %r is not a positive number of bytes" % (what, size))
+            raise ImageStoreError(f"{what} {size!r} is not a positive number of bytes")
         return size
 
     def info(self, path: str, fmt: str, backing_chain: bool = False) -> dict | None:
@@ -63,22 +68,20 @@ class Disks:
         if not os.path.lexists(path):
             return None
         if not os.path.isfile(path):
-            raise ImageStoreError("%s is not a regular file" % path)
+            raise ImageStoreError(f"{path} is not a regular file")
         try:
             return self.qemu_img.info(path, self._format(fmt), backing_chain=backing_chain)
         except QemuImgError as exc:
-            raise ImageStoreError("%s exists but qemu-img cannot read it as %s: %s. Give its real format, or remove it"
-                                  % (path, fmt, exc.stderr or exc)) from exc
+            raise ImageStoreError(f"{path} exists but qemu-img cannot read it as {fmt}: {exc.stderr or exc}. Give its real format, or remove it") from exc
 
-    def present(self, path: str, fmt: str = "qcow2", size: int | None = None, backing: str | None = None,
-                backing_format: str | None = None) -> dict:
+    def present(self, path: str, fmt: str = "qcow2", size: int | None = None, backing: str | None = None, backing_format: str | None = None) -> dict:
         path = check_path(path)
         self._format(fmt)
         size = self._size(size)
         if backing is not None:
             backing = check_path(backing, "backing")
             if fmt != "qcow2":
-                raise ImageStoreError("only a qcow2 disk can have a backing file, not %s" % fmt)
+                raise ImageStoreError(f"only a qcow2 disk can have a backing file, not {fmt}")
             if backing_format is None:
                 raise ImageStoreError("backing_format is needed with backing: qemu-img never guesses an image's format")
             self._format(backing_format, "backing_format")
@@ -91,39 +94,39 @@ class Disks:
         if backing is not None or current.get("backing_filename"):
             have = current.get("full_backing_filename") or current.get("backing_filename")
             if backing is None:
-                raise ImageStoreError("%s has the backing file %s; give it as backing (this module never flattens a disk)" % (path, have))
+                raise ImageStoreError(f"{path} has the backing file {have}; give it as backing (this module never flattens a disk)")
             if have is None or os.path.normpath(have) != backing:
-                raise ImageStoreError("%s exists with backing file %s, not %s: refusing to change it; remove the disk first"
-                                      % (path, have or "none", backing))
+                raise ImageStoreError(f"{path} exists with backing file {have or 'none'}, not {backing}: refusing to change it; remove the disk first")
             if current.get("backing_format") != backing_format:
-                raise ImageStoreError("%s has backing format %s, not %s: refusing to change it"
-                                      % (path, current.get("backing_format"), backing_format))
+                raise ImageStoreError(f"{path} has backing format {current.get('backing_format')}, not {backing_format}: refusing to change it")
         return self._grow(path, fmt, size, current, before)
 
     def _create(self, path, fmt, size, backing, backing_format, before) -> dict:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            raise ImageStoreError("the directory %s of disk %s does not exist; make the instance directory first" % (parent, path))
+            raise ImageStoreError(f"the directory {parent} of disk {path} does not exist; make the instance directory first")
         if backing is not None:
             if not os.path.isfile(backing):
-                raise ImageStoreError("backing file %s does not exist (is the image cached? see image_cache)" % backing)
+                raise ImageStoreError(f"backing file {backing} does not exist (is the image cached? see image_cache)")
             try:
                 binfo = self.qemu_img.info(backing, backing_format)
             except QemuImgError as exc:
-                raise ImageStoreError("backing file %s cannot be read as %s: %s" % (backing, backing_format, exc.stderr or exc)) from exc
+                raise ImageStoreError(f"backing file {backing} cannot be read as {backing_format}: {exc.stderr or exc}") from exc
             bsize = binfo.get("virtual_size")
             if size is not None and isinstance(bsize, int) and size < bsize:
-                raise ImageStoreError("size %d is smaller than the virtual size %d of the backing file %s: a disk is "
-                                      "never smaller than its image (Nova's FlavorDiskSmallerThanImage)" % (size, bsize, backing))
+                raise ImageStoreError(
+                    f"size {size} is smaller than the virtual size {bsize} of the backing file {backing}: "
+                    "a disk is never smaller than its image (Nova's FlavorDiskSmallerThanImage)"
+                )
             virtual = size if size is not None else bsize
-            action = "create qcow2 overlay %s on %s (%s)" % (path, backing, backing_format)
+            action = f"create qcow2 overlay {path} on {backing} ({backing_format})"
             if not self.check_mode:
                 self.qemu_img.create_overlay(path, backing, backing_format, size)
         else:
             if size is None:
-                raise ImageStoreError("size is needed to create %s without a backing file" % path)
+                raise ImageStoreError(f"size is needed to create {path} without a backing file")
             virtual = size
-            action = "create %s disk %s of %d bytes" % (fmt, path, size)
+            action = f"create {fmt} disk {path} of {size} bytes"
             if not self.check_mode:
                 self.qemu_img.create(path, fmt, size)
         if not self.check_mode:
@@ -136,11 +139,13 @@ class Disks:
         if size is None or size == virtual:
             return dict(changed=False, before=before, after=before, actions=[])
         if not isinstance(virtual, int):
-            raise ImageStoreError("the virtual size of %s is unknown; cannot resize it" % path)
+            raise ImageStoreError(f"the virtual size of {path} is unknown; cannot resize it")
         if size < virtual:
-            raise ImageStoreError("%s is %d bytes and cannot shrink to %d: shrinking a disk loses the guest's data "
-                                  "(Nova refuses it too); give a size >= %d" % (path, virtual, size, virtual))
-        action = "grow %s from %d to %d bytes" % (path, virtual, size)
+            raise ImageStoreError(
+                f"{path} is {virtual} bytes and cannot shrink to {size}: "
+                f"shrinking a disk loses the guest's data (Nova refuses it too); give a size >= {virtual}"
+            )
+        action = f"grow {path} from {virtual} to {size} bytes"
         if not self.check_mode:
             self.qemu_img.resize(path, fmt, size)
             self._log(action)
@@ -154,7 +159,7 @@ class Disks:
         size = self._size(size)
         current = self.info(path, fmt)
         if current is None:
-            raise ImageStoreError("disk %s does not exist; nothing to resize" % path)
+            raise ImageStoreError(f"disk {path} does not exist; nothing to resize")
         return self._grow(path, fmt, size, current, _describe_disk(current, path))
 
     def converted(self, src: str, src_format: str, path: str, fmt: str, compress: bool = False) -> dict:
@@ -163,20 +168,20 @@ class Disks:
         self._format(src_format, "src_format")
         self._format(fmt)
         if src == path:
-            raise ImageStoreError("src and path are the same file %s" % path)
+            raise ImageStoreError(f"src and path are the same file {path}")
         current = self.info(path, fmt)
         if current is not None:
             before = _describe_disk(current, path)
             return dict(changed=False, before=before, after=before, actions=[])
         sinfo = self.info(src, src_format)
         if sinfo is None:
-            raise ImageStoreError("source disk %s does not exist" % src)
+            raise ImageStoreError(f"source disk {src} does not exist")
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            raise ImageStoreError("the directory %s of %s does not exist" % (parent, path))
-        action = "convert %s (%s) to %s (%s%s)" % (src, src_format, path, fmt, ", compressed" if compress else "")
+            raise ImageStoreError(f"the directory {parent} of {path} does not exist")
+        action = f"convert {src} ({src_format}) to {path} ({fmt}{(', compressed' if compress else '')})"
         if not self.check_mode:
-            tmp = os.path.join(parent, ".%s.part-%s" % (os.path.basename(path), uuid.uuid4().hex[:8]))
+            tmp = os.path.join(parent, f".{os.path.basename(path)}.part-{uuid.uuid4().hex[:8]}")
             try:
                 self.qemu_img.convert(src, src_format, tmp, fmt, compress=compress)
                 os.rename(tmp, path)
@@ -192,9 +197,9 @@ class Disks:
         if not os.path.lexists(path):
             return dict(changed=False, before={}, after={}, actions=[])
         if not os.path.islink(path) and not os.path.isfile(path):
-            raise ImageStoreError("%s is not a file; refusing to remove it" % path)
+            raise ImageStoreError(f"{path} is not a file; refusing to remove it")
         before = dict(path=path)
-        action = "remove %s" % path
+        action = f"remove {path}"
         if not self.check_mode:
             os.unlink(path)
             self._log(action)

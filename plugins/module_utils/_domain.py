@@ -83,6 +83,7 @@ import traceback
 
 try:
     from lxml import etree
+
     HAS_LXML = True
     LXML_IMPORT_ERROR = None
 except ImportError:
@@ -160,14 +161,14 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 # libvirt flags and error codes used here (stable libvirt ABI numbers)
-DEFAULT_INSTANCES_PATH = '/var/lib/virtcloud/instances'
-LOCK_DIR = '/run/virtcloud/locks'
-RECORD_FILE = 'instance.json'
-XML_FILE = 'libvirt.xml'
-CONFIG_DRIVE_SIZE = 4 * 1024 * 1024   # FAT12, like the test image check's drive
+DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
+LOCK_DIR = "/run/virtcloud/locks"
+RECORD_FILE = "instance.json"
+XML_FILE = "libvirt.xml"
+CONFIG_DRIVE_SIZE = 4 * 1024 * 1024  # FAT12, like the test image check's drive
 POLL_INTERVAL = 0.5
 MAX_STEPS = 6
-PREPARE_STEPS = ('write_record_file', 'config_drive', 'define', 'redefine')
+PREPARE_STEPS = ("write_record_file", "config_drive", "define", "redefine")
 
 
 class DomainError(VirtcloudError):
@@ -184,16 +185,16 @@ class ActionFailed(DomainError):
 
 # --------------------------------------------------------------------------- observed states (pure)
 
-ABSENT = 'absent'
-SHUTOFF = 'shutoff'
-RUNNING = 'running'
-PAUSED = 'paused'
-SUSPENDED = 'suspended'
-IN_SHUTDOWN = 'in_shutdown'
-CRASHED = 'crashed'
-PMSUSPENDED = 'pmsuspended'
-NOSTATE = 'nostate'
-WANTED_STATES = ('present', RUNNING, SHUTOFF, PAUSED, SUSPENDED, ABSENT)
+ABSENT = "absent"
+SHUTOFF = "shutoff"
+RUNNING = "running"
+PAUSED = "paused"
+SUSPENDED = "suspended"
+IN_SHUTDOWN = "in_shutdown"
+CRASHED = "crashed"
+PMSUSPENDED = "pmsuspended"
+NOSTATE = "nostate"
+WANTED_STATES = ("present", RUNNING, SHUTOFF, PAUSED, SUSPENDED, ABSENT)
 
 _OBSERVED = {
     VIR_DOMAIN_NOSTATE: NOSTATE,
@@ -242,57 +243,67 @@ def vm_state_matches(vm_state, observed):
 
 # The next step from an observed state (key) towards a wanted state; missing: refused.
 _NEXT = {
-    'present': {ABSENT: 'define'},
-    RUNNING: {ABSENT: 'define', SHUTOFF: 'start', SUSPENDED: 'start', PAUSED: 'resume', IN_SHUTDOWN: 'wait_shutoff',
-              CRASHED: 'destroy', PMSUSPENDED: 'wakeup'},
-    SHUTOFF: {ABSENT: 'define', RUNNING: 'shutdown', PAUSED: 'resume', SUSPENDED: 'start', IN_SHUTDOWN: 'shutdown',
-              CRASHED: 'destroy', PMSUSPENDED: 'wakeup'},
-    PAUSED: {ABSENT: 'define', SHUTOFF: 'start_paused', SUSPENDED: 'start_paused', RUNNING: 'pause',
-             IN_SHUTDOWN: 'wait_shutoff', CRASHED: 'destroy', PMSUSPENDED: 'wakeup'},
-    SUSPENDED: {ABSENT: 'define', RUNNING: 'managed_save', PAUSED: 'managed_save', PMSUSPENDED: 'wakeup'},
-    ABSENT: {SHUTOFF: 'undefine', SUSPENDED: 'undefine', RUNNING: 'destroy', PAUSED: 'destroy', IN_SHUTDOWN: 'destroy',
-             CRASHED: 'destroy', PMSUSPENDED: 'destroy'},
+    "present": {ABSENT: "define"},
+    RUNNING: {ABSENT: "define", SHUTOFF: "start", SUSPENDED: "start", PAUSED: "resume", IN_SHUTDOWN: "wait_shutoff", CRASHED: "destroy", PMSUSPENDED: "wakeup"},
+    SHUTOFF: {ABSENT: "define", RUNNING: "shutdown", PAUSED: "resume", SUSPENDED: "start", IN_SHUTDOWN: "shutdown", CRASHED: "destroy", PMSUSPENDED: "wakeup"},
+    PAUSED: {
+        ABSENT: "define",
+        SHUTOFF: "start_paused",
+        SUSPENDED: "start_paused",
+        RUNNING: "pause",
+        IN_SHUTDOWN: "wait_shutoff",
+        CRASHED: "destroy",
+        PMSUSPENDED: "wakeup",
+    },
+    SUSPENDED: {ABSENT: "define", RUNNING: "managed_save", PAUSED: "managed_save", PMSUSPENDED: "wakeup"},
+    ABSENT: {
+        SHUTOFF: "undefine",
+        SUSPENDED: "undefine",
+        RUNNING: "destroy",
+        PAUSED: "destroy",
+        IN_SHUTDOWN: "destroy",
+        CRASHED: "destroy",
+        PMSUSPENDED: "destroy",
+    },
 }
 
 # What each step leaves (for planning; a real run reads the state again after each step).
 STEP_RESULT = {
-    'define': SHUTOFF,
-    'start': RUNNING,
-    'start_paused': PAUSED,
-    'resume': RUNNING,
-    'pause': PAUSED,
-    'shutdown': SHUTOFF,
-    'wait_shutoff': SHUTOFF,
-    'destroy': SHUTOFF,
-    'managed_save': SUSPENDED,
-    'undefine': ABSENT,
-    'wakeup': RUNNING,
+    "define": SHUTOFF,
+    "start": RUNNING,
+    "start_paused": PAUSED,
+    "resume": RUNNING,
+    "pause": PAUSED,
+    "shutdown": SHUTOFF,
+    "wait_shutoff": SHUTOFF,
+    "destroy": SHUTOFF,
+    "managed_save": SUSPENDED,
+    "undefine": ABSENT,
+    "wakeup": RUNNING,
 }
 
 
 def reached(current, wanted):
     if wanted not in WANTED_STATES:
         raise DomainError(f"wanted state {wanted!r} is not one of {', '.join(WANTED_STATES)}")
-    return current != ABSENT if wanted == 'present' else current == wanted
+    return current != ABSENT if wanted == "present" else current == wanted
 
 
-def next_step(current, wanted, name='the domain'):
+def next_step(current, wanted, name="the domain"):
     """The next step from ``current`` towards ``wanted``; None when reached; DomainError when impossible."""
     if reached(current, wanted):
         return None
     if current == NOSTATE:
-        raise DomainError(f"{name} is in no state libvirt can name (VIR_DOMAIN_NOSTATE): look at the libvirt log "
-                          "and at the QEMU process before changing it")
+        raise DomainError(f"{name} is in no state libvirt can name (VIR_DOMAIN_NOSTATE): look at the libvirt log and at the QEMU process before changing it")
     step = _NEXT[wanted].get(current)
     if step is None:
         if wanted == SUSPENDED and current == SHUTOFF:
-            raise DomainError(f"cannot suspend {name}: it is shut off, and a managed save needs a running guest; "
-                              "start it first (state=running)")
+            raise DomainError(f"cannot suspend {name}: it is shut off, and a managed save needs a running guest; start it first (state=running)")
         raise DomainError(f"cannot bring {name} from {current} to {wanted}")
     return step
 
 
-def plan_steps(current, wanted, name='the domain'):
+def plan_steps(current, wanted, name="the domain"):
     """The steps from ``current`` to ``wanted`` as planned (check mode shows these)."""
     steps = []
     while True:
@@ -311,7 +322,7 @@ def shutdown_schedule(timeout, retry_interval):
     ``[0, retry_interval, 2*retry_interval, ...]`` below ``timeout``; a destroy follows
     at ``timeout`` if the guest is still up. A timeout of 0: no press, destroy at once.
     """
-    for value, what in ((timeout, 'shutdown_timeout'), (retry_interval, 'retry_interval')):
+    for value, what in ((timeout, "shutdown_timeout"), (retry_interval, "retry_interval")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise DomainError(f"{what} must be a whole number of seconds, 0 or more, got {value!r}")
     if timeout == 0:
@@ -323,35 +334,36 @@ def shutdown_schedule(timeout, retry_interval):
 
 # --------------------------------------------------------------------------- instance actions (pure)
 
+
 @dataclasses.dataclass(frozen=True)
 class ActionTarget:
-    vm_state: str | None         # vm_state after success (None: unchanged)
-    domain: str | None           # observed domain state after success (None: not a power action)
-    always: bool = False         # runs every time (reboots)
+    vm_state: str | None  # vm_state after success (None: unchanged)
+    domain: str | None  # observed domain state after success (None: not a power action)
+    always: bool = False  # runs every time (reboots)
 
 
 ACTION_TARGETS = {
-    'start': ActionTarget(VmState.ACTIVE, RUNNING),
-    'stop': ActionTarget(VmState.STOPPED, SHUTOFF),
-    'reboot': ActionTarget(VmState.ACTIVE, RUNNING, always=True),
-    'reboot_hard': ActionTarget(VmState.ACTIVE, RUNNING, always=True),
-    'pause': ActionTarget(VmState.PAUSED, PAUSED),
-    'unpause': ActionTarget(VmState.ACTIVE, RUNNING),
-    'suspend': ActionTarget(VmState.SUSPENDED, SUSPENDED),
-    'resume': ActionTarget(VmState.ACTIVE, RUNNING),
-    'lock': ActionTarget(None, None),
-    'unlock': ActionTarget(None, None),
-    'delete': ActionTarget(VmState.DELETED, ABSENT),
-    'snapshot': ActionTarget(None, None, always=True),
-    'rebuild': ActionTarget(None, None, always=True),
-    'rescue': ActionTarget(VmState.RESCUED, RUNNING),
-    'unrescue': ActionTarget(VmState.ACTIVE, RUNNING),
+    "start": ActionTarget(VmState.ACTIVE, RUNNING),
+    "stop": ActionTarget(VmState.STOPPED, SHUTOFF),
+    "reboot": ActionTarget(VmState.ACTIVE, RUNNING, always=True),
+    "reboot_hard": ActionTarget(VmState.ACTIVE, RUNNING, always=True),
+    "pause": ActionTarget(VmState.PAUSED, PAUSED),
+    "unpause": ActionTarget(VmState.ACTIVE, RUNNING),
+    "suspend": ActionTarget(VmState.SUSPENDED, SUSPENDED),
+    "resume": ActionTarget(VmState.ACTIVE, RUNNING),
+    "lock": ActionTarget(None, None),
+    "unlock": ActionTarget(None, None),
+    "delete": ActionTarget(VmState.DELETED, ABSENT),
+    "snapshot": ActionTarget(None, None, always=True),
+    "rebuild": ActionTarget(None, None, always=True),
+    "rescue": ActionTarget(VmState.RESCUED, RUNNING),
+    "unrescue": ActionTarget(VmState.ACTIVE, RUNNING),
 }
 # the actions that make or replace disks, with what they need
-IMAGE_ACTIONS = ('rebuild', 'rescue')
-DISK_ACTIONS = ('snapshot', 'rebuild', 'rescue', 'unrescue')
-IMAGE_FORMATS = ('qcow2', 'raw')
-SNAPSHOT_FORMAT = 'qcow2'
+IMAGE_ACTIONS = ("rebuild", "rescue")
+DISK_ACTIONS = ("snapshot", "rebuild", "rescue", "unrescue")
+IMAGE_FORMATS = ("qcow2", "raw")
+SNAPSHOT_FORMAT = "qcow2"
 ACTIONS = tuple(ACTION_TARGETS)
 
 
@@ -365,19 +377,18 @@ def action_decision(record, action, observed):
         raise DomainError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
     target = ACTION_TARGETS[action]
     if record is None:
-        if action == 'delete':
-            return 'noop'
+        if action == "delete":
+            return "noop"
         raise DomainError(f"cannot {action}: no such instance on this host")
     inst = as_instance(record)
-    if action == 'lock' and inst.locked or action == 'unlock' and not inst.locked:
-        return 'noop'
-    if action in ('lock', 'unlock'):
-        return 'run'
-    if (not target.always and target.domain is not None and inst.vm_state == target.vm_state
-            and inst.task_state is None and observed == target.domain):
-        return 'noop'
+    if action == "lock" and inst.locked or action == "unlock" and not inst.locked:
+        return "noop"
+    if action in ("lock", "unlock"):
+        return "run"
+    if not target.always and target.domain is not None and inst.vm_state == target.vm_state and inst.task_state is None and observed == target.domain:
+        return "noop"
     check_action(inst, action)
-    return 'run'
+    return "run"
 
 
 def _whole(value):
@@ -390,7 +401,7 @@ def _whole(value):
     return None
 
 
-def check_image_fits(inst, image, virtual_size, action='rebuild'):
+def check_image_fits(inst, image, virtual_size, action="rebuild"):
     """Refuse an image the instance's flavor is too small for, as Nova's API does.
 
     min_ram (MiB) above the flavor's RAM (FlavorMemoryTooSmall), min_disk (GiB) above
@@ -398,18 +409,21 @@ def check_image_fits(inst, image, virtual_size, action='rebuild'):
     (FlavorDiskSmallerThanImage). A flavor with disk_gb 0 takes the image's size.
     """
     flavor = inst.flavor
-    min_ram = _whole(image.properties.get('min_ram', 0))
-    min_disk = _whole(image.properties.get('min_disk', 0))
+    min_ram = _whole(image.properties.get("min_ram", 0))
+    min_disk = _whole(image.properties.get("min_disk", 0))
     where = f"cannot {action} instance {inst.label()} with image {image.id}"
     if min_ram and min_ram > flavor.ram_mb:
-        raise DomainError(f"{where}: the image needs {min_ram} MB of RAM (min_ram) and flavor {flavor.name} has "
-                          f"{flavor.ram_mb} MB; resize the instance first or pick another image")
+        raise DomainError(
+            f"{where}: the image needs {min_ram} MB of RAM (min_ram) and flavor {flavor.name} has "
+            f"{flavor.ram_mb} MB; resize the instance first or pick another image"
+        )
     if flavor.disk_gb and min_disk and min_disk > flavor.disk_gb:
-        raise DomainError(f"{where}: the image needs a {min_disk} GB root disk (min_disk) and flavor {flavor.name} has "
-                          f"{flavor.disk_gb} GB; resize the instance first or pick another image")
-    if flavor.disk_gb and virtual_size > flavor.disk_gb * 1024 ** 3:
-        raise DomainError(f"{where}: its virtual size of {virtual_size} bytes is larger than the {flavor.disk_gb} GB root "
-                          f"disk of flavor {flavor.name}")
+        raise DomainError(
+            f"{where}: the image needs a {min_disk} GB root disk (min_disk) and flavor {flavor.name} has "
+            f"{flavor.disk_gb} GB; resize the instance first or pick another image"
+        )
+    if flavor.disk_gb and virtual_size > flavor.disk_gb * 1024**3:
+        raise DomainError(f"{where}: its virtual size of {virtual_size} bytes is larger than the {flavor.disk_gb} GB root disk of flavor {flavor.name}")
 
 
 def vm_state_after_failure(before_vm_state, target, observed):
@@ -424,10 +438,11 @@ def vm_state_after_failure(before_vm_state, target, observed):
 
 # --------------------------------------------------------------------------- files
 
+
 def instance_dir_of(instances_path, uuid):
     """``<instances_path>/<uuid>``, both validated."""
-    validate_path(instances_path, 'instances_path')
-    return f'{instances_path}/{validate_uuid(uuid, "instance uuid")}'
+    validate_path(instances_path, "instances_path")
+    return f"{instances_path}/{validate_uuid(uuid, 'instance uuid')}"
 
 
 def atomic_write(path, data, mode=0o600):
@@ -436,15 +451,15 @@ def atomic_write(path, data, mode=0o600):
     Returns False (and writes nothing) when the file already has exactly this content.
     """
     try:
-        with open(path, 'rb') as f:
+        with open(path, "rb") as f:
             if f.read() == data:
                 return False
     except FileNotFoundError:
         pass
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
@@ -463,12 +478,12 @@ def atomic_write(path, data, mode=0o600):
 
 
 def record_file_content(inst):
-    return (inst.to_json(indent=2) + '\n').encode('ascii')
+    return (inst.to_json(indent=2) + "\n").encode("ascii")
 
 
 def write_record_file(instance_dir, inst):
     """Mirror the record as ``instance.json``; True when the file changed."""
-    path = f'{instance_dir}/{RECORD_FILE}'
+    path = f"{instance_dir}/{RECORD_FILE}"
     try:
         return atomic_write(path, record_file_content(inst))
     except OSError as exc:
@@ -478,8 +493,8 @@ def write_record_file(instance_dir, inst):
 @contextlib.contextmanager
 def instance_lock(uuid, timeout, lock_dir=LOCK_DIR, clock=time.monotonic, sleep=time.sleep):
     """Hold the per-instance lock (flock on ``<lock_dir>/<uuid>.lock``) while the block runs."""
-    uuid = validate_uuid(uuid, 'instance uuid')
-    path = f'{lock_dir}/{uuid}.lock'
+    uuid = validate_uuid(uuid, "instance uuid")
+    path = f"{lock_dir}/{uuid}.lock"
     try:
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -493,8 +508,9 @@ def instance_lock(uuid, timeout, lock_dir=LOCK_DIR, clock=time.monotonic, sleep=
                 break
             except BlockingIOError:
                 if clock() >= deadline:
-                    raise DomainError(f"instance {uuid} is busy: another action holds {path} for more than {timeout} s; "
-                                      "wait for it to finish, then try again") from None
+                    raise DomainError(
+                        f"instance {uuid} is busy: another action holds {path} for more than {timeout} s; wait for it to finish, then try again"
+                    ) from None
                 sleep(0.2)
         yield
     finally:
@@ -503,15 +519,16 @@ def instance_lock(uuid, timeout, lock_dir=LOCK_DIR, clock=time.monotonic, sleep=
 
 def find_tool(name):
     """The path of a command-line tool, also looking in the sbin folders."""
-    path = os.environ.get('PATH', '') + os.pathsep + '/usr/local/sbin:/usr/sbin:/sbin'
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/local/sbin:/usr/sbin:/sbin"
     found = shutil.which(name, path=path)
     if found is None:
-        package = 'dosfstools' if name.startswith('mkfs') else 'mtools'
+        package = "dosfstools" if name.startswith("mkfs") else "mtools"
         raise DomainError(f"{name} is not installed on the host: install the {package} package (needed for the config drive)")
     return found
 
 
 # --------------------------------------------------------------------------- config drive
+
 
 class ConfigDrive:
     """The vfat config drive: ``mkfs.vfat -n config-2``, then mtools; no mount.
@@ -520,7 +537,7 @@ class ConfigDrive:
     exactly as given (a module passes ``run_command(..., binary_data=True)``).
     """
 
-    def __init__(self, run, tools=None, env='env'):
+    def __init__(self, run, tools=None, env="env"):
         self._run = run
         self._tools = dict(tools or {})
         self.env = env
@@ -531,44 +548,42 @@ class ConfigDrive:
         return self._tools[name]
 
     def _argv(self, name, args):
-        return [self.env, 'LC_ALL=C', 'LANG=C', 'MTOOLS_SKIP_CHECK=1', self.tool(name)] + list(args)
+        return [self.env, "LC_ALL=C", "LANG=C", "MTOOLS_SKIP_CHECK=1", self.tool(name)] + list(args)
 
     @staticmethod
     def volume_id(uuid):
         """The FAT volume id: the first 8 hex digits of the instance uuid (stable across rebuilds)."""
-        return validate_uuid(uuid, 'instance uuid').replace('-', '')[:8]
+        return validate_uuid(uuid, "instance uuid").replace("-", "")[:8]
 
     @staticmethod
     def _check_files(files):
         for rel in files:
-            parts = rel.split('/')
-            if not rel or rel.startswith('/') or any(p in ('', '.', '..') for p in parts) or not all(
-                    c.isalnum() or c in '._-' for p in parts for c in p):
+            parts = rel.split("/")
+            if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or not all(c.isalnum() or c in "._-" for p in parts for c in p):
                 raise DomainError(f"config drive file name {rel!r} is not a plain relative path")
 
     def commands(self, image, files, volume_id):
         """The command lines (argv, stdin bytes) that fill a formatted empty ``image`` with ``files``."""
         self._check_files(files)
-        cmds = [(self._argv('mkfs.vfat', ['-n', CONFIG_DRIVE_LABEL, '-i', volume_id, image]), None)]
-        dirs = sorted({'/'.join(rel.split('/')[:i]) for rel in files for i in range(1, rel.count('/') + 1)},
-                      key=lambda d: (d.count('/'), d))
+        cmds = [(self._argv("mkfs.vfat", ["-n", CONFIG_DRIVE_LABEL, "-i", volume_id, image]), None)]
+        dirs = sorted({"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}, key=lambda d: (d.count("/"), d))
         for folder in dirs:
-            cmds.append((self._argv('mmd', ['-i', image, f'::/{folder}']), None))
+            cmds.append((self._argv("mmd", ["-i", image, f"::/{folder}"]), None))
         for rel in sorted(files):
-            cmds.append((self._argv('mcopy', ['-i', image, '-', f'::/{rel}']), files[rel]))
+            cmds.append((self._argv("mcopy", ["-i", image, "-", f"::/{rel}"]), files[rel]))
         return cmds
 
     def _call(self, argv, data, what):
         rc, out, err = self._run(argv, data=data)
         if rc != 0:
-            detail = (err or out or '').strip() or 'no message'
+            detail = (err or out or "").strip() or "no message"
             raise DomainError(f"{what} failed (rc {rc}): {detail}")
         return out
 
     def build(self, path, files, volume_id):
         """Make the drive at ``path`` (atomically: a temporary image renamed into place)."""
         folder = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)
             os.ftruncate(fd, CONFIG_DRIVE_SIZE)
@@ -576,7 +591,7 @@ class ConfigDrive:
             fd = None
             for argv, data in self.commands(tmp, files, volume_id):
                 self._call(argv, data, f"making the config drive {path} ({os.path.basename(argv[4])})")
-            with open(tmp, 'rb+') as f:
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
@@ -591,16 +606,16 @@ class ConfigDrive:
         """{relative path: text} of the files on the drive, None when it is missing or unreadable."""
         if not os.path.isfile(path):
             return None
-        rc, out, _err = self._run(self._argv('mdir', ['-i', path, '-/', '-b', '::/']))
+        rc, out, _err = self._run(self._argv("mdir", ["-i", path, "-/", "-b", "::/"]))
         if rc != 0:
             return None
         files = {}
         for line in out.splitlines():
             line = line.strip()
-            if not line.startswith('::/') or line.endswith('/'):
+            if not line.startswith("::/") or line.endswith("/"):
                 continue
             rel = line[3:]
-            rc, content, _err = self._run(self._argv('mcopy', ['-n', '-i', path, f'::/{rel}', '-']))
+            rc, content, _err = self._run(self._argv("mcopy", ["-n", "-i", path, f"::/{rel}", "-"]))
             if rc != 0:
                 return None
             files[rel] = content
@@ -612,19 +627,21 @@ class ConfigDrive:
         if current is None:
             return False
         try:
-            return current == {rel: data.decode('utf-8') for rel, data in wanted.items()}
+            return current == {rel: data.decode("utf-8") for rel, data in wanted.items()}
         except UnicodeDecodeError:
             return False
 
 
 # --------------------------------------------------------------------------- the record in <metadata>
 
+
 def record_element_xml(inst, rescue=False):
     """The ``<instance>`` metadata element as build_domain writes it, for ``setMetadata`` (which adds the namespace)."""
-    return etree.tostring(record_element(inst, rescue, namespaced=False), encoding='unicode')
+    return etree.tostring(record_element(inst, rescue, namespaced=False), encoding="unicode")
 
 
 # --------------------------------------------------------------------------- domain operations
+
 
 class DomainOps:
     """libvirt operations on instance domains, each waiting for the state it leads to."""
@@ -646,8 +663,7 @@ class DomainOps:
         with libvirt_errors(f"reading the name of domain {uuid}"):
             found = dom.name()
         if found != name:
-            raise DomainError(f"a domain named {found} has the uuid {uuid} of the instance: it is not this collection's "
-                              f"domain {name}; rename or remove it")
+            raise DomainError(f"a domain named {found} has the uuid {uuid} of the instance: it is not this collection's domain {name}; rename or remove it")
         return dom
 
     @staticmethod
@@ -693,7 +709,7 @@ class DomainOps:
         active = domain_state(dom)[0] not in (VIR_DOMAIN_SHUTOFF, STATE_ABSENT)
         flags = VIR_DOMAIN_AFFECT_CONFIG | (VIR_DOMAIN_AFFECT_LIVE if active else 0)
         with libvirt_errors("writing the instance record into the domain metadata"):
-            dom.setMetadata(VIR_DOMAIN_METADATA_ELEMENT, xml, 'vc', NS, flags)
+            dom.setMetadata(VIR_DOMAIN_METADATA_ELEMENT, xml, "vc", NS, flags)
         if instance_dir is not None and os.path.isdir(instance_dir):
             write_record_file(instance_dir, inst)
 
@@ -717,8 +733,7 @@ class DomainOps:
             inst = read_instance(xml)
             if inst is not None:
                 with libvirt_errors("writing the instance record into the live domain metadata"):
-                    dom.setMetadata(VIR_DOMAIN_METADATA_ELEMENT, record_element_xml(inst, is_rescue(xml)), 'vc', NS,
-                                    VIR_DOMAIN_AFFECT_LIVE)
+                    dom.setMetadata(VIR_DOMAIN_METADATA_ELEMENT, record_element_xml(inst, is_rescue(xml)), "vc", NS, VIR_DOMAIN_AFFECT_LIVE)
 
     def pause(self, dom, timeout):
         with libvirt_errors("pausing the domain"):
@@ -795,19 +810,18 @@ class DomainOps:
         """
         if not wait:
             pressed = self._press_power_button(dom)
-            return {'clean': None, 'acpi_presses': int(pressed), 'seconds': 0.0, 'destroyed': False}
-        clean, presses, seconds = self._acpi_wait(
-            dom, shutdown_timeout, retry_interval, lambda s: s in (VIR_DOMAIN_SHUTOFF, STATE_ABSENT, VIR_DOMAIN_CRASHED))
+            return {"clean": None, "acpi_presses": int(pressed), "seconds": 0.0, "destroyed": False}
+        clean, presses, seconds = self._acpi_wait(dom, shutdown_timeout, retry_interval, lambda s: s in (VIR_DOMAIN_SHUTOFF, STATE_ABSENT, VIR_DOMAIN_CRASHED))
         if not clean:
             self.destroy(dom, timeout)
-        return {'clean': clean, 'acpi_presses': presses, 'seconds': round(seconds, 1), 'destroyed': not clean}
+        return {"clean": clean, "acpi_presses": presses, "seconds": round(seconds, 1), "destroyed": not clean}
 
     def hard_reboot(self, dom, timeout):
         """Nova's _hard_reboot: destroy, drop a managed save image, start."""
         self.destroy(dom, timeout)
         self.discard_managed_save(dom)
         self.start(dom, timeout)
-        return {'kind': 'hard'}
+        return {"kind": "hard"}
 
     def soft_reboot(self, dom, shutdown_timeout, retry_interval, timeout):
         """Nova's _soft_reboot: ACPI power button; start again when off; hard reboot after the timeout."""
@@ -830,27 +844,27 @@ class DomainOps:
         if domain_state(dom)[0] in (VIR_DOMAIN_SHUTOFF, VIR_DOMAIN_CRASHED):
             self.destroy(dom, timeout)
             self.start(dom, timeout)
-        return {'kind': 'soft', 'acpi_presses': presses, 'seconds': round(seconds, 1), 'fallback': False}
+        return {"kind": "soft", "acpi_presses": presses, "seconds": round(seconds, 1), "fallback": False}
 
     def run_step(self, dom, step, *, shutdown_timeout, retry_interval, timeout, wait=True):
         """Carry out one step of :data:`_NEXT`; returns details (power_off) or None."""
-        if step in ('start', 'start_paused'):
-            self.start(dom, timeout, paused=step == 'start_paused')
-        elif step == 'resume':
+        if step in ("start", "start_paused"):
+            self.start(dom, timeout, paused=step == "start_paused")
+        elif step == "resume":
             self.resume(dom, timeout)
-        elif step == 'pause':
+        elif step == "pause":
             self.pause(dom, timeout)
-        elif step == 'shutdown':
+        elif step == "shutdown":
             return self.power_off(dom, shutdown_timeout, retry_interval, timeout, wait=wait)
-        elif step == 'wait_shutoff':
+        elif step == "wait_shutoff":
             self._wait(dom, VIR_DOMAIN_SHUTOFF, timeout, "waiting for the guest's shutdown")
-        elif step == 'destroy':
+        elif step == "destroy":
             self.destroy(dom, timeout)
-        elif step == 'managed_save':
+        elif step == "managed_save":
             self.managed_save(dom, timeout)
-        elif step == 'undefine':
+        elif step == "undefine":
             self.undefine(dom)
-        elif step == 'wakeup':
+        elif step == "wakeup":
             self.wakeup(dom, timeout)
         else:
             raise DomainError(f"unknown step {step!r}")
@@ -859,20 +873,38 @@ class DomainOps:
 
 # --------------------------------------------------------------------------- the domain module
 
-def ensure_domain(conn, record, *, state, instances_path=DEFAULT_INSTANCES_PATH, domain_type='kvm', machine='pc',
-                  networks=None, reboot=None, shutdown_timeout=60, retry_interval=10, wait=True, timeout=120,
-                  check_mode=False, run=None, log=None, ops=None, config_drive=None):
+
+def ensure_domain(
+    conn,
+    record,
+    *,
+    state,
+    instances_path=DEFAULT_INSTANCES_PATH,
+    domain_type="kvm",
+    machine="pc",
+    networks=None,
+    reboot=None,
+    shutdown_timeout=60,
+    retry_interval=10,
+    wait=True,
+    timeout=120,
+    check_mode=False,
+    run=None,
+    log=None,
+    ops=None,
+    config_drive=None,
+):
     """Bring the instance's domain to ``state``; returns the module result (without diff text keys)."""
     if state not in WANTED_STATES:
         raise DomainError(f"state {state!r} is not one of {', '.join(WANTED_STATES)}")
-    if reboot not in (None, 'soft', 'hard'):
+    if reboot not in (None, "soft", "hard"):
         raise DomainError(f"reboot {reboot!r} is not soft or hard")
     if reboot is not None and state != RUNNING:
         raise DomainError(f"reboot={reboot} is only used with state=running, not state={state}")
     shutdown_schedule(shutdown_timeout, retry_interval)
     ops = ops or DomainOps(conn)
     if state == ABSENT:
-        uuid = validate_uuid(record.get('uuid') if isinstance(record, dict) else None, 'instance uuid')
+        uuid = validate_uuid(record.get("uuid") if isinstance(record, dict) else None, "instance uuid")
         return _ensure_absent(ops, uuid, shutdown_timeout, retry_interval, timeout, check_mode, log)
 
     inst = as_instance(record)
@@ -882,55 +914,67 @@ def ensure_domain(conn, record, *, state, instances_path=DEFAULT_INSTANCES_PATH,
     observed = ops.observe(dom)
     current_xml = ops.inactive_xml(dom) if dom is not None else None
     if current_xml is None:
-        before, after = '', normalise(wanted_xml)
+        before, after = "", normalise(wanted_xml)
     else:
         before, after = normalised_pair(current_xml, wanted_xml)
     redefine = before != after
-    result = {'changed': False, 'actions': [], 'domain': domain_name(inst.uuid), 'uuid': inst.uuid,
-              'instance_dir': idir, 'state_before': observed, 'warnings': [],
-              'diff': {'before': before, 'after': after, 'before_header': f'{domain_name(inst.uuid)} (defined)',
-                       'after_header': f'{domain_name(inst.uuid)} (wanted)'}}
+    result = {
+        "changed": False,
+        "actions": [],
+        "domain": domain_name(inst.uuid),
+        "uuid": inst.uuid,
+        "instance_dir": idir,
+        "state_before": observed,
+        "warnings": [],
+        "diff": {
+            "before": before,
+            "after": after,
+            "before_header": f"{domain_name(inst.uuid)} (defined)",
+            "after_header": f"{domain_name(inst.uuid)} (wanted)",
+        },
+    }
 
     # config drive
     drive = config_drive or ConfigDrive(run)
-    drive_path = f'{idir}/{CONFIG_DISK}'
+    drive_path = f"{idir}/{CONFIG_DISK}"
     wanted_files = config_drive_files(inst) if inst.config_drive else None
     build_drive = wanted_files is not None and not drive.same(drive.read(drive_path), wanted_files)
 
     steps = []
     if redefine:
-        steps.append('define' if dom is None else 'redefine')
+        steps.append("define" if dom is None else "redefine")
     if build_drive:
-        steps.insert(0, 'config_drive')
+        steps.insert(0, "config_drive")
     plan_from = SHUTOFF if dom is None else observed
-    state_steps = plan_steps(plan_from, state, f'domain {domain_name(inst.uuid)}')
+    state_steps = plan_steps(plan_from, state, f"domain {domain_name(inst.uuid)}")
     fresh_boot = plan_from in (SHUTOFF, CRASHED)
     if reboot and not fresh_boot:
-        state_steps.append(f'reboot_{reboot}')
+        state_steps.append(f"reboot_{reboot}")
     steps += state_steps
     if not wait:
         steps = _cut_after_shutdown(steps)
-    if any(s in ('start', 'start_paused') for s in steps) and not os.path.exists(f'{idir}/{ROOT_DISK}'):
-        raise DomainError(f"cannot start {inst.label()}: its root disk {idir}/{ROOT_DISK} does not exist; "
-                          "create it first (virtcloud.compute.disk)")
+    if any(s in ("start", "start_paused") for s in steps) and not os.path.exists(f"{idir}/{ROOT_DISK}"):
+        raise DomainError(f"cannot start {inst.label()}: its root disk {idir}/{ROOT_DISK} does not exist; create it first (virtcloud.compute.disk)")
     if redefine and dom is not None and observed not in (SHUTOFF, SUSPENDED) and _differs_beyond_record(current_xml, wanted_xml):
-        if reboot != 'hard':
-            result['warnings'].append(
+        if reboot != "hard":
+            result["warnings"].append(
                 f"the definition of running domain {domain_name(inst.uuid)} changed: the new definition takes effect at "
-                "its next cold boot (stop and start, or reboot=hard)")
+                "its next cold boot (stop and start, or reboot=hard)"
+            )
     if redefine and observed == SUSPENDED and _differs_beyond_record(current_xml, wanted_xml):
-        result['warnings'].append(f"domain {domain_name(inst.uuid)} is suspended: its saved memory state restores the old "
-                                  "definition; the new one takes effect at its next cold boot")
-    record_file_stale = not redefine and os.path.isdir(idir) and _file_differs(f'{idir}/{RECORD_FILE}', record_file_content(inst))
+        result["warnings"].append(
+            f"domain {domain_name(inst.uuid)} is suspended: its saved memory state restores the old definition; the new one takes effect at its next cold boot"
+        )
+    record_file_stale = not redefine and os.path.isdir(idir) and _file_differs(f"{idir}/{RECORD_FILE}", record_file_content(inst))
     if record_file_stale:
-        steps.insert(0, 'write_record_file')
-    result['actions'] = steps
-    result['changed'] = bool(steps)
+        steps.insert(0, "write_record_file")
+    result["actions"] = steps
+    result["changed"] = bool(steps)
     planned = plan_from
     for step in state_steps:
         planned = STEP_RESULT.get(step, planned)
     if check_mode or not steps:
-        result['state'] = planned if check_mode else observed
+        result["state"] = planned if check_mode else observed
         return result
 
     try:
@@ -939,17 +983,17 @@ def ensure_domain(conn, record, *, state, instances_path=DEFAULT_INSTANCES_PATH,
         raise DomainError(f"cannot make the instance directory {idir}: {exc.strerror or exc}") from None
     executed = []
     for step in [s for s in steps if s in PREPARE_STEPS]:
-        if step == 'config_drive':
+        if step == "config_drive":
             drive.build(drive_path, wanted_files, ConfigDrive.volume_id(inst.uuid))
-        elif step in ('define', 'redefine'):
+        elif step in ("define", "redefine"):
             dom = ops.define(wanted_xml)
             try:
-                atomic_write(f'{idir}/{XML_FILE}', wanted_xml.encode('utf-8'))
+                atomic_write(f"{idir}/{XML_FILE}", wanted_xml.encode("utf-8"))
             except OSError as exc:
                 raise DomainError(f"cannot write {idir}/{XML_FILE}: {exc.strerror or exc}") from None
             write_record_file(idir, inst)
-            if step == 'redefine' and ops.observe(dom) not in (SHUTOFF, SUSPENDED):
-                ops.save_record(dom, inst)   # the live metadata too
+            if step == "redefine" and ops.observe(dom) not in (SHUTOFF, SUSPENDED):
+                ops.save_record(dom, inst)  # the live metadata too
         else:
             write_record_file(idir, inst)
         executed.append(step)
@@ -958,38 +1002,37 @@ def ensure_domain(conn, record, *, state, instances_path=DEFAULT_INSTANCES_PATH,
     # the state steps, re-planned from the real state after each one
     current = ops.observe(dom)
     for _attempt in range(MAX_STEPS + 1):
-        step = next_step(current, state, f'domain {domain_name(inst.uuid)}')
+        step = next_step(current, state, f"domain {domain_name(inst.uuid)}")
         if step is None:
             break
-        detail = ops.run_step(dom, step, shutdown_timeout=shutdown_timeout, retry_interval=retry_interval,
-                              timeout=timeout, wait=wait)
+        detail = ops.run_step(dom, step, shutdown_timeout=shutdown_timeout, retry_interval=retry_interval, timeout=timeout, wait=wait)
         executed.append(step)
         if detail:
-            result['power_off'] = detail
+            result["power_off"] = detail
         if log:
-            log.info(f"domain {domain_name(inst.uuid)}: {step}" + (f" {detail}" if detail else ''), instance=inst.uuid)
-        if step == 'shutdown' and not wait:
+            log.info(f"domain {domain_name(inst.uuid)}: {step}" + (f" {detail}" if detail else ""), instance=inst.uuid)
+        if step == "shutdown" and not wait:
             break
         current = ops.observe(dom)
     else:
         raise DomainError(f"domain {domain_name(inst.uuid)} did not reach {state}: it is {current}")
     if reboot and not fresh_boot and ops.observe(dom) == RUNNING:
-        if reboot == 'soft':
-            result['reboot'] = ops.soft_reboot(dom, shutdown_timeout, retry_interval, timeout)
+        if reboot == "soft":
+            result["reboot"] = ops.soft_reboot(dom, shutdown_timeout, retry_interval, timeout)
         else:
-            result['reboot'] = ops.hard_reboot(dom, timeout)
-        executed.append(f'reboot_{reboot}')
+            result["reboot"] = ops.hard_reboot(dom, timeout)
+        executed.append(f"reboot_{reboot}")
         if log:
             log.info(f"domain {domain_name(inst.uuid)}: reboot {result['reboot']}", instance=inst.uuid)
-    result['actions'] = executed
-    result['changed'] = bool(executed)
-    result['state'] = ops.observe(dom)
+    result["actions"] = executed
+    result["changed"] = bool(executed)
+    result["state"] = ops.observe(dom)
     return result
 
 
 def _cut_after_shutdown(steps):
-    if 'shutdown' in steps:
-        return steps[:steps.index('shutdown') + 1]
+    if "shutdown" in steps:
+        return steps[: steps.index("shutdown") + 1]
     return steps
 
 
@@ -1000,7 +1043,7 @@ def _differs_beyond_record(current_xml, wanted_xml):
 
 def _file_differs(path, data):
     try:
-        with open(path, 'rb') as f:
+        with open(path, "rb") as f:
             return f.read() != data
     except FileNotFoundError:
         return True
@@ -1012,17 +1055,24 @@ def _ensure_absent(ops, uuid, shutdown_timeout, retry_interval, timeout, check_m
     name = domain_name(uuid)
     dom = ops.lookup(uuid)
     observed = ops.observe(dom)
-    before = normalise(ops.inactive_xml(dom)) if dom is not None else ''
-    steps = plan_steps(observed, ABSENT, f'domain {name}')
-    result = {'changed': bool(steps), 'actions': steps, 'domain': name, 'uuid': uuid, 'state_before': observed,
-              'state': ABSENT if steps or dom is None else observed, 'warnings': [],
-              'diff': {'before': before, 'after': '', 'before_header': f'{name} (defined)', 'after_header': f'{name} (absent)'}}
+    before = normalise(ops.inactive_xml(dom)) if dom is not None else ""
+    steps = plan_steps(observed, ABSENT, f"domain {name}")
+    result = {
+        "changed": bool(steps),
+        "actions": steps,
+        "domain": name,
+        "uuid": uuid,
+        "state_before": observed,
+        "state": ABSENT if steps or dom is None else observed,
+        "warnings": [],
+        "diff": {"before": before, "after": "", "before_header": f"{name} (defined)", "after_header": f"{name} (absent)"},
+    }
     if check_mode or not steps:
         return result
     executed = []
     current = observed
     while current != ABSENT:
-        step = next_step(current, ABSENT, f'domain {name}')
+        step = next_step(current, ABSENT, f"domain {name}")
         ops.run_step(dom, step, shutdown_timeout=shutdown_timeout, retry_interval=retry_interval, timeout=timeout)
         executed.append(step)
         if log:
@@ -1030,15 +1080,16 @@ def _ensure_absent(ops, uuid, shutdown_timeout, retry_interval, timeout, check_m
         current = ops.observe(ops.lookup(uuid))
         if len(executed) > MAX_STEPS:
             raise DomainError(f"domain {name} could not be removed: it is {current}")
-    result['actions'] = executed
-    result['state'] = ABSENT
+    result["actions"] = executed
+    result["state"] = ABSENT
     return result
 
 
 # --------------------------------------------------------------------------- finding instances
 
+
 def _is_instance_domain_name(name):
-    return name.startswith('instance-') and bool(UUID_RE.match(name[len('instance-'):]))
+    return name.startswith("instance-") and bool(UUID_RE.match(name[len("instance-") :]))
 
 
 def list_domains(conn):
@@ -1055,7 +1106,7 @@ def list_domains(conn):
                 xml = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE)
         except LibvirtError as exc:
             if exc.code == VIR_ERR_NO_DOMAIN:
-                continue   # undefined while we looked
+                continue  # undefined while we looked
             raise
         try:
             inst = read_instance(xml)
@@ -1072,7 +1123,7 @@ def find_instance(conn, ref, ops=None):
     """(dom, Instance) of the instance with this uuid or name on the host, or (None, None)."""
     ops = ops or DomainOps(conn)
     if isinstance(ref, str) and UUID_RE.match(ref.lower()):
-        uuid = validate_uuid(ref, 'instance')
+        uuid = validate_uuid(ref, "instance")
         dom = ops.lookup(uuid)
         if dom is None:
             return None, None
@@ -1084,8 +1135,7 @@ def find_instance(conn, ref, ops=None):
     found, _errors = list_domains(conn)
     matches = [(dom, inst) for dom, inst in found if inst.name == name]
     if len(matches) > 1:
-        raise DomainError(f"several instances on this host are named {name}: "
-                          f"{', '.join(sorted(inst.uuid for _d, inst in matches))}; give the uuid")
+        raise DomainError(f"several instances on this host are named {name}: {', '.join(sorted(inst.uuid for _d, inst in matches))}; give the uuid")
     return matches[0] if matches else (None, None)
 
 
@@ -1095,31 +1145,31 @@ def instance_info(ops, dom, inst, instances_path):
     state = domain_state(dom)
     power = 0 if state[0] == STATE_ABSENT else power_state_from_libvirt(state[0])
     return {
-        'uuid': inst.uuid,
-        'name': inst.name,
-        'domain': domain_name(inst.uuid),
-        'state': ops.observe(dom),
-        'libvirt_state': state[2],
-        'power_state': power,
-        'power_state_name': power_state_name(power),
-        'vm_state': inst.vm_state,
-        'task_state': inst.task_state,
-        'locked': inst.locked,
-        'locked_reason': inst.locked_reason,
-        'host': inst.host,
-        'instance_dir': idir,
-        'console_log': f'{idir}/{CONSOLE_LOG}',
-        'actions': [a.to_dict() for a in inst.actions],
-        'record': inst.to_dict(),
+        "uuid": inst.uuid,
+        "name": inst.name,
+        "domain": domain_name(inst.uuid),
+        "state": ops.observe(dom),
+        "libvirt_state": state[2],
+        "power_state": power,
+        "power_state_name": power_state_name(power),
+        "vm_state": inst.vm_state,
+        "task_state": inst.task_state,
+        "locked": inst.locked,
+        "locked_reason": inst.locked_reason,
+        "host": inst.host,
+        "instance_dir": idir,
+        "console_log": f"{idir}/{CONSOLE_LOG}",
+        "actions": [a.to_dict() for a in inst.actions],
+        "record": inst.to_dict(),
     }
 
 
 def list_instances(conn, *, uuid=None, name=None, instances_path=DEFAULT_INSTANCES_PATH):
     """instance_info: every instance on the host, or the one with ``uuid`` / ``name``."""
     ops = DomainOps(conn)
-    validate_path(instances_path, 'instances_path')
+    validate_path(instances_path, "instances_path")
     if uuid is not None:
-        dom, inst = find_instance(conn, validate_uuid(uuid, 'uuid'), ops)
+        dom, inst = find_instance(conn, validate_uuid(uuid, "uuid"), ops)
         pairs, errors = ([(dom, inst)] if dom is not None else []), []
     else:
         if name is not None:
@@ -1127,15 +1177,33 @@ def list_instances(conn, *, uuid=None, name=None, instances_path=DEFAULT_INSTANC
         pairs, errors = list_domains(conn)
         if name is not None:
             pairs = [(d, i) for d, i in pairs if i.name == name]
-    instances = sorted((instance_info(ops, d, i, instances_path) for d, i in pairs), key=lambda x: (x['name'], x['uuid']))
+    instances = sorted((instance_info(ops, d, i, instances_path) for d, i in pairs), key=lambda x: (x["name"], x["uuid"]))
     return instances, errors
 
 
 # --------------------------------------------------------------------------- instance actions
 
-def run_instance_action(conn, *, instance, action, request_id, instances_path=DEFAULT_INSTANCES_PATH, reason=None,
-                        shutdown_timeout=60, retry_interval=10, timeout=120, check_mode=False, log=None, ops=None,
-                        lock_dir=LOCK_DIR, image=None, image_format='qcow2', snapshot_path=None, qemu_img=None):
+
+def run_instance_action(
+    conn,
+    *,
+    instance,
+    action,
+    request_id,
+    instances_path=DEFAULT_INSTANCES_PATH,
+    reason=None,
+    shutdown_timeout=60,
+    retry_interval=10,
+    timeout=120,
+    check_mode=False,
+    log=None,
+    ops=None,
+    lock_dir=LOCK_DIR,
+    image=None,
+    image_format="qcow2",
+    snapshot_path=None,
+    qemu_img=None,
+):
     """Carry out a Nova action on an existing instance on this host; returns the module result.
 
     ``image`` ({id, properties}) is the image of a rebuild (required) or a rescue (default:
@@ -1146,43 +1214,62 @@ def run_instance_action(conn, *, instance, action, request_id, instances_path=DE
     """
     if action not in ACTION_TARGETS:
         raise DomainError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
-    if reason is not None and action != 'lock':
+    if reason is not None and action != "lock":
         raise DomainError(f"reason is only used with action=lock, not action={action}")
     if image is not None and action not in IMAGE_ACTIONS:
         raise DomainError(f"image is only used with action rebuild or rescue, not action={action}")
-    if action == 'rebuild' and image is None:
+    if action == "rebuild" and image is None:
         raise DomainError("action=rebuild needs image: the image ({id, properties}) to rebuild the instance from")
     if image_format not in IMAGE_FORMATS:
         raise DomainError(f"image_format {image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
-    if (snapshot_path is None) != (action != 'snapshot'):
-        raise DomainError("action=snapshot needs snapshot_path, the file to write the snapshot to" if action == 'snapshot'
-                          else f"snapshot_path is only used with action=snapshot, not action={action}")
+    if (snapshot_path is None) != (action != "snapshot"):
+        raise DomainError(
+            "action=snapshot needs snapshot_path, the file to write the snapshot to"
+            if action == "snapshot"
+            else f"snapshot_path is only used with action=snapshot, not action={action}"
+        )
     if snapshot_path is not None:
-        validate_path(snapshot_path, 'snapshot_path')
-    if action in DISK_ACTIONS and action != 'unrescue' and qemu_img is None:
+        validate_path(snapshot_path, "snapshot_path")
+    if action in DISK_ACTIONS and action != "unrescue" and qemu_img is None:
         raise DomainError(f"action={action} needs a qemu-img runner")
     image = None if image is None else _image(image)
     shutdown_schedule(shutdown_timeout, retry_interval)
-    validate_path(instances_path, 'instances_path')
+    validate_path(instances_path, "instances_path")
     ops = ops or DomainOps(conn)
     dom, inst = find_instance(conn, instance, ops)
     if inst is None:
-        if action == 'delete':
-            return {'changed': False, 'action': action, 'instance': None, 'ports': [], 'state': ABSENT,
-                    'msg': f"instance {instance} is not on this host: nothing to delete"}
-        raise DomainError(f"cannot {action} instance {instance}: there is no such instance on this host "
-                          "(instance_info lists the instances of a host)")
+        if action == "delete":
+            return {
+                "changed": False,
+                "action": action,
+                "instance": None,
+                "ports": [],
+                "state": ABSENT,
+                "msg": f"instance {instance} is not on this host: nothing to delete",
+            }
+        raise DomainError(f"cannot {action} instance {instance}: there is no such instance on this host (instance_info lists the instances of a host)")
     disk_args = DiskArgs(instances_path, image, image_format, snapshot_path, qemu_img)
     with instance_lock(inst.uuid, timeout, lock_dir=lock_dir):
-        dom, inst = find_instance(conn, inst.uuid, ops)   # again, under the lock
+        dom, inst = find_instance(conn, inst.uuid, ops)  # again, under the lock
         if inst is None:
-            if action == 'delete':
-                return {'changed': False, 'action': action, 'instance': None, 'ports': [], 'state': ABSENT,
-                        'msg': f"instance {instance} was deleted meanwhile"}
+            if action == "delete":
+                return {"changed": False, "action": action, "instance": None, "ports": [], "state": ABSENT, "msg": f"instance {instance} was deleted meanwhile"}
             raise DomainError(f"cannot {action} instance {instance}: it was deleted meanwhile")
-        return _run_locked(ops, dom, inst, action=action, request_id=request_id, instances_path=instances_path,
-                           reason=reason, shutdown_timeout=shutdown_timeout, retry_interval=retry_interval,
-                           timeout=timeout, check_mode=check_mode, log=log, disk_args=disk_args)
+        return _run_locked(
+            ops,
+            dom,
+            inst,
+            action=action,
+            request_id=request_id,
+            instances_path=instances_path,
+            reason=reason,
+            shutdown_timeout=shutdown_timeout,
+            retry_interval=retry_interval,
+            timeout=timeout,
+            check_mode=check_mode,
+            log=log,
+            disk_args=disk_args,
+        )
 
 
 def _image(value):
@@ -1208,37 +1295,44 @@ class DiskArgs:
 
 
 def _result(inst, action, changed, observed, **extra):
-    result = {'changed': changed, 'action': action, 'uuid': inst.uuid, 'name': inst.name, 'vm_state': inst.vm_state,
-              'task_state': inst.task_state, 'state': observed, 'instance': inst.to_dict()}
+    result = {
+        "changed": changed,
+        "action": action,
+        "uuid": inst.uuid,
+        "name": inst.name,
+        "vm_state": inst.vm_state,
+        "task_state": inst.task_state,
+        "state": observed,
+        "instance": inst.to_dict(),
+    }
     result.update(extra)
     return result
 
 
-def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, shutdown_timeout, retry_interval,
-                timeout, check_mode, log, disk_args):
+def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, shutdown_timeout, retry_interval, timeout, check_mode, log, disk_args):
     observed = ops.observe(dom)
     idir = instance_dir_of(instances_path, inst.uuid)
     decision = action_decision(inst, action, observed)
     target = ACTION_TARGETS[action]
-    if decision == 'noop':
+    if decision == "noop":
         return _result(inst, action, False, observed)
     plan = _prepare_disk_action(inst, action, idir, disk_args, check_mode) if action in DISK_ACTIONS else {}
     if check_mode:
         result = _result(inst, action, True, observed, **plan)
         if target.vm_state is not None:
-            result['vm_state'] = target.vm_state
-            result['state'] = target.domain
-        elif action == 'rebuild':
-            result['vm_state'] = VmState.STOPPED if inst.vm_state == VmState.STOPPED else VmState.ACTIVE
-            result['state'] = SHUTOFF if inst.vm_state == VmState.STOPPED else RUNNING
-        if action == 'delete':
-            result['ports'] = [p.to_dict() for p in inst.ports]
+            result["vm_state"] = target.vm_state
+            result["state"] = target.domain
+        elif action == "rebuild":
+            result["vm_state"] = VmState.STOPPED if inst.vm_state == VmState.STOPPED else VmState.ACTIVE
+            result["state"] = SHUTOFF if inst.vm_state == VmState.STOPPED else RUNNING
+        if action == "delete":
+            result["ports"] = [p.to_dict() for p in inst.ports]
         return result
-    if action in ('lock', 'unlock'):
-        set_lock(inst, action == 'lock', request_id, reason=reason)
+    if action in ("lock", "unlock"):
+        set_lock(inst, action == "lock", request_id, reason=reason)
         ops.save_record(dom, inst, idir)
         if log:
-            log.info(f"{action}ed" + (f" ({reason})" if reason else ''), instance=inst.uuid)
+            log.info(f"{action}ed" + (f" ({reason})" if reason else ""), instance=inst.uuid)
         return _result(inst, action, True, observed)
 
     before_vm_state = inst.vm_state
@@ -1248,29 +1342,36 @@ def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, s
         log.info(f"{action}: begins (vm_state {before_vm_state}, task_state {inst.task_state})", instance=inst.uuid)
     extra = {}
     try:
-        if action == 'delete':
+        if action == "delete":
             extra = _delete(ops, dom, inst, idir, timeout, log)
         elif action in DISK_ACTIONS:
-            dom, extra = DISK_ACTION_RUNNERS[action](ops, dom, inst, idir, disk_args, plan, shutdown_timeout=shutdown_timeout,
-                                                     retry_interval=retry_interval, timeout=timeout, log=log)
+            dom, extra = DISK_ACTION_RUNNERS[action](
+                ops, dom, inst, idir, disk_args, plan, shutdown_timeout=shutdown_timeout, retry_interval=retry_interval, timeout=timeout, log=log
+            )
         else:
             extra = _power_action(ops, dom, action, shutdown_timeout, retry_interval, timeout)
     except (DomainError, LibvirtError, QemuImgError, OSError) as exc:
         text = f"{action} of instance {inst.label()} failed: {exc}"
         after = ops.observe(ops.lookup(inst.uuid))
         vm_state = vm_state_after_failure(before_vm_state, target, after)
-        finish_action(inst, action, request_id, vm_state=vm_state, task_state=None, power_state=_power(ops, inst.uuid),
-                      result='Error', message=text[:4000])
+        finish_action(inst, action, request_id, vm_state=vm_state, task_state=None, power_state=_power(ops, inst.uuid), result="Error", message=text[:4000])
         if after != ABSENT:
             with contextlib.suppress(DomainError, LibvirtError):
                 ops.save_record(ops.lookup(inst.uuid), inst, idir)
         if log:
             log.error(f"{text}; vm_state is now {vm_state} (domain {after})", instance=inst.uuid)
         raise ActionFailed(f"{text} (vm_state is now {vm_state}, the domain is {after})", record=inst.to_dict()) from None
-    after = ABSENT if action == 'delete' else ops.observe(dom)
-    finish_action(inst, action, request_id, vm_state=extra.pop('vm_state', target.vm_state), task_state=None,
-                  power_state=0 if action == 'delete' else _power(ops, inst.uuid), message=extra.pop('message', None))
-    if action != 'delete':
+    after = ABSENT if action == "delete" else ops.observe(dom)
+    finish_action(
+        inst,
+        action,
+        request_id,
+        vm_state=extra.pop("vm_state", target.vm_state),
+        task_state=None,
+        power_state=0 if action == "delete" else _power(ops, inst.uuid),
+        message=extra.pop("message", None),
+    )
+    if action != "delete":
         ops.save_record(dom, inst, idir)
     if log:
         log.info(f"{action}: done (vm_state {inst.vm_state}, domain {after})", instance=inst.uuid)
@@ -1279,21 +1380,20 @@ def _run_locked(ops, dom, inst, *, action, request_id, instances_path, reason, s
 
 # --------------------------------------------------------------------------- snapshot, rebuild, rescue
 
+
 def _prepare_disk_action(inst, action, idir, args, check_mode=False):
     """Everything a disk action checks before it begins (a refusal changes nothing); returns its plan."""
-    root = f'{idir}/{ROOT_DISK}'
-    if action == 'snapshot':
+    root = f"{idir}/{ROOT_DISK}"
+    if action == "snapshot":
         path = args.snapshot_path
         if os.path.lexists(path):
-            raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the file exists; remove it or give "
-                              "another snapshot_path")
-        if not os.path.isdir(os.path.dirname(path)) and not check_mode:   # a check run of the workflow made no folder
-            raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the folder {os.path.dirname(path)} "
-                              "does not exist")
+            raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the file exists; remove it or give another snapshot_path")
+        if not os.path.isdir(os.path.dirname(path)) and not check_mode:  # a check run of the workflow made no folder
+            raise DomainError(f"cannot snapshot instance {inst.label()} to {path}: the folder {os.path.dirname(path)} does not exist")
         if not os.path.isfile(root):
             raise DomainError(f"cannot snapshot instance {inst.label()}: its root disk {root} does not exist")
-        return {'snapshot': {'path': path, 'format': SNAPSHOT_FORMAT, 'image': inst.image.to_dict()}}
-    if action == 'unrescue':
+        return {"snapshot": {"path": path, "format": SNAPSHOT_FORMAT, "image": inst.image.to_dict()}}
+    if action == "unrescue":
         return {}
     image = args.image if args.image is not None else inst.image
     try:
@@ -1303,19 +1403,20 @@ def _prepare_disk_action(inst, action, idir, args, check_mode=False):
     if not os.path.isfile(base):
         if check_mode:
             # a check-mode run of the workflow did not fill the cache: plan without the image's size
-            if action == 'rebuild':
+            if action == "rebuild":
                 check_image_fits(inst, image, 0)
-            return {'image': image.to_dict(), 'base': base, 'virtual_size': None}
-        raise DomainError(f"cannot {action} instance {inst.label()}: image {image.id} is not in this host's image cache "
-                          f"({base}); fill the cache first (virtcloud.compute.image_cache)")
+            return {"image": image.to_dict(), "base": base, "virtual_size": None}
+        raise DomainError(
+            f"cannot {action} instance {inst.label()}: image {image.id} is not in this host's image cache "
+            f"({base}); fill the cache first (virtcloud.compute.image_cache)"
+        )
     try:
-        virtual_size = args.qemu_img.info(base, args.image_format, force_share=False)['virtual_size']
+        virtual_size = args.qemu_img.info(base, args.image_format, force_share=False)["virtual_size"]
     except (QemuImgError, VirtcloudError) as exc:
-        raise DomainError(f"cannot {action} instance {inst.label()}: the cached image {base} cannot be read as "
-                          f"{args.image_format}: {exc}") from None
-    if action == 'rebuild':
+        raise DomainError(f"cannot {action} instance {inst.label()}: the cached image {base} cannot be read as {args.image_format}: {exc}") from None
+    if action == "rebuild":
         check_image_fits(inst, image, virtual_size)
-    return {'image': image.to_dict(), 'base': base, 'virtual_size': virtual_size}
+    return {"image": image.to_dict(), "base": base, "virtual_size": virtual_size}
 
 
 def _stop_for_disk_change(ops, dom, shutdown_timeout, retry_interval, timeout):
@@ -1334,7 +1435,7 @@ def _redefine(ops, inst, idir, params, rescue):
     xml = build_domain(inst, instance_dir=idir, rescue=rescue, **params)
     dom = ops.define(xml)
     try:
-        atomic_write(f'{idir}/{XML_FILE}', xml.encode('utf-8'))
+        atomic_write(f"{idir}/{XML_FILE}", xml.encode("utf-8"))
     except OSError as exc:
         raise DomainError(f"cannot write {idir}/{XML_FILE}: {exc.strerror or exc}") from None
     return dom
@@ -1342,7 +1443,7 @@ def _redefine(ops, inst, idir, params, rescue):
 
 def _new_overlay(qemu_img, path, base, base_format, size=None):
     """A fresh qcow2 overlay at ``path`` (made beside it, then moved in place)."""
-    part = path + '.part'
+    part = path + ".part"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(part)
     try:
@@ -1364,7 +1465,7 @@ def _snapshot(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_inter
     """
     del shutdown_timeout, retry_interval
     path = args.snapshot_path
-    part = path + '.part'
+    part = path + ".part"
     observed = ops.observe(dom)
     paused_here = observed == RUNNING
     update_task_state(inst, TaskState.IMAGE_SNAPSHOT, expected_task_state=[TaskState.IMAGE_SNAPSHOT_PENDING])
@@ -1373,7 +1474,7 @@ def _snapshot(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_inter
         if log:
             log.info("snapshot: guest paused", instance=inst.uuid)
     try:
-        args.qemu_img.convert(f'{idir}/{ROOT_DISK}', 'qcow2', part, SNAPSHOT_FORMAT, force_share=observed in (RUNNING, PAUSED))
+        args.qemu_img.convert(f"{idir}/{ROOT_DISK}", "qcow2", part, SNAPSHOT_FORMAT, force_share=observed in (RUNNING, PAUSED))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(part)
@@ -1386,10 +1487,10 @@ def _snapshot(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_inter
     os.replace(part, path)
     update_task_state(inst, TaskState.IMAGE_PENDING_UPLOAD, expected_task_state=[TaskState.IMAGE_SNAPSHOT])
     info = args.qemu_img.info(path, SNAPSHOT_FORMAT, force_share=False)
-    snapshot = dict(plan['snapshot'], size=os.stat(path).st_size, virtual_size=info['virtual_size'], paused=paused_here)
+    snapshot = dict(plan["snapshot"], size=os.stat(path).st_size, virtual_size=info["virtual_size"], paused=paused_here)
     if log:
         log.info(f"snapshot: root disk extracted to {path} ({snapshot['size']} bytes)", instance=inst.uuid)
-    return dom, {'snapshot': snapshot, 'message': f"extracted to {path}"}
+    return dom, {"snapshot": snapshot, "message": f"extracted to {path}"}
 
 
 def _rebuild(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
@@ -1402,18 +1503,21 @@ def _rebuild(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interv
     was_stopped = inst.vm_state == VmState.STOPPED
     _stop_for_disk_change(ops, dom, shutdown_timeout, retry_interval, timeout)
     update_task_state(inst, TaskState.REBUILD_SPAWNING, expected_task_state=[TaskState.REBUILDING])
-    flavor_size = inst.flavor.disk_gb * 1024 ** 3
-    size = max(flavor_size, plan['virtual_size']) if flavor_size else None
-    _new_overlay(args.qemu_img, f'{idir}/{ROOT_DISK}', plan['base'], args.image_format, size)
+    flavor_size = inst.flavor.disk_gb * 1024**3
+    size = max(flavor_size, plan["virtual_size"]) if flavor_size else None
+    _new_overlay(args.qemu_img, f"{idir}/{ROOT_DISK}", plan["base"], args.image_format, size)
     old_image = inst.image.id
-    inst.image = Image.from_dict(plan['image'])
+    inst.image = Image.from_dict(plan["image"])
     dom = _redefine(ops, inst, idir, params, rescue=False)
     if log:
         log.info(f"rebuild: new root disk on image {inst.image.id} (was {old_image})", instance=inst.uuid)
     if not was_stopped:
         ops.start(dom, timeout)
-    return dom, {'vm_state': VmState.STOPPED if was_stopped else VmState.ACTIVE, 'image': plan['image'],
-                 'message': f"rebuilt from image {inst.image.id} (was {old_image})"}
+    return dom, {
+        "vm_state": VmState.STOPPED if was_stopped else VmState.ACTIVE,
+        "image": plan["image"],
+        "message": f"rebuilt from image {inst.image.id} (was {old_image})",
+    }
 
 
 def _rescue(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
@@ -1421,12 +1525,12 @@ def _rescue(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interva
     with the instance's own disk as vdb and the config drive last."""
     params = build_params(ops.inactive_xml(dom), inst)
     _stop_for_disk_change(ops, dom, shutdown_timeout, retry_interval, timeout)
-    _new_overlay(args.qemu_img, f'{idir}/{RESCUE_DISK}', plan['base'], args.image_format)
+    _new_overlay(args.qemu_img, f"{idir}/{RESCUE_DISK}", plan["base"], args.image_format)
     dom = _redefine(ops, inst, idir, params, rescue=True)
     ops.start(dom, timeout)
     if log:
         log.info(f"rescue: booted rescue image {plan['image']['id']}", instance=inst.uuid)
-    return dom, {'image': plan['image'], 'message': f"rescue image {plan['image']['id']}"}
+    return dom, {"image": plan["image"], "message": f"rescue image {plan['image']['id']}"}
 
 
 def _unrescue(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_interval, timeout, log):
@@ -1437,14 +1541,14 @@ def _unrescue(ops, dom, inst, idir, args, plan, *, shutdown_timeout, retry_inter
     ops.destroy(dom, timeout)
     dom = _redefine(ops, inst, idir, params, rescue=False)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(f'{idir}/{RESCUE_DISK}')
+        os.unlink(f"{idir}/{RESCUE_DISK}")
     ops.start(dom, timeout)
     if log:
         log.info("unrescue: booted the instance's own disk", instance=inst.uuid)
     return dom, {}
 
 
-DISK_ACTION_RUNNERS = {'snapshot': _snapshot, 'rebuild': _rebuild, 'rescue': _rescue, 'unrescue': _unrescue}
+DISK_ACTION_RUNNERS = {"snapshot": _snapshot, "rebuild": _rebuild, "rescue": _rescue, "unrescue": _unrescue}
 
 
 def _power(ops, uuid):
@@ -1453,24 +1557,24 @@ def _power(ops, uuid):
 
 
 def _power_action(ops, dom, action, shutdown_timeout, retry_interval, timeout):
-    if action == 'start':
-        ops.discard_managed_save(dom)   # a stopped instance boots (Nova's power_on is a hard reboot)
+    if action == "start":
+        ops.discard_managed_save(dom)  # a stopped instance boots (Nova's power_on is a hard reboot)
         ops.start(dom, timeout)
-    elif action == 'stop':
+    elif action == "stop":
         if ops.observe(dom) == PAUSED:
-            ops.resume(dom, timeout)   # a paused guest cannot take the ACPI press (vm_state error)
-        return {'power_off': ops.power_off(dom, shutdown_timeout, retry_interval, timeout)}
-    elif action == 'reboot':
-        return {'reboot': ops.soft_reboot(dom, shutdown_timeout, retry_interval, timeout)}
-    elif action == 'reboot_hard':
-        return {'reboot': ops.hard_reboot(dom, timeout)}
-    elif action == 'pause':
+            ops.resume(dom, timeout)  # a paused guest cannot take the ACPI press (vm_state error)
+        return {"power_off": ops.power_off(dom, shutdown_timeout, retry_interval, timeout)}
+    elif action == "reboot":
+        return {"reboot": ops.soft_reboot(dom, shutdown_timeout, retry_interval, timeout)}
+    elif action == "reboot_hard":
+        return {"reboot": ops.hard_reboot(dom, timeout)}
+    elif action == "pause":
         ops.pause(dom, timeout)
-    elif action == 'unpause':
+    elif action == "unpause":
         ops.resume(dom, timeout)
-    elif action == 'suspend':
+    elif action == "suspend":
         ops.managed_save(dom, timeout)
-    elif action == 'resume':
+    elif action == "resume":
         ops.start(dom, timeout)
         if ops.observe(dom) == PAUSED:
             ops.resume(dom, timeout)
@@ -1492,13 +1596,30 @@ def _delete(ops, dom, inst, idir, timeout, log):
         if log:
             log.info(f"delete: removed {idir}", instance=inst.uuid)
     ops.undefine(dom)
-    return {'ports': [p.to_dict() for p in inst.ports], 'instance_dir_removed': idir}
+    return {"ports": [p.to_dict() for p in inst.ports], "instance_dir_removed": idir}
 
 
 # names the modules use
 __all__ = [
-    'ACTIONS', 'ActionFailed', 'ConfigDrive', 'DEFAULT_INSTANCES_PATH', 'DomainError', 'DomainOps', 'HAS_LIBVIRT',
-    'HAS_LXML', 'InstanceError', 'LIBVIRT_IMPORT_ERROR', 'LXML_IMPORT_ERROR', 'LibvirtError', 'WANTED_STATES',
-    'action_decision', 'ensure_domain', 'list_instances', 'next_step', 'observed_state', 'plan_steps',
-    'run_instance_action', 'shutdown_schedule',
+    "ACTIONS",
+    "ActionFailed",
+    "ConfigDrive",
+    "DEFAULT_INSTANCES_PATH",
+    "DomainError",
+    "DomainOps",
+    "HAS_LIBVIRT",
+    "HAS_LXML",
+    "InstanceError",
+    "LIBVIRT_IMPORT_ERROR",
+    "LXML_IMPORT_ERROR",
+    "LibvirtError",
+    "WANTED_STATES",
+    "action_decision",
+    "ensure_domain",
+    "list_instances",
+    "next_step",
+    "observed_state",
+    "plan_steps",
+    "run_instance_action",
+    "shutdown_schedule",
 ]

@@ -89,9 +89,12 @@ def require_oslo(module, python: str) -> None:
     """Fail the module when oslo.utils' format inspector cannot be imported; ``python`` says which
     interpreter has it (the image store's venv, the compute host's venv)."""
     if not HAS_OSLO:
-        module.fail_json(msg=missing_required_lib("oslo.utils (with imageutils.format_inspector, 7.3 or later)",
-                                                  reason="to inspect untrusted images; run the module with %s" % python),
-                         exception=OSLO_IMPORT_ERROR)
+        module.fail_json(
+            msg=missing_required_lib(
+                "oslo.utils (with imageutils.format_inspector, 7.3 or later)", reason=f"to inspect untrusted images; run the module with {python}"
+            ),
+            exception=OSLO_IMPORT_ERROR,
+        )
 
 
 # Formats an image may be declared as (Glance's disk_format names), and the
@@ -135,7 +138,7 @@ class ImageUnsafe(ImageInspectError):
     """The image is refused; the message names the file, the formats and the reason."""
 
     def __init__(self, path: str, declared: str, detected: str | None, reason: str) -> None:
-        super().__init__("image %s rejected (declared %s, detected %s): %s" % (path, declared, detected or "unknown", reason))
+        super().__init__(f"image {path} rejected (declared {declared}, detected {detected or 'unknown'}): {reason}")
         self.path = path
         self.declared = declared
         self.detected = detected
@@ -144,14 +147,14 @@ class ImageUnsafe(ImageInspectError):
 
 def _failures(exc) -> str:
     """The failed checks of a SafetyCheckFailed, as 'name: reason; ...'."""
-    return "; ".join("%s: %s" % (name, failure) for name, failure in sorted(exc.failures.items()))
+    return "; ".join(f"{name}: {failure}" for name, failure in sorted(exc.failures.items()))
 
 
 def _stat_regular(path: str, declared: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ImageInspectError("image %s cannot be inspected: %s" % (path, exc.strerror or exc)) from exc
+        raise ImageInspectError(f"image {path} cannot be inspected: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise ImageUnsafe(path, declared, None, "not a regular file")
     if st.st_size == 0:
@@ -164,7 +167,7 @@ def _read_magic(path: str, size: int) -> bytes:
         with open(path, "rb") as f:
             return f.read(size)
     except OSError as exc:
-        raise ImageInspectError("image %s cannot be read: %s" % (path, exc.strerror or exc)) from exc
+        raise ImageInspectError(f"image {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 def _virtual_size(inspector, detected: str, st: os.stat_result) -> int:
@@ -183,19 +186,19 @@ def _second_opinion(path: str, declared: str, detected: str, qemu_format: str, q
     try:
         info = qemu_img.info(path, qemu_format, force_share=False)
     except QemuImgError as exc:
-        raise ImageUnsafe(path, declared, detected, "qemu-img cannot open it as %s: %s" % (qemu_format, exc.stderr or exc)) from exc
+        raise ImageUnsafe(path, declared, detected, f"qemu-img cannot open it as {qemu_format}: {exc.stderr or exc}") from exc
     if info.get("format") != qemu_format:
-        raise ImageUnsafe(path, declared, detected, "qemu-img opened it as %s, not %s" % (info.get("format"), qemu_format))
+        raise ImageUnsafe(path, declared, detected, f"qemu-img opened it as {info.get('format')}, not {qemu_format}")
     if info.get("backing_filename"):
-        raise ImageUnsafe(path, declared, detected, "qemu-img shows a backing file: %s" % info["backing_filename"])
+        raise ImageUnsafe(path, declared, detected, f"qemu-img shows a backing file: {info['backing_filename']}")
     if info.get("data_file"):
-        raise ImageUnsafe(path, declared, detected, "qemu-img shows an external data file: %s" % info["data_file"])
+        raise ImageUnsafe(path, declared, detected, f"qemu-img shows an external data file: {info['data_file']}")
     if qemu_format == "vmdk":
         if info.get("create_type") not in VMDK_ALLOWED_TYPES:
-            raise ImageUnsafe(path, declared, detected, "VMDK create type %r is not one of %s" % (info.get("create_type"), ", ".join(VMDK_ALLOWED_TYPES)))
+            raise ImageUnsafe(path, declared, detected, f"VMDK create type {info.get('create_type')!r} is not one of {', '.join(VMDK_ALLOWED_TYPES)}")
         others = [e for e in info.get("extents") or [] if e and os.path.basename(e) != os.path.basename(path)]
         if others:
-            raise ImageUnsafe(path, declared, detected, "VMDK extents name other files: %s" % ", ".join(others))
+            raise ImageUnsafe(path, declared, detected, f"VMDK extents name other files: {', '.join(others)}")
     return info
 
 
@@ -215,10 +218,12 @@ def inspect_image(path: str, declared_format: str, qemu_img=None) -> dict:
     cannot be inspected at all.
     """
     if not HAS_OSLO:
-        raise ImageInspectError("image %s cannot be inspected: the Python library oslo.utils with imageutils.format_inspector is missing "
-                                "on this host (see the compute_node role's venv)" % path)
+        raise ImageInspectError(
+            f"image {path} cannot be inspected: the Python library oslo.utils with imageutils.format_inspector is missing "
+            "on this host (see the compute_node role's venv)"
+        )
     if declared_format not in DECLARED_FORMATS:
-        raise ImageUnsafe(path, str(declared_format), None, "the declared format is not one of %s" % ", ".join(DECLARED_FORMATS))
+        raise ImageUnsafe(path, str(declared_format), None, f"the declared format is not one of {', '.join(DECLARED_FORMATS)}")
     st = _stat_regular(path, declared_format)
 
     try:
@@ -227,11 +232,12 @@ def inspect_image(path: str, declared_format: str, qemu_img=None) -> dict:
         message = str(exc)
         if message.lower().startswith("multiple formats detected"):
             found = sorted(f.strip() for f in message.partition(":")[2].split(",") if f.strip())
-            raise ImageUnsafe(path, declared_format, "ambiguous",
-                              "the content matches several formats (%s): one header may hide another" % ", ".join(found)) from exc
-        raise ImageUnsafe(path, declared_format, None, "the content cannot be parsed: %s" % exc) from exc
+            raise ImageUnsafe(
+                path, declared_format, "ambiguous", f"the content matches several formats ({', '.join(found)}): one header may hide another"
+            ) from exc
+        raise ImageUnsafe(path, declared_format, None, f"the content cannot be parsed: {exc}") from exc
     except OSError as exc:
-        raise ImageInspectError("image %s cannot be read: %s" % (path, exc.strerror or exc)) from exc
+        raise ImageInspectError(f"image {path} cannot be read: {exc.strerror or exc}") from exc
     if inspector is None:
         raise ImageUnsafe(path, declared_format, None, "the format inspector reached no decision")
     detected = str(inspector)
@@ -239,31 +245,35 @@ def inspect_image(path: str, declared_format: str, qemu_img=None) -> dict:
     try:
         inspector.safety_check()
     except format_inspector.SafetyCheckFailed as exc:
-        raise ImageUnsafe(path, declared_format, detected, "failed the safety checks: %s" % _failures(exc)) from exc
+        raise ImageUnsafe(path, declared_format, detected, f"failed the safety checks: {_failures(exc)}") from exc
     except format_inspector.ImageFormatError as exc:
-        raise ImageUnsafe(path, declared_format, detected, "cannot be safety checked: %s" % exc) from exc
+        raise ImageUnsafe(path, declared_format, detected, f"cannot be safety checked: {exc}") from exc
 
     if declared_format == "raw" and detected in RAW_CONTENT:
         pass
     elif detected != declared_format:
-        raise ImageUnsafe(path, declared_format, detected, "the content is %s, not the declared %s" % (detected, declared_format))
+        raise ImageUnsafe(path, declared_format, detected, f"the content is {detected}, not the declared {declared_format}")
 
     if detected == "raw":
         head = _read_magic(path, max(len(m) for m in FOREIGN_MAGIC))
         for magic, name in FOREIGN_MAGIC.items():
             if head.startswith(magic):
-                raise ImageUnsafe(path, declared_format, detected,
-                                  "it starts with the %s magic but is too short or too broken for the %s inspector; qemu would probe it as %s"
-                                  % (name, name, name))
+                raise ImageUnsafe(
+                    path,
+                    declared_format,
+                    detected,
+                    f"it starts with the {name} magic but is too short or too broken for the {name} inspector; qemu would probe it as {name}",
+                )
 
     if detected == "vmdk" and _read_magic(path, len(VMDK_SPARSE_MAGIC)) != VMDK_SPARSE_MAGIC:
-        raise ImageUnsafe(path, declared_format, detected,
-                          "a VMDK descriptor file (text) is refused: its extents name other files; only binary sparse VMDKs are accepted")
+        raise ImageUnsafe(
+            path, declared_format, detected, "a VMDK descriptor file (text) is refused: its extents name other files; only binary sparse VMDKs are accepted"
+        )
 
     try:
         virtual_size = _virtual_size(inspector, detected, st)
     except ValueError as exc:
-        raise ImageUnsafe(path, declared_format, detected, "its virtual size cannot be read (%s)" % exc) from exc
+        raise ImageUnsafe(path, declared_format, detected, f"its virtual size cannot be read ({exc})") from exc
 
     qemu_format = QEMU_FORMAT[declared_format]
     if qemu_img is not None:
@@ -290,5 +300,5 @@ def sha256_file(path: str, chunk_size: int = CHUNK_SIZE) -> str:
             for chunk in iter(lambda: f.read(chunk_size), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise ImageInspectError("cannot compute the sha256 of %s: %s" % (path, exc.strerror or exc)) from exc
+        raise ImageInspectError(f"cannot compute the sha256 of {path}: {exc.strerror or exc}") from exc
     return digest.hexdigest()

@@ -125,7 +125,7 @@ FETCH_PREFIX = ".fetch-"
 DEFAULT_STORE_PATH = "/var/lib/virtcloud/images"
 DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
 # Glance's image_size_cap default: 1 TiB.
-DEFAULT_SIZE_CAP = 1024 ** 4
+DEFAULT_SIZE_CAP = 1024**4
 CHUNK = 1024 * 1024
 
 DISK_FORMATS = ("qcow2", "raw")
@@ -148,20 +148,90 @@ SAFE_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+@-]+/?)*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
-RECORD_FIELDS = ("id", "name", "status", "disk_format", "container_format", "size", "virtual_size", "sha256",
-                 "properties", "owner", "visibility", "image_type", "instance_uuid", "created_at", "updated_at")
+RECORD_FIELDS = (
+    "id",
+    "name",
+    "status",
+    "disk_format",
+    "container_format",
+    "size",
+    "virtual_size",
+    "sha256",
+    "properties",
+    "owner",
+    "visibility",
+    "image_type",
+    "instance_uuid",
+    "created_at",
+    "updated_at",
+)
 # Keys a property cannot have: the record's own fields and Glance's core attributes.
-RESERVED_PROPERTIES = frozenset(RECORD_FIELDS + ("file", "checksum", "os_hash_algo", "os_hash_value", "location",
-                                                 "locations", "direct_url", "schema", "self", "tags", "protected"))
+RESERVED_PROPERTIES = frozenset(
+    RECORD_FIELDS + ("file", "checksum", "os_hash_algo", "os_hash_value", "location", "locations", "direct_url", "schema", "self", "tags", "protected")
+)
 
 # Nova's fields.Architecture, fields.HVType and fields.VMMode, with their canonicalize().
-ARCHITECTURES = ("alpha", "armv6", "armv7l", "armv7b", "aarch64", "cris", "i686", "ia64", "lm32", "m68k", "microblaze",
-                 "microblazeel", "mips", "mipsel", "mips64", "mips64el", "openrisc", "parisc", "parisc64", "ppc",
-                 "ppcle", "ppc64", "ppc64le", "ppcemb", "s390", "s390x", "sh4", "sh4eb", "sparc", "sparc64",
-                 "unicore32", "x86_64", "xtensa", "xtensaeb")
+ARCHITECTURES = (
+    "alpha",
+    "armv6",
+    "armv7l",
+    "armv7b",
+    "aarch64",
+    "cris",
+    "i686",
+    "ia64",
+    "lm32",
+    "m68k",
+    "microblaze",
+    "microblazeel",
+    "mips",
+    "mipsel",
+    "mips64",
+    "mips64el",
+    "openrisc",
+    "parisc",
+    "parisc64",
+    "ppc",
+    "ppcle",
+    "ppc64",
+    "ppc64le",
+    "ppcemb",
+    "s390",
+    "s390x",
+    "sh4",
+    "sh4eb",
+    "sparc",
+    "sparc64",
+    "unicore32",
+    "x86_64",
+    "xtensa",
+    "xtensaeb",
+)
 ARCH_ALIASES = {"i386": "i686", "i486": "i686", "i586": "i686", "x86_32": "i686", "x86_32p": "i686", "amd64": "x86_64"}
-HV_TYPES = ("baremetal", "bhyve", "docker", "fake", "hyperv", "ironic", "kqemu", "kvm", "lxc", "lxd", "openvz",
-            "parallels", "virtuozzo", "phyp", "qemu", "test", "uml", "vbox", "vmware", "xen", "zvm", "ps")
+HV_TYPES = (
+    "baremetal",
+    "bhyve",
+    "docker",
+    "fake",
+    "hyperv",
+    "ironic",
+    "kqemu",
+    "kvm",
+    "lxc",
+    "lxd",
+    "openvz",
+    "parallels",
+    "virtuozzo",
+    "phyp",
+    "qemu",
+    "test",
+    "uml",
+    "vbox",
+    "vmware",
+    "xen",
+    "zvm",
+    "ps",
+)
 HV_ALIASES = {"xapi": "xen"}
 VM_MODES = ("hvm", "xen", "uml", "exe")
 VM_MODE_ALIASES = {"baremetal": "hvm", "hv": "hvm", "pv": "xen"}
@@ -180,6 +250,7 @@ class ImageConflict(ImageStoreError):
 # Validation
 # ---------------------------------------------------------------------------
 
+
 def now_iso(now: datetime.datetime | None = None) -> str:
     now = now or datetime.datetime.now(datetime.timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -188,48 +259,49 @@ def now_iso(now: datetime.datetime | None = None) -> str:
 def check_image_id(value, what: str = "id") -> str:
     """A uuid in its canonical lowercase form."""
     if not isinstance(value, str):
-        raise ImageStoreError("%s %r is not a uuid" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not a uuid")
     try:
         canonical = str(uuid.UUID(value.strip()))
     except ValueError as exc:
-        raise ImageStoreError("%s %r is not a uuid (like 0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d)" % (what, value)) from exc
+        raise ImageStoreError(f"{what} {value!r} is not a uuid (like 0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d)") from exc
     return canonical
 
 
 def check_name(value) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ImageStoreError("image name %r is not valid: 1 to 255 characters, letters, digits and . _ + : @ ( ) - "
-                              "or inner spaces, starting with a letter or digit" % (value,))
+        raise ImageStoreError(
+            f"image name {value!r} is not valid: 1 to 255 characters, letters, digits and . _ + : @ ( ) - or inner spaces, starting with a letter or digit"
+        )
     return value
 
 
 def check_sha256(value, what: str = "checksum") -> str:
     if not isinstance(value, str):
-        raise ImageStoreError("%s %r is not a sha256 (64 hex digits)" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not a sha256 (64 hex digits)")
     text = value.strip().lower()
     if text.startswith("sha256:"):
-        text = text[len("sha256:"):]
+        text = text[len("sha256:") :]
     if not SHA256_RE.match(text):
-        raise ImageStoreError("%s %r is not a sha256 (64 hex digits, optionally prefixed sha256:)" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not a sha256 (64 hex digits, optionally prefixed sha256:)")
     return text
 
 
 def check_path(value, what: str = "path", safe: bool = False) -> str:
     """An absolute, normalised path; ``safe`` also limits it to characters no shell or scp reads specially."""
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value or "\n" in value:
-        raise ImageStoreError("%s %r is not an absolute path" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not an absolute path")
     if os.path.normpath(value) != value and not (value.endswith("/") and os.path.normpath(value) == value.rstrip("/")):
-        raise ImageStoreError("%s %r is not a normalised path (no //, . or .. parts)" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not a normalised path (no //, . or .. parts)")
     value = os.path.normpath(value)
     if safe and not SAFE_PATH_RE.match(value):
-        raise ImageStoreError("%s %r may only hold letters, digits and . _ + @ - between slashes" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} may only hold letters, digits and . _ + @ - between slashes")
     return value
 
 
 def _canonical(key: str, value: str, allowed: tuple, aliases: dict) -> str:
     name = aliases.get(value.lower(), value.lower())
     if name not in allowed:
-        raise ImageStoreError("property %s=%r is not one of Nova's values: %s" % (key, value, ", ".join(allowed)))
+        raise ImageStoreError(f"property {key}={value!r} is not one of Nova's values: {', '.join(allowed)}")
     return name
 
 
@@ -245,28 +317,28 @@ def normalize_properties(props) -> dict:
     if props is None:
         return {}
     if not isinstance(props, dict):
-        raise ImageStoreError("properties must be a dict of strings, not %s" % type(props).__name__)
+        raise ImageStoreError(f"properties must be a dict of strings, not {type(props).__name__}")
     if len(props) > MAX_PROPERTIES:
-        raise ImageStoreError("an image has at most %d properties, %d given" % (MAX_PROPERTIES, len(props)))
+        raise ImageStoreError(f"an image has at most {MAX_PROPERTIES} properties, {len(props)} given")
     out = {}
     for key, value in props.items():
         if not isinstance(key, str) or not PROPERTY_KEY_RE.match(key):
-            raise ImageStoreError("property key %r is not valid: 1 to 255 of lowercase letters, digits, _ and :" % (key,))
+            raise ImageStoreError(f"property key {key!r} is not valid: 1 to 255 of lowercase letters, digits, _ and :")
         if key in RESERVED_PROPERTIES:
-            raise ImageStoreError("property key %r is a field of the image record, not a property; use the module's own option" % key)
+            raise ImageStoreError(f"property key {key!r} is a field of the image record, not a property; use the module's own option")
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, (int, float)):
             value = str(value)
         elif not isinstance(value, str):
-            raise ImageStoreError("property %s must be a string (or number), not %s" % (key, type(value).__name__))
+            raise ImageStoreError(f"property {key} must be a string (or number), not {type(value).__name__}")
         if len(value) > MAX_VALUE:
-            raise ImageStoreError("property %s is %d characters long, at most %d are allowed" % (key, len(value), MAX_VALUE))
+            raise ImageStoreError(f"property {key} is {len(value)} characters long, at most {MAX_VALUE} are allowed")
         if CONTROL_RE.search(value):
-            raise ImageStoreError("property %s holds control characters" % key)
+            raise ImageStoreError(f"property {key} holds control characters")
         if key in INT_PROPERTIES:
             if not value.isdigit():
-                raise ImageStoreError("property %s=%r must be a whole number >= 0 (%s)" % (key, value, "MiB" if key == "min_ram" else "GiB"))
+                raise ImageStoreError(f"property {key}={value!r} must be a whole number >= 0 ({('MiB' if key == 'min_ram' else 'GiB')})")
             value = str(int(value))
         elif key == "hw_architecture":
             value = _canonical(key, value, ARCHITECTURES, ARCH_ALIASES)
@@ -283,26 +355,26 @@ def _int(record: dict, key: str, minimum: int = 0, optional: bool = False) -> No
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ImageStoreError("field %s=%r is not a whole number >= %d" % (key, value, minimum))
+        raise ImageStoreError(f"field {key}={value!r} is not a whole number >= {minimum}")
 
 
 def validate_record(data, image_id: str | None = None, where: str = "image record") -> dict:
     """Check a record read from a store (ours or a remote one); returns it with only the known fields."""
     if not isinstance(data, dict):
-        raise ImageStoreError("%s is not a JSON object" % where)
+        raise ImageStoreError(f"{where} is not a JSON object")
     try:
         record = {k: data.get(k) for k in RECORD_FIELDS}
         if check_image_id(record["id"]) != record["id"]:
-            raise ImageStoreError("id %r is not in canonical form" % record["id"])
+            raise ImageStoreError(f"id {record['id']!r} is not in canonical form")
         if image_id is not None and record["id"] != image_id:
-            raise ImageStoreError("it holds id %s, expected %s" % (record["id"], image_id))
+            raise ImageStoreError(f"it holds id {record['id']}, expected {image_id}")
         check_name(record["name"])
         if record["status"] not in STATUSES:
-            raise ImageStoreError("status %r is not one of %s" % (record["status"], ", ".join(STATUSES)))
+            raise ImageStoreError(f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
         if record["disk_format"] not in DISK_FORMATS:
-            raise ImageStoreError("disk_format %r is not one of %s" % (record["disk_format"], ", ".join(DISK_FORMATS)))
+            raise ImageStoreError(f"disk_format {record['disk_format']!r} is not one of {', '.join(DISK_FORMATS)}")
         if record["container_format"] != CONTAINER_FORMAT:
-            raise ImageStoreError("container_format %r is not %s" % (record["container_format"], CONTAINER_FORMAT))
+            raise ImageStoreError(f"container_format {record['container_format']!r} is not {CONTAINER_FORMAT}")
         _int(record, "size", 1)
         _int(record, "virtual_size", 1)
         if check_sha256(record["sha256"], "sha256") != record["sha256"]:
@@ -310,20 +382,20 @@ def validate_record(data, image_id: str | None = None, where: str = "image recor
         if normalize_properties(record["properties"]) != record["properties"]:
             raise ImageStoreError("properties are not in normal form")
         if record["owner"] is not None and not (isinstance(record["owner"], str) and OWNER_RE.match(record["owner"])):
-            raise ImageStoreError("owner %r is not valid" % (record["owner"],))
+            raise ImageStoreError(f"owner {record['owner']!r} is not valid")
         if record["visibility"] not in VISIBILITIES:
-            raise ImageStoreError("visibility %r is not one of %s" % (record["visibility"], ", ".join(VISIBILITIES)))
+            raise ImageStoreError(f"visibility {record['visibility']!r} is not one of {', '.join(VISIBILITIES)}")
         if record["image_type"] not in IMAGE_TYPES:
-            raise ImageStoreError("image_type %r is not one of %s" % (record["image_type"], ", ".join(IMAGE_TYPES)))
+            raise ImageStoreError(f"image_type {record['image_type']!r} is not one of {', '.join(IMAGE_TYPES)}")
         if record["image_type"] == "snapshot":
             check_image_id(record["instance_uuid"], "instance_uuid")
         elif record["instance_uuid"] is not None:
             raise ImageStoreError("instance_uuid is set on an image that is not a snapshot")
         for key in ("created_at", "updated_at"):
             if not isinstance(record[key], str):
-                raise ImageStoreError("%s is missing" % key)
+                raise ImageStoreError(f"{key} is missing")
     except ImageStoreError as exc:
-        raise ImageStoreError("%s is not valid: %s" % (where, exc)) from exc
+        raise ImageStoreError(f"{where} is not valid: {exc}") from exc
     return record
 
 
@@ -331,13 +403,14 @@ def _owner(value) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not OWNER_RE.match(value):
-        raise ImageStoreError("owner %r is not valid: a project name of letters, digits and . _ @ -" % (value,))
+        raise ImageStoreError(f"owner {value!r} is not valid: a project name of letters, digits and . _ @ -")
     return value
 
 
 # ---------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------
+
 
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -350,7 +423,7 @@ def _fsync_dir(path: str) -> None:
 def write_json_atomic(path: str, data: dict, mode: int = 0o644) -> None:
     """Write JSON to a temporary file beside ``path``, fsync, rename over ``path``."""
     directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
@@ -373,7 +446,7 @@ def read_json(path: str, what: str):
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise ImageStoreError("%s %s cannot be read: %s" % (what, path, exc)) from exc
+        raise ImageStoreError(f"{what} {path} cannot be read: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -390,8 +463,9 @@ def file_lock(path: str, timeout: float, what: str):
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    raise ImageStoreError("%s is locked by another run (%s) for more than %s s; wait for it to finish, "
-                                          "or raise timeout" % (what, path, timeout)) from exc
+                    raise ImageStoreError(
+                        f"{what} is locked by another run ({path}) for more than {timeout} s; wait for it to finish, or raise timeout"
+                    ) from exc
                 time.sleep(0.1)
         yield
     finally:
@@ -410,7 +484,7 @@ def _copy_stream(read, out, digest, size_cap: int, what: str) -> int:
             return total
         total += len(chunk)
         if total > size_cap:
-            raise ImageStoreError("%s is larger than the size cap of %d bytes; raise size_cap if it is wanted" % (what, size_cap))
+            raise ImageStoreError(f"{what} is larger than the size cap of {size_cap} bytes; raise size_cap if it is wanted")
         digest.update(chunk)
         out.write(chunk)
 
@@ -420,22 +494,21 @@ def copy_file(src: str, out, size_cap: int) -> tuple[int, str]:
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOCTTY)
     except OSError as exc:
-        raise ImageStoreError("source file %s cannot be opened: %s" % (src, exc.strerror or exc)) from exc
+        raise ImageStoreError(f"source file {src} cannot be opened: {exc.strerror or exc}") from exc
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise ImageStoreError("source %s is not a regular file" % src)
+            raise ImageStoreError(f"source {src} is not a regular file")
         if st.st_size > size_cap:
-            raise ImageStoreError("source %s has %d bytes, more than the size cap of %d; raise size_cap if it is wanted"
-                                  % (src, st.st_size, size_cap))
+            raise ImageStoreError(f"source {src} has {st.st_size} bytes, more than the size cap of {size_cap}; raise size_cap if it is wanted")
         digest = hashlib.sha256()
-        size = _copy_stream(f.read, out, digest, size_cap, "source %s" % src)
+        size = _copy_stream(f.read, out, digest, size_cap, f"source {src}")
     return size, digest.hexdigest()
 
 
 def check_url(url) -> str:
     if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
-        raise ImageStoreError("url %r is not an http:// or https:// address (for a file on the image host use src)" % (url,))
+        raise ImageStoreError(f"url {url!r} is not an http:// or https:// address (for a file on the image host use src)")
     return url
 
 
@@ -443,25 +516,22 @@ def download(url: str, out, size_cap: int, timeout: int = 60, validate_certs: bo
     """Download ``url`` into the open file ``out``; returns (size, sha256)."""
     check_url(url)
     try:
-        resp = open_url(url, timeout=timeout, validate_certs=validate_certs, follow_redirects="safe",
-                        http_agent="virtcloud.compute-image", use_netrc=False)
+        resp = open_url(url, timeout=timeout, validate_certs=validate_certs, follow_redirects="safe", http_agent="virtcloud.compute-image", use_netrc=False)
     except urllib.error.HTTPError as exc:
-        raise ImageStoreError("download of %s failed: HTTP %s %s" % (url, exc.code, exc.reason)) from exc
-    except (urllib.error.URLError, SSLValidationError, UrlConnectionError, http.client.HTTPException, socket.timeout,
-            OSError, ValueError) as exc:
-        raise ImageStoreError("download of %s failed: %s" % (url, getattr(exc, "reason", None) or exc)) from exc
+        raise ImageStoreError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, SSLValidationError, UrlConnectionError, http.client.HTTPException, socket.timeout, OSError, ValueError) as exc:
+        raise ImageStoreError(f"download of {url} failed: {getattr(exc, 'reason', None) or exc}") from exc
     try:
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > size_cap:
-            raise ImageStoreError("%s announces %s bytes, more than the size cap of %d; raise size_cap if it is wanted"
-                                  % (url, length, size_cap))
+            raise ImageStoreError(f"{url} announces {length} bytes, more than the size cap of {size_cap}; raise size_cap if it is wanted")
         digest = hashlib.sha256()
         try:
             size = _copy_stream(resp.read, out, digest, size_cap, url)
         except (http.client.HTTPException, socket.timeout, OSError) as exc:
-            raise ImageStoreError("download of %s broke off: %s" % (url, exc)) from exc
+            raise ImageStoreError(f"download of {url} broke off: {exc}") from exc
         if length and length.isdigit() and int(length) != size:
-            raise ImageStoreError("download of %s broke off: %d of %s bytes" % (url, size, length))
+            raise ImageStoreError(f"download of {url} broke off: {size} of {length} bytes")
     finally:
         resp.close()
     return size, digest.hexdigest()
@@ -471,17 +541,18 @@ def download(url: str, out, size_cap: int, timeout: int = 60, validate_certs: bo
 # Files on other hosts, over scp
 # ---------------------------------------------------------------------------
 
+
 def check_host(value, what: str = "source_host") -> str:
     """A host name or IP address that cannot be read as an option or a path by ssh."""
     if not isinstance(value, str) or not value:
-        raise ImageStoreError("%s %r is not a host name or address" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not a host name or address")
     try:
         ipaddress.ip_address(value)
         return value
     except ValueError:
         pass
     if not HOSTNAME_RE.match(value):
-        raise ImageStoreError("%s %r is not a host name or IP address" % (what, value))
+        raise ImageStoreError(f"{what} {value!r} is not a host name or IP address")
     return value
 
 
@@ -496,31 +567,40 @@ class ScpRemote:
     is the prefix of the module options named in errors (``source``, ``src``).
     """
 
-    def __init__(self, host: str, user: str = "root", port: int = 22, ssh_key: str | None = None,
-                 known_hosts: str | None = None, connect_timeout: int = 10, scp: str = "scp", prlimit: str = "prlimit",
-                 option: str = "source") -> None:
-        self.host = check_host(host, "%s_host" % option)
+    def __init__(
+        self,
+        host: str,
+        user: str = "root",
+        port: int = 22,
+        ssh_key: str | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: int = 10,
+        scp: str = "scp",
+        prlimit: str = "prlimit",
+        option: str = "source",
+    ) -> None:
+        self.host = check_host(host, f"{option}_host")
         if not isinstance(user, str) or not USER_RE.match(user):
-            raise ImageStoreError("%s_user %r is not a valid user name" % (option, user))
+            raise ImageStoreError(f"{option}_user {user!r} is not a valid user name")
         self.user = user
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ImageStoreError("%s_port %r is not a port number" % (option, port))
+            raise ImageStoreError(f"{option}_port {port!r} is not a port number")
         self.port = port
         self.ssh_key = check_path(ssh_key, "ssh_key") if ssh_key else None
         self.known_hosts = check_path(known_hosts, "known_hosts") if known_hosts else None
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int) or connect_timeout <= 0:
-            raise ImageStoreError("connect_timeout %r is not a positive number of seconds" % (connect_timeout,))
+            raise ImageStoreError(f"connect_timeout {connect_timeout!r} is not a positive number of seconds")
         self.connect_timeout = connect_timeout
         self.scp = scp
         self.prlimit = prlimit
 
     def target(self) -> str:
-        host = "[%s]" % self.host if ":" in self.host else self.host
-        return "%s@%s" % (self.user, host)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}"
 
     def location(self, path: str) -> str:
         """``user@host:/path``, as scp reads it and as messages name it."""
-        return "%s:%s" % (self.target(), path)
+        return f"{self.target()}:{path}"
 
     def argv(self, paths: list[str], dest: str, max_bytes: int | None = None) -> list[str]:
         """scp of the remote ``paths`` to the local ``dest`` (a directory ending in /, or a file).
@@ -533,17 +613,31 @@ class ScpRemote:
         check_path(dest, "destination")  # validated; a trailing / (a directory) is kept
         # no -q: it would hide ssh's own messages ("Host key verification failed."); no progress
         # meter is printed anyway, since the output is not a terminal
-        argv = [self.scp, "-P", str(self.port), "-o", "LogLevel=ERROR",
-                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout,
-                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        argv = [
+            self.scp,
+            "-P",
+            str(self.port),
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+        ]
         if self.ssh_key:
             argv += ["-o", "IdentitiesOnly=yes", "-i", self.ssh_key]
         if self.known_hosts:
-            argv += ["-o", "UserKnownHostsFile=%s" % self.known_hosts]
+            argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
         argv += [self.location(p) for p in paths]
         argv.append(dest)
         if max_bytes is not None:
-            argv = [self.prlimit, "--fsize=%d" % max_bytes, "--"] + argv
+            argv = [self.prlimit, f"--fsize={max_bytes}", "--"] + argv
         return argv
 
     @staticmethod
@@ -557,8 +651,7 @@ class ScpRemote:
         """ssh_key and known_hosts, when given, must be readable files on this host."""
         for what, path in (("ssh_key", self.ssh_key), ("known_hosts", self.known_hosts)):
             if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-                raise ImageStoreError("%s %s is not a readable file on this host; give the right path, or leave it out "
-                                      "to use SSH's default" % (what, path))
+                raise ImageStoreError(f"{what} {path} is not a readable file on this host; give the right path, or leave it out to use SSH's default")
 
     def pull(self, run, path: str, dest: str, size_cap: int) -> tuple[int, str]:
         """Copy the remote file ``path`` to the new local file ``dest``; returns (size, sha256).
@@ -574,17 +667,16 @@ class ScpRemote:
         except FileNotFoundError:
             size = None
         if size is not None and size > size_cap:
-            raise ImageStoreError("%s is larger than the size cap of %d bytes; raise size_cap if it is wanted; nothing "
-                                  "was imported" % (source, size_cap))
+            raise ImageStoreError(f"{source} is larger than the size cap of {size_cap} bytes; raise size_cap if it is wanted; nothing was imported")
         if rc != 0:
             raise ImageStoreError(
-                "fetching %s to this host failed (scp rc %d): %s. Check that %s's host key is in known_hosts (%s; "
-                "strict host key checking, never trusted on first use), that this host's key (ssh_key %s) is "
-                "authorized for %s there, and that %s exists on %s and %s can read it; nothing was imported"
-                % (source, rc, err, self.host, self.known_hosts or "SSH's default file", self.ssh_key or "not given: SSH's default",
-                   self.user, path, self.host, self.user))
+                f"fetching {source} to this host failed (scp rc {rc}): {err}. Check that {self.host}'s host key is in known_hosts "
+                f"({self.known_hosts or 'the default known_hosts file of SSH'}; strict host key checking, never trusted on first use), that this host's key "
+                f"(ssh_key {self.ssh_key or 'not given: the default key of SSH'}) is authorized for {self.user} there, "
+                f"and that {path} exists on {self.host} and {self.user} can read it; nothing was imported"
+            )
         if not os.path.isfile(dest) or os.path.islink(dest):
-            raise ImageStoreError("scp of %s made no regular file; nothing was imported" % source)
+            raise ImageStoreError(f"scp of {source} made no regular file; nothing was imported")
         fd = os.open(dest, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -600,11 +692,11 @@ class ScpRemote:
 # The image store
 # ---------------------------------------------------------------------------
 
+
 class ImageStore:
     """The image store directory on the image host."""
 
-    def __init__(self, path: str, qemu_img=None, check_mode: bool = False, log=None, lock_timeout: float = 60,
-                 now=None, run=None) -> None:
+    def __init__(self, path: str, qemu_img=None, check_mode: bool = False, log=None, lock_timeout: float = 60, now=None, run=None) -> None:
         self.path = check_path(path, "store_path", safe=True)
         self.qemu_img = qemu_img
         self.run = run  # run(argv, data=None) -> (rc, out, err), for scp (src_host)
@@ -623,8 +715,9 @@ class ImageStore:
 
     def require(self) -> None:
         if not os.path.isdir(self.path):
-            raise ImageStoreError("image store %s does not exist on this host; make it with the role "
-                                  "virtcloud.compute.image_store, or give the right store_path" % self.path)
+            raise ImageStoreError(
+                f"image store {self.path} does not exist on this host; make it with the role virtcloud.compute.image_store, or give the right store_path"
+            )
 
     def get(self, image_id: str) -> dict | None:
         image_id = check_image_id(image_id)
@@ -632,7 +725,7 @@ class ImageStore:
         data = read_json(path, "image record")
         if data is None:
             return None
-        return validate_record(data, image_id, where="image record %s" % path)
+        return validate_record(data, image_id, where=f"image record {path}")
 
     def records(self) -> list[dict]:
         """Every image in the store, oldest first."""
@@ -650,8 +743,9 @@ class ImageStore:
         name = check_name(name)
         found = [r for r in self.records() if r["name"] == name]
         if len(found) > 1:
-            raise ImageStoreError("image name %r is used by several images (%s): names must be unique; delete or "
-                                  "rename one by id" % (name, ", ".join(r["id"] for r in found)))
+            raise ImageStoreError(
+                f"image name {name!r} is used by several images ({', '.join(r['id'] for r in found)}): names must be unique; delete or rename one by id"
+            )
         return found[0] if found else None
 
     def lookup(self, image_id: str | None = None, name: str | None = None) -> dict | None:
@@ -661,15 +755,13 @@ class ImageStore:
             if record is not None and name and record["name"] != name:
                 other = self.find(name)
                 if other is not None:
-                    raise ImageConflict("image %s is named %r, and the name %r belongs to image %s"
-                                        % (record["id"], record["name"], name, other["id"]))
+                    raise ImageConflict(f"image {record['id']} is named {record['name']!r}, and the name {name!r} belongs to image {other['id']}")
             return record
         if name:
             return self.find(name)
         raise ImageStoreError("give the image's id or name")
 
-    def list(self, image_id: str | None = None, name: str | None = None, image_type: str | None = None,
-             instance_uuid: str | None = None) -> list[dict]:
+    def list(self, image_id: str | None = None, name: str | None = None, image_type: str | None = None, instance_uuid: str | None = None) -> list[dict]:
         self.require()
         images = self.records()
         if image_id:
@@ -692,7 +784,7 @@ class ImageStore:
             yield
             return
         os.makedirs(self.path, mode=0o755, exist_ok=True)
-        with file_lock(os.path.join(self.path, LOCK_FILE), self.lock_timeout, "image store %s" % self.path):
+        with file_lock(os.path.join(self.path, LOCK_FILE), self.lock_timeout, f"image store {self.path}"):
             self._clean_stale()
             yield
 
@@ -701,18 +793,35 @@ class ImageStore:
         for entry in os.listdir(self.path):
             if entry.startswith((IMPORT_PREFIX, DELETED_PREFIX)):
                 _remove_tree(os.path.join(self.path, entry))
-                self._log("warning", "removed %s, left by an interrupted run" % entry)
+                self._log("warning", f"removed {entry}, left by an interrupted run")
 
     def _log(self, level: str, message: str) -> None:
         if self.log is not None:
             getattr(self.log, level)(message)
 
-    def ensure(self, name: str | None = None, image_id: str | None = None, src: str | None = None, url: str | None = None,
-               disk_format: str = "qcow2", properties=None, image_type: str = "image", instance_uuid: str | None = None,
-               checksum: str | None = None, owner: str | None = None, visibility: str | None = None,
-               size_cap: int = DEFAULT_SIZE_CAP, timeout: int = 60, validate_certs: bool = True,
-               src_host: str | None = None, src_user: str = "root", src_port: int = 22, ssh_key: str | None = None,
-               known_hosts: str | None = None, connect_timeout: int = 10) -> dict:
+    def ensure(
+        self,
+        name: str | None = None,
+        image_id: str | None = None,
+        src: str | None = None,
+        url: str | None = None,
+        disk_format: str = "qcow2",
+        properties=None,
+        image_type: str = "image",
+        instance_uuid: str | None = None,
+        checksum: str | None = None,
+        owner: str | None = None,
+        visibility: str | None = None,
+        size_cap: int = DEFAULT_SIZE_CAP,
+        timeout: int = 60,
+        validate_certs: bool = True,
+        src_host: str | None = None,
+        src_user: str = "root",
+        src_port: int = 22,
+        ssh_key: str | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: int = 10,
+    ) -> dict:
         """Make the image present; returns {changed, before, after, actions}.
 
         ``properties`` None leaves an existing image's properties as they are;
@@ -736,18 +845,17 @@ class ImageStore:
         remote = None
         if src_host is not None:
             if src is None:
-                raise ImageStoreError("src_host needs src, the path of the file on %s" % src_host)
-            remote = ScpRemote(src_host, user=src_user, port=src_port, ssh_key=ssh_key, known_hosts=known_hosts,
-                               connect_timeout=connect_timeout, option="src")
+                raise ImageStoreError(f"src_host needs src, the path of the file on {src_host}")
+            remote = ScpRemote(src_host, user=src_user, port=src_port, ssh_key=ssh_key, known_hosts=known_hosts, connect_timeout=connect_timeout, option="src")
             src = check_path(src, "src", safe=True)
         elif src is not None:
             src = check_path(src, "src")
         if url is not None:
             check_url(url)
         if disk_format not in DISK_FORMATS:
-            raise ImageStoreError("disk_format %r is not one of %s" % (disk_format, ", ".join(DISK_FORMATS)))
+            raise ImageStoreError(f"disk_format {disk_format!r} is not one of {', '.join(DISK_FORMATS)}")
         if image_type not in IMAGE_TYPES:
-            raise ImageStoreError("image_type %r is not one of %s" % (image_type, ", ".join(IMAGE_TYPES)))
+            raise ImageStoreError(f"image_type {image_type!r} is not one of {', '.join(IMAGE_TYPES)}")
         if image_type == "snapshot":
             if not instance_uuid:
                 raise ImageStoreError("a snapshot needs instance_uuid, the instance it was taken from")
@@ -758,10 +866,10 @@ class ImageStore:
             checksum = check_sha256(checksum)
         owner = _owner(owner)
         if visibility is not None and visibility not in VISIBILITIES:
-            raise ImageStoreError("visibility %r is not one of %s" % (visibility, ", ".join(VISIBILITIES)))
+            raise ImageStoreError(f"visibility {visibility!r} is not one of {', '.join(VISIBILITIES)}")
         wanted_props = None if properties is None else normalize_properties(properties)
         if isinstance(size_cap, bool) or not isinstance(size_cap, int) or size_cap <= 0:
-            raise ImageStoreError("size_cap %r is not a positive number of bytes" % (size_cap,))
+            raise ImageStoreError(f"size_cap {size_cap!r} is not a positive number of bytes")
 
         if os.path.exists(self.path):
             self.require()
@@ -770,51 +878,71 @@ class ImageStore:
             if image_id and existing is None and name:
                 other = self.find(name)
                 if other is not None:
-                    raise ImageConflict("the name %r belongs to image %s; pick another name for image %s"
-                                        % (name, other["id"], image_id))
+                    raise ImageConflict(f"the name {name!r} belongs to image {other['id']}; pick another name for image {image_id}")
             if existing is not None:
                 # a remote src is not read again: the given checksum, if any, is what is compared
-                return self._update(existing, name, src if remote is None else None, url, disk_format, wanted_props,
-                                    image_type, instance_uuid, checksum, owner, visibility)
+                return self._update(
+                    existing, name, src if remote is None else None, url, disk_format, wanted_props, image_type, instance_uuid, checksum, owner, visibility
+                )
             if src is None and url is None:
-                raise ImageStoreError("image %s is not in the store %s: give src (a file on this host, or on src_host) "
-                                      "or url to import it" % (name or image_id, self.path))
+                raise ImageStoreError(
+                    f"image {name or image_id} is not in the store {self.path}: give src (a file on this host, or on src_host) or url to import it"
+                )
             if remote is not None:
                 remote.check_files()
-            spec = dict(name=name, image_id=image_id, src=src, url=url, disk_format=disk_format,
-                        properties=wanted_props or {}, image_type=image_type, instance_uuid=instance_uuid,
-                        checksum=checksum, owner=owner, visibility=visibility or "public", remote=remote,
-                        source=remote.location(src) if remote is not None else src or url)
+            spec = dict(
+                name=name,
+                image_id=image_id,
+                src=src,
+                url=url,
+                disk_format=disk_format,
+                properties=wanted_props or {},
+                image_type=image_type,
+                instance_uuid=instance_uuid,
+                checksum=checksum,
+                owner=owner,
+                visibility=visibility or "public",
+                remote=remote,
+                source=remote.location(src) if remote is not None else src or url,
+            )
             if self.check_mode:
                 return self._plan_import(spec, size_cap)
             return self._import(spec, size_cap, timeout, validate_certs)
 
-    def _update(self, existing, name, src, url, disk_format, properties, image_type, instance_uuid, checksum, owner,
-                visibility) -> dict:
-        ident = "image %s (%s)" % (existing["id"], existing["name"])
+    def _update(self, existing, name, src, url, disk_format, properties, image_type, instance_uuid, checksum, owner, visibility) -> dict:
+        ident = f"image {existing['id']} ({existing['name']})"
         if disk_format != existing["disk_format"]:
-            raise ImageConflict("%s has disk_format %s, not %s: the content of an image never changes; delete it "
-                                "first or import under another name" % (ident, existing["disk_format"], disk_format))
+            raise ImageConflict(
+                f"{ident} has disk_format {existing['disk_format']}, not {disk_format}: the content of an image never changes; delete it first or import under "
+                f"another name"
+            )
         if image_type != existing["image_type"] or instance_uuid != existing["instance_uuid"]:
-            raise ImageConflict("%s is of image_type %s (instance_uuid %s), not %s (instance_uuid %s): these never change"
-                                % (ident, existing["image_type"], existing["instance_uuid"], image_type, instance_uuid))
+            raise ImageConflict(
+                f"{ident} is of image_type {existing['image_type']} (instance_uuid {existing['instance_uuid']}), "
+                f"not {image_type} (instance_uuid {instance_uuid}): "
+                f"these never change"
+            )
         if checksum is not None and checksum != existing["sha256"]:
-            raise ImageConflict("%s has sha256 %s, not the given checksum %s: the content of an image id never "
-                                "changes; import the new content under another name" % (ident, existing["sha256"], checksum))
+            raise ImageConflict(
+                f"{ident} has sha256 {existing['sha256']}, not the given checksum {checksum}: "
+                "the content of an image id never changes; import the new content under another name"
+            )
         if src is not None:
             same = False
             try:
                 same_size = os.stat(src).st_size == existing["size"]
             except OSError as exc:
-                raise ImageStoreError("source file %s cannot be read: %s" % (src, exc.strerror or exc)) from exc
+                raise ImageStoreError(f"source file {src} cannot be read: {exc.strerror or exc}") from exc
             if same_size:
                 try:
                     same = sha256_file(src) == existing["sha256"]
                 except ImageInspectError as exc:
                     raise ImageStoreError(str(exc)) from exc
             if not same:
-                raise ImageConflict("%s holds other content than %s (sha256 %s): the content of an image never changes; "
-                                    "import it under another name, or delete the image first" % (ident, src, existing["sha256"]))
+                raise ImageConflict(
+                    f"{ident} holds other content than {src} (sha256 {existing['sha256']}): "
+                    "the content of an image never changes; import it under another name, or delete the image first"
+                )
         # url or src_host without checksum: an image of that name/id is taken as it is (never fetched again).
         after = dict(existing)
         if name is not None:
@@ -829,19 +957,32 @@ class ImageStore:
         actions = []
         if changed:
             fields = [k for k in RECORD_FIELDS if after[k] != existing[k]]
-            actions.append("update %s of %s" % (", ".join(fields), ident))
+            actions.append(f"update {', '.join(fields)} of {ident}")
             after["updated_at"] = self._now()
             if not self.check_mode:
                 write_json_atomic(os.path.join(self.image_dir(existing["id"]), RECORD_FILE), after)
-                self._log("info", "updated %s of %s" % (", ".join(fields), ident))
+                self._log("info", f"updated {', '.join(fields)} of {ident}")
         return dict(changed=changed, before=existing, after=after, actions=actions)
 
     def _new_record(self, spec: dict, image_id: str, size: int, virtual_size: int, sha256: str | None) -> dict:
         now = self._now()
-        return dict(id=image_id, name=spec["name"] or image_id, status="active", disk_format=spec["disk_format"],
-                    container_format=CONTAINER_FORMAT, size=size, virtual_size=virtual_size, sha256=sha256,
-                    properties=spec["properties"], owner=spec["owner"], visibility=spec["visibility"],
-                    image_type=spec["image_type"], instance_uuid=spec["instance_uuid"], created_at=now, updated_at=now)
+        return dict(
+            id=image_id,
+            name=spec["name"] or image_id,
+            status="active",
+            disk_format=spec["disk_format"],
+            container_format=CONTAINER_FORMAT,
+            size=size,
+            virtual_size=virtual_size,
+            sha256=sha256,
+            properties=spec["properties"],
+            owner=spec["owner"],
+            visibility=spec["visibility"],
+            image_type=spec["image_type"],
+            instance_uuid=spec["instance_uuid"],
+            created_at=now,
+            updated_at=now,
+        )
 
     def _plan_import(self, spec: dict, size_cap: int) -> dict:
         """Check mode: inspect a local source as the real run would (reading only); a URL or remote file is not read."""
@@ -851,24 +992,23 @@ class ImageStore:
             try:
                 size = os.stat(spec["src"]).st_size
             except OSError as exc:
-                raise ImageStoreError("source file %s cannot be read: %s" % (spec["src"], exc.strerror or exc)) from exc
+                raise ImageStoreError(f"source file {spec['src']} cannot be read: {exc.strerror or exc}") from exc
             if size > size_cap:
-                raise ImageStoreError("source %s has %d bytes, more than the size cap of %d" % (spec["src"], size, size_cap))
+                raise ImageStoreError(f"source {spec['src']} has {size} bytes, more than the size cap of {size_cap}")
             virtual_size = inspect_image(spec["src"], spec["disk_format"], self.qemu_img)["virtual_size"]
             sha = sha256_file(spec["src"])
             if spec["checksum"] is not None and sha != spec["checksum"]:
-                raise ImageStoreError("source %s has sha256 %s, not the given checksum %s" % (spec["src"], sha, spec["checksum"]))
+                raise ImageStoreError(f"source {spec['src']} has sha256 {sha}, not the given checksum {spec['checksum']}")
         else:
             sha = spec["checksum"]
         record = self._new_record(spec, image_id, size, virtual_size, sha)
-        return dict(changed=True, before=None, after=record,
-                    actions=["import %s as image %s (%s)" % (spec["source"], record["name"], image_id)])
+        return dict(changed=True, before=None, after=record, actions=[f"import {spec['source']} as image {record['name']} ({image_id})"])
 
     def _import(self, spec: dict, size_cap: int, timeout: int, validate_certs: bool) -> dict:
         image_id = spec["image_id"] or str(uuid.uuid4())
         source = spec["source"]
         if spec["remote"] is not None and self.run is None:
-            raise ImageStoreError("no command runner given to the image store: cannot run scp for %s" % source)
+            raise ImageStoreError(f"no command runner given to the image store: cannot run scp for {source}")
         work = tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=self.path)
         try:
             os.chmod(work, 0o700)
@@ -884,7 +1024,7 @@ class ImageStore:
                     out.flush()
                     os.fsync(out.fileno())
             if spec["checksum"] is not None and sha != spec["checksum"]:
-                raise ImageStoreError("%s has sha256 %s, not the given checksum %s; nothing was imported" % (source, sha, spec["checksum"]))
+                raise ImageStoreError(f"{source} has sha256 {sha}, not the given checksum {spec['checksum']}; nothing was imported")
             try:
                 info = inspect_image(data, spec["disk_format"], self.qemu_img)
             except ImageUnsafe as exc:
@@ -897,15 +1037,13 @@ class ImageStore:
             try:
                 os.rename(work, os.path.join(self.path, image_id))
             except OSError as exc:
-                raise ImageStoreError("image %s cannot be put in place in %s: %s" % (image_id, self.path, exc.strerror or exc)) from exc
+                raise ImageStoreError(f"image {image_id} cannot be put in place in {self.path}: {exc.strerror or exc}") from exc
             _fsync_dir(self.path)
         except BaseException:
             _remove_tree(work)
             raise
-        self._log("info", "imported %s as image %s (%s, %s, %d bytes, sha256 %s)"
-                  % (source, image_id, record["name"], record["disk_format"], size, sha))
-        return dict(changed=True, before=None, after=record,
-                    actions=["import %s as image %s (%s)" % (source, record["name"], image_id)])
+        self._log("info", f"imported {source} as image {image_id} ({record['name']}, {record['disk_format']}, {size} bytes, sha256 {sha})")
+        return dict(changed=True, before=None, after=record, actions=[f"import {source} as image {record['name']} ({image_id})"])
 
     def delete(self, image_id: str | None = None, name: str | None = None) -> dict:
         """Remove the image; returns {changed, before, after, actions}."""
@@ -916,22 +1054,23 @@ class ImageStore:
             if existing is None:
                 return dict(changed=False, before=None, after=None, actions=[])
             if image_id and name and existing["name"] != name:
-                raise ImageConflict("image %s is named %r, not %r: nothing deleted" % (existing["id"], existing["name"], name))
-            action = "delete image %s (%s)" % (existing["id"], existing["name"])
+                raise ImageConflict(f"image {existing['id']} is named {existing['name']!r}, not {name!r}: nothing deleted")
+            action = f"delete image {existing['id']} ({existing['name']})"
             if not self.check_mode:
-                trash = os.path.join(self.path, "%s%s-%s" % (DELETED_PREFIX, existing["id"], uuid.uuid4().hex[:8]))
+                trash = os.path.join(self.path, f"{DELETED_PREFIX}{existing['id']}-{uuid.uuid4().hex[:8]}")
                 os.rename(self.image_dir(existing["id"]), trash)
                 _fsync_dir(self.path)
                 with contextlib.suppress(OSError):
                     write_json_atomic(os.path.join(trash, RECORD_FILE), dict(existing, status="deleted", updated_at=self._now()))
                 _remove_tree(trash)
-                self._log("info", "deleted image %s (%s)" % (existing["id"], existing["name"]))
+                self._log("info", f"deleted image {existing['id']} ({existing['name']})")
             return dict(changed=True, before=existing, after=None, actions=[action])
 
 
 # ---------------------------------------------------------------------------
 # The image cache on a compute host
 # ---------------------------------------------------------------------------
+
 
 def base_name(image_id: str) -> str:
     """Nova's cache file name: the SHA-1 of the image id."""
@@ -948,33 +1087,42 @@ class ScpSource:
 
     transport = "scp"
 
-    def __init__(self, host: str, store_path: str = DEFAULT_STORE_PATH, user: str = "root", port: int = 22,
-                 ssh_key: str | None = None, known_hosts: str | None = None, connect_timeout: int = 10,
-                 scp: str = "scp") -> None:
-        self.remote = ScpRemote(host, user=user, port=port, ssh_key=ssh_key, known_hosts=known_hosts,
-                                connect_timeout=connect_timeout, scp=scp, option="source")
+    def __init__(
+        self,
+        host: str,
+        store_path: str = DEFAULT_STORE_PATH,
+        user: str = "root",
+        port: int = 22,
+        ssh_key: str | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: int = 10,
+        scp: str = "scp",
+    ) -> None:
+        self.remote = ScpRemote(host, user=user, port=port, ssh_key=ssh_key, known_hosts=known_hosts, connect_timeout=connect_timeout, scp=scp, option="source")
         self.store_path = check_path(store_path, "source_path", safe=True)
 
     def describe(self, image_id: str) -> str:
-        return self.remote.location("%s/%s" % (self.store_path, check_image_id(image_id)))
+        return self.remote.location(f"{self.store_path}/{check_image_id(image_id)}")
 
     def argv(self, image_id: str, names: list[str], dest_dir: str) -> list[str]:
-        image_dir = "%s/%s" % (self.store_path, check_image_id(image_id))
-        return self.remote.argv(["%s/%s" % (image_dir, n) for n in names], dest_dir.rstrip("/") + "/")
+        image_dir = f"{self.store_path}/{check_image_id(image_id)}"
+        return self.remote.argv([f"{image_dir}/{n}" for n in names], dest_dir.rstrip("/") + "/")
 
     def fetch(self, run, image_id: str, names: list[str], dest_dir: str) -> None:
         rc, err = self.remote.copy(run, self.argv(image_id, names, dest_dir))
         if rc != 0:
-            raise ImageStoreError("fetching image %s from %s to this host failed (scp rc %d): %s. Check that the image "
-                                  "exists in the store, and the host, ssh_key and known_hosts (strict host key checking)"
-                                  % (image_id, self.describe(image_id), rc, err))
+            raise ImageStoreError(
+                f"fetching image {image_id} from {self.describe(image_id)} to this host failed (scp rc {rc}): {err}. "
+                "Check that the image exists in the store, and the host, ssh_key and known_hosts (strict host key checking)"
+            )
 
 
 class ImageCache:
     """``<instances_path>/_base`` on a compute host."""
 
-    def __init__(self, instances_path: str, qemu_img, run, source=None, check_mode: bool = False, log=None,
-                 lock_timeout: float = 600, hostname: str | None = None) -> None:
+    def __init__(
+        self, instances_path: str, qemu_img, run, source=None, check_mode: bool = False, log=None, lock_timeout: float = 600, hostname: str | None = None
+    ) -> None:
         self.instances_path = check_path(instances_path, "instances_path")
         self.base_dir = os.path.join(self.instances_path, BASE_DIR)
         self.qemu_img = qemu_img
@@ -1004,62 +1152,93 @@ class ImageCache:
         if not os.path.lexists(path):
             return dict(present=False, ok=False, reason="not cached", info=None, hashed=False)
         if os.path.islink(path) or not os.path.isfile(path):
-            return dict(present=True, ok=False, reason="%s is not a regular file" % path, info=None, hashed=False)
+            return dict(present=True, ok=False, reason=f"{path} is not a regular file", info=None, hashed=False)
         try:
             info = read_json(path + ".info", "cache record")
         except ImageStoreError as exc:
             return dict(present=True, ok=False, reason=str(exc), info=None, hashed=False)
-        if not isinstance(info, dict) or info.get("image_id") != image_id or info.get("format") not in DISK_FORMATS \
-                or not isinstance(info.get("sha256"), str) or not isinstance(info.get("image_sha256"), str):
-            return dict(present=True, ok=False, reason="no valid %s.info side file for image %s" % (path, image_id),
-                        info=None, hashed=False)
+        if (
+            not isinstance(info, dict)
+            or info.get("image_id") != image_id
+            or info.get("format") not in DISK_FORMATS
+            or not isinstance(info.get("sha256"), str)
+            or not isinstance(info.get("image_sha256"), str)
+        ):
+            return dict(present=True, ok=False, reason=f"no valid {path}.info side file for image {image_id}", info=None, hashed=False)
         if expected_sha256 is not None and info["image_sha256"] != expected_sha256:
-            return dict(present=True, ok=False, hashed=False, info=info,
-                        reason="cached from content with sha256 %s, expected %s" % (info["image_sha256"], expected_sha256))
+            return dict(
+                present=True,
+                ok=False,
+                hashed=False,
+                info=info,
+                reason=f"cached from content with sha256 {info['image_sha256']}, expected {expected_sha256}",
+            )
         hashed = False
         current = self._stat(path)
         if verify == "full" or info.get("stat") != current:
             hashed = True
             actual = sha256_file(path)
             if actual != info["sha256"]:
-                return dict(present=True, ok=False, hashed=True, info=info,
-                            reason="sha256 of %s is %s, not %s as when it was fetched" % (path, actual, info["sha256"]))
+                return dict(
+                    present=True,
+                    ok=False,
+                    hashed=True,
+                    info=info,
+                    reason=f"sha256 of {path} is {actual}, not {info['sha256']} as when it was fetched",
+                )
         try:
             inspected = inspect_image(path, info["format"], self.qemu_img)
         except ImageUnsafe as exc:
             return dict(present=True, ok=False, hashed=hashed, info=info, reason=str(exc))
-        return dict(present=True, ok=True, reason=None, info=info, hashed=hashed, stat=current,
-                    virtual_size=inspected["virtual_size"])
+        return dict(present=True, ok=True, reason=None, info=info, hashed=hashed, stat=current, virtual_size=inspected["virtual_size"])
 
-    def ensure(self, image_id: str, expected_sha256: str | None = None, expected_size: int | None = None,
-               expected_format: str | None = None, force_raw: bool = False, verify: str = "quick") -> dict:
+    def ensure(
+        self,
+        image_id: str,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        expected_format: str | None = None,
+        force_raw: bool = False,
+        verify: str = "quick",
+    ) -> dict:
         image_id = check_image_id(image_id)
         if expected_sha256 is not None:
             expected_sha256 = check_sha256(expected_sha256, "sha256")
         if expected_format is not None and expected_format not in DISK_FORMATS:
-            raise ImageStoreError("disk_format %r is not one of %s" % (expected_format, ", ".join(DISK_FORMATS)))
+            raise ImageStoreError(f"disk_format {expected_format!r} is not one of {', '.join(DISK_FORMATS)}")
         if verify not in VERIFY_MODES:
-            raise ImageStoreError("verify %r is not one of %s" % (verify, ", ".join(VERIFY_MODES)))
+            raise ImageStoreError(f"verify {verify!r} is not one of {', '.join(VERIFY_MODES)}")
         path = self.base_path(image_id)
-        result = dict(image_id=image_id, path=path, fetched=False, repaired=None, transport=None, source=None,
-                      fetched_on=None, bytes=0, seconds=0.0, hashed=False)
+        result = dict(
+            image_id=image_id, path=path, fetched=False, repaired=None, transport=None, source=None, fetched_on=None, bytes=0, seconds=0.0, hashed=False
+        )
         if not os.path.isdir(self.instances_path):
-            raise ImageStoreError("instances_path %s does not exist on this host; prepare the host with the role "
-                                  "virtcloud.compute.compute_node, or give the right instances_path" % self.instances_path)
+            raise ImageStoreError(
+                f"instances_path {self.instances_path} does not exist on this host; prepare the host with the role "
+                "virtcloud.compute.compute_node, or give the right instances_path"
+            )
         if self.check_mode:
             state = self.status(image_id, expected_sha256, verify)
             if state["ok"]:
                 return self._result(result, state["info"], state["virtual_size"], hashed=state["hashed"])
-            result.update(fetched=True, repaired=state["reason"] if state["present"] else None,
-                          transport=self.source.transport if self.source else None,
-                          source=self.source.describe(image_id) if self.source else None, fetched_on=self.hostname,
-                          format="raw" if force_raw else expected_format, disk_format=expected_format,
-                          sha256=expected_sha256, base_sha256=None, size=None, virtual_size=None)
+            result.update(
+                fetched=True,
+                repaired=state["reason"] if state["present"] else None,
+                transport=self.source.transport if self.source else None,
+                source=self.source.describe(image_id) if self.source else None,
+                fetched_on=self.hostname,
+                format="raw" if force_raw else expected_format,
+                disk_format=expected_format,
+                sha256=expected_sha256,
+                base_sha256=None,
+                size=None,
+                virtual_size=None,
+            )
             return result
         os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
-        with file_lock(path + ".lock", self.lock_timeout, "base file of image %s" % image_id):
+        with file_lock(path + ".lock", self.lock_timeout, f"base file of image {image_id}"):
             for entry in os.listdir(self.base_dir):
-                if entry.startswith("%s%s-" % (FETCH_PREFIX, os.path.basename(path))):
+                if entry.startswith(f"{FETCH_PREFIX}{os.path.basename(path)}-"):
                     _remove_tree(os.path.join(self.base_dir, entry))
             state = self.status(image_id, expected_sha256, verify)
             if state["ok"]:
@@ -1069,7 +1248,7 @@ class ImageCache:
                 return self._result(result, state["info"], state["virtual_size"], hashed=state["hashed"])
             if state["present"]:
                 result["repaired"] = state["reason"]
-                self._log("warning", "base file %s of image %s is not usable (%s): fetching it again" % (path, image_id, state["reason"]))
+                self._log("warning", f"base file {path} of image {image_id} is not usable ({state['reason']}): fetching it again")
                 if state["info"] is not None:
                     # overlays on the old file name its format as their backing format: keep it
                     force_raw = state["info"]["format"] == "raw"
@@ -1078,8 +1257,15 @@ class ImageCache:
 
     @staticmethod
     def _result(result: dict, info: dict, virtual_size: int, hashed: bool) -> dict:
-        result.update(format=info["format"], sha256=info["image_sha256"], base_sha256=info["sha256"],
-                      size=info["size"], virtual_size=virtual_size, disk_format=info["disk_format"], hashed=hashed)
+        result.update(
+            format=info["format"],
+            sha256=info["image_sha256"],
+            base_sha256=info["sha256"],
+            size=info["size"],
+            virtual_size=virtual_size,
+            disk_format=info["disk_format"],
+            hashed=hashed,
+        )
         return result
 
     def _check_space(self, expected_size: int | None) -> None:
@@ -1088,39 +1274,44 @@ class ImageCache:
         st = os.statvfs(self.base_dir)
         free = st.f_bavail * st.f_frsize
         if free < expected_size:
-            raise ImageStoreError("%s has %d bytes free, the image needs %d" % (self.base_dir, free, expected_size))
+            raise ImageStoreError(f"{self.base_dir} has {free} bytes free, the image needs {expected_size}")
 
     def _fetch(self, image_id, expected_sha256, expected_size, expected_format, force_raw, result) -> tuple[dict, int]:
         if self.source is None:
-            raise ImageStoreError("image %s is not cached in %s and no source host was given to fetch it from" % (image_id, self.base_dir))
+            raise ImageStoreError(f"image {image_id} is not cached in {self.base_dir} and no source host was given to fetch it from")
         self._check_space(expected_size)
         path = self.base_path(image_id)
-        work = tempfile.mkdtemp(prefix="%s%s-" % (FETCH_PREFIX, os.path.basename(path)), dir=self.base_dir)
+        work = tempfile.mkdtemp(prefix=f"{FETCH_PREFIX}{os.path.basename(path)}-", dir=self.base_dir)
         started = time.monotonic()
         try:
             self.source.fetch(self.run, image_id, [RECORD_FILE, IMAGE_FILE], work)
-            record = validate_record(read_json(os.path.join(work, RECORD_FILE), "fetched image record"), image_id,
-                                     where="the record of image %s on %s" % (image_id, self.source.describe(image_id)))
+            record = validate_record(
+                read_json(os.path.join(work, RECORD_FILE), "fetched image record"),
+                image_id,
+                where=f"the record of image {image_id} on {self.source.describe(image_id)}",
+            )
             if record["status"] != "active":
-                raise ImageStoreError("image %s is %s in the store, not active" % (image_id, record["status"]))
-            for what, want, have in (("sha256", expected_sha256, record["sha256"]), ("size", expected_size, record["size"]),
-                                     ("disk_format", expected_format, record["disk_format"])):
+                raise ImageStoreError(f"image {image_id} is {record['status']} in the store, not active")
+            for what, want, have in (
+                ("sha256", expected_sha256, record["sha256"]),
+                ("size", expected_size, record["size"]),
+                ("disk_format", expected_format, record["disk_format"]),
+            ):
                 if want is not None and want != have:
-                    raise ImageStoreError("image %s has %s %s in the store, the caller expected %s; nothing cached"
-                                          % (image_id, what, have, want))
+                    raise ImageStoreError(f"image {image_id} has {what} {have} in the store, the caller expected {want}; nothing cached")
             data = os.path.join(work, IMAGE_FILE)
             size = os.stat(data).st_size
             result["bytes"] = size
             result["seconds"] = round(time.monotonic() - started, 3)
             if size != record["size"]:
-                raise ImageStoreError("the copy of image %s has %d bytes, the record says %d; nothing cached" % (image_id, size, record["size"]))
+                raise ImageStoreError(f"the copy of image {image_id} has {size} bytes, the record says {record['size']}; nothing cached")
             sha = sha256_file(data)
             if sha != record["sha256"]:
-                raise ImageStoreError("the copy of image %s has sha256 %s, the record says %s; nothing cached" % (image_id, sha, record["sha256"]))
+                raise ImageStoreError(f"the copy of image {image_id} has sha256 {sha}, the record says {record['sha256']}; nothing cached")
             try:
                 info = inspect_image(data, record["disk_format"], self.qemu_img)
             except ImageUnsafe as exc:
-                raise ImageUnsafe("%s/%s" % (self.source.describe(image_id), IMAGE_FILE), exc.declared, exc.detected, exc.reason) from exc
+                raise ImageUnsafe(f"{self.source.describe(image_id)}/{IMAGE_FILE}", exc.declared, exc.detected, exc.reason) from exc
             base, base_format, base_sha = data, record["disk_format"], sha
             if force_raw and record["disk_format"] != "raw":
                 base = os.path.join(work, "image.raw")
@@ -1129,9 +1320,18 @@ class ImageCache:
                 base_format, base_sha = "raw", sha256_file(base)
                 os.unlink(data)
             os.chmod(base, 0o644)
-            side = dict(image_id=image_id, image_sha256=record["sha256"], image_size=record["size"],
-                        disk_format=record["disk_format"], format=base_format, sha256=base_sha, size=os.stat(base).st_size,
-                        virtual_size=info["virtual_size"], source=self.source.describe(image_id), fetched_at=now_iso())
+            side = dict(
+                image_id=image_id,
+                image_sha256=record["sha256"],
+                image_size=record["size"],
+                disk_format=record["disk_format"],
+                format=base_format,
+                sha256=base_sha,
+                size=os.stat(base).st_size,
+                virtual_size=info["virtual_size"],
+                source=self.source.describe(image_id),
+                fetched_at=now_iso(),
+            )
             # the side file first, without stat: a crash before the rename leaves a side file that
             # nothing matches; a crash after it, one that makes the next use hash and then record the stat
             write_json_atomic(path + ".info", side)
@@ -1142,8 +1342,16 @@ class ImageCache:
             write_json_atomic(path + ".info", side)
         finally:
             _remove_tree(work)
-        result.update(fetched=True, transport=self.source.transport, source=self.source.describe(image_id),
-                      fetched_on=self.hostname, seconds=round(time.monotonic() - started, 3))
-        self._log("info", "fetched image %s from %s into %s (%s, %d bytes, %.1f s)"
-                  % (image_id, self.source.describe(image_id), path, side["format"], result["bytes"], result["seconds"]))
+        result.update(
+            fetched=True,
+            transport=self.source.transport,
+            source=self.source.describe(image_id),
+            fetched_on=self.hostname,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self._log(
+            "info",
+            f"fetched image {image_id} from {self.source.describe(image_id)} into {path} "
+            f"({side['format']}, {result['bytes']} bytes, {result['seconds']:.1f} s)",
+        )
         return side, info["virtual_size"]

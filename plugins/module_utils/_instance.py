@@ -65,21 +65,22 @@ class ActionRefused(InstanceError):
 
 # --------------------------------------------------------------------------- states
 
+
 class VmState:
     """nova/compute/vm_states.py (values of nova.objects.fields.InstanceState)."""
 
-    ACTIVE = 'active'
-    BUILDING = 'building'
-    PAUSED = 'paused'
-    SUSPENDED = 'suspended'
-    STOPPED = 'stopped'
-    RESCUED = 'rescued'
-    RESIZED = 'resized'
-    SOFT_DELETED = 'soft-delete'
-    DELETED = 'deleted'
-    ERROR = 'error'
-    SHELVED = 'shelved'
-    SHELVED_OFFLOADED = 'shelved_offloaded'
+    ACTIVE = "active"
+    BUILDING = "building"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"
+    RESCUED = "rescued"
+    RESIZED = "resized"
+    SOFT_DELETED = "soft-delete"
+    DELETED = "deleted"
+    ERROR = "error"
+    SHELVED = "shelved"
+    SHELVED_OFFLOADED = "shelved_offloaded"
     ALL = (ACTIVE, BUILDING, PAUSED, SUSPENDED, STOPPED, RESCUED, RESIZED, SOFT_DELETED, DELETED, ERROR, SHELVED, SHELVED_OFFLOADED)
     ALLOW_SOFT_REBOOT = (ACTIVE,)
     ALLOW_HARD_REBOOT = (ACTIVE, STOPPED, PAUSED, SUSPENDED, ERROR)
@@ -88,56 +89,91 @@ class VmState:
 class TaskState:
     """nova/compute/task_states.py (values of nova.objects.fields.InstanceTaskState)."""
 
-    SCHEDULING = 'scheduling'
-    BLOCK_DEVICE_MAPPING = 'block_device_mapping'
-    NETWORKING = 'networking'
-    SPAWNING = 'spawning'
-    IMAGE_SNAPSHOT = 'image_snapshot'
-    IMAGE_SNAPSHOT_PENDING = 'image_snapshot_pending'
-    IMAGE_PENDING_UPLOAD = 'image_pending_upload'
-    IMAGE_UPLOADING = 'image_uploading'
-    IMAGE_BACKUP = 'image_backup'
-    UPDATING_PASSWORD = 'updating_password'
-    RESIZE_PREP = 'resize_prep'
-    RESIZE_MIGRATING = 'resize_migrating'
-    RESIZE_MIGRATED = 'resize_migrated'
-    RESIZE_FINISH = 'resize_finish'
-    RESIZE_REVERTING = 'resize_reverting'
-    RESIZE_CONFIRMING = 'resize_confirming'
-    REBOOTING = 'rebooting'
-    REBOOT_PENDING = 'reboot_pending'
-    REBOOT_STARTED = 'reboot_started'
-    REBOOTING_HARD = 'rebooting_hard'
-    REBOOT_PENDING_HARD = 'reboot_pending_hard'
-    REBOOT_STARTED_HARD = 'reboot_started_hard'
-    PAUSING = 'pausing'
-    UNPAUSING = 'unpausing'
-    SUSPENDING = 'suspending'
-    RESUMING = 'resuming'
-    POWERING_OFF = 'powering-off'
-    POWERING_ON = 'powering-on'
-    RESCUING = 'rescuing'
-    UNRESCUING = 'unrescuing'
-    REBUILDING = 'rebuilding'
-    REBUILD_BLOCK_DEVICE_MAPPING = 'rebuild_block_device_mapping'
-    REBUILD_SPAWNING = 'rebuild_spawning'
-    MIGRATING = 'migrating'
-    DELETING = 'deleting'
-    SOFT_DELETING = 'soft-deleting'
-    RESTORING = 'restoring'
-    SHELVING = 'shelving'
-    SHELVING_IMAGE_PENDING_UPLOAD = 'shelving_image_pending_upload'
-    SHELVING_IMAGE_UPLOADING = 'shelving_image_uploading'
-    SHELVING_OFFLOADING = 'shelving_offloading'
-    UNSHELVING = 'unshelving'
+    SCHEDULING = "scheduling"
+    BLOCK_DEVICE_MAPPING = "block_device_mapping"
+    NETWORKING = "networking"
+    SPAWNING = "spawning"
+    IMAGE_SNAPSHOT = "image_snapshot"
+    IMAGE_SNAPSHOT_PENDING = "image_snapshot_pending"
+    IMAGE_PENDING_UPLOAD = "image_pending_upload"
+    IMAGE_UPLOADING = "image_uploading"
+    IMAGE_BACKUP = "image_backup"
+    UPDATING_PASSWORD = "updating_password"
+    RESIZE_PREP = "resize_prep"
+    RESIZE_MIGRATING = "resize_migrating"
+    RESIZE_MIGRATED = "resize_migrated"
+    RESIZE_FINISH = "resize_finish"
+    RESIZE_REVERTING = "resize_reverting"
+    RESIZE_CONFIRMING = "resize_confirming"
+    REBOOTING = "rebooting"
+    REBOOT_PENDING = "reboot_pending"
+    REBOOT_STARTED = "reboot_started"
+    REBOOTING_HARD = "rebooting_hard"
+    REBOOT_PENDING_HARD = "reboot_pending_hard"
+    REBOOT_STARTED_HARD = "reboot_started_hard"
+    PAUSING = "pausing"
+    UNPAUSING = "unpausing"
+    SUSPENDING = "suspending"
+    RESUMING = "resuming"
+    POWERING_OFF = "powering-off"
+    POWERING_ON = "powering-on"
+    RESCUING = "rescuing"
+    UNRESCUING = "unrescuing"
+    REBUILDING = "rebuilding"
+    REBUILD_BLOCK_DEVICE_MAPPING = "rebuild_block_device_mapping"
+    REBUILD_SPAWNING = "rebuild_spawning"
+    MIGRATING = "migrating"
+    DELETING = "deleting"
+    SOFT_DELETING = "soft-deleting"
+    RESTORING = "restoring"
+    SHELVING = "shelving"
+    SHELVING_IMAGE_PENDING_UPLOAD = "shelving_image_pending_upload"
+    SHELVING_IMAGE_UPLOADING = "shelving_image_uploading"
+    SHELVING_OFFLOADING = "shelving_offloading"
+    UNSHELVING = "unshelving"
     ALL = (
-        SCHEDULING, BLOCK_DEVICE_MAPPING, NETWORKING, SPAWNING, IMAGE_SNAPSHOT, IMAGE_SNAPSHOT_PENDING,
-        IMAGE_PENDING_UPLOAD, IMAGE_UPLOADING, IMAGE_BACKUP, UPDATING_PASSWORD, RESIZE_PREP, RESIZE_MIGRATING,
-        RESIZE_MIGRATED, RESIZE_FINISH, RESIZE_REVERTING, RESIZE_CONFIRMING, REBOOTING, REBOOT_PENDING,
-        REBOOT_STARTED, REBOOTING_HARD, REBOOT_PENDING_HARD, REBOOT_STARTED_HARD, PAUSING, UNPAUSING, SUSPENDING,
-        RESUMING, POWERING_OFF, POWERING_ON, RESCUING, UNRESCUING, REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING,
-        REBUILD_SPAWNING, MIGRATING, DELETING, SOFT_DELETING, RESTORING, SHELVING, SHELVING_IMAGE_PENDING_UPLOAD,
-        SHELVING_IMAGE_UPLOADING, SHELVING_OFFLOADING, UNSHELVING,
+        SCHEDULING,
+        BLOCK_DEVICE_MAPPING,
+        NETWORKING,
+        SPAWNING,
+        IMAGE_SNAPSHOT,
+        IMAGE_SNAPSHOT_PENDING,
+        IMAGE_PENDING_UPLOAD,
+        IMAGE_UPLOADING,
+        IMAGE_BACKUP,
+        UPDATING_PASSWORD,
+        RESIZE_PREP,
+        RESIZE_MIGRATING,
+        RESIZE_MIGRATED,
+        RESIZE_FINISH,
+        RESIZE_REVERTING,
+        RESIZE_CONFIRMING,
+        REBOOTING,
+        REBOOT_PENDING,
+        REBOOT_STARTED,
+        REBOOTING_HARD,
+        REBOOT_PENDING_HARD,
+        REBOOT_STARTED_HARD,
+        PAUSING,
+        UNPAUSING,
+        SUSPENDING,
+        RESUMING,
+        POWERING_OFF,
+        POWERING_ON,
+        RESCUING,
+        UNRESCUING,
+        REBUILDING,
+        REBUILD_BLOCK_DEVICE_MAPPING,
+        REBUILD_SPAWNING,
+        MIGRATING,
+        DELETING,
+        SOFT_DELETING,
+        RESTORING,
+        SHELVING,
+        SHELVING_IMAGE_PENDING_UPLOAD,
+        SHELVING_IMAGE_UPLOADING,
+        SHELVING_OFFLOADING,
+        UNSHELVING,
     )
     # task states a hard reboot may interrupt (task_states.ALLOW_REBOOT)
     ALLOW_REBOOT = (None, REBOOTING, REBOOT_PENDING, REBOOT_STARTED, RESUMING, REBOOTING_HARD, UNPAUSING, PAUSING, SUSPENDING)
@@ -153,7 +189,7 @@ class PowerState:
     CRASHED = 6
     SUSPENDED = 7
     ALL = (NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED)
-    NAMES = {NOSTATE: 'pending', RUNNING: 'running', PAUSED: 'paused', SHUTDOWN: 'shutdown', CRASHED: 'crashed', SUSPENDED: 'suspended'}
+    NAMES = {NOSTATE: "pending", RUNNING: "running", PAUSED: "paused", SHUTDOWN: "shutdown", CRASHED: "crashed", SUSPENDED: "suspended"}
 
 
 # libvirt's virDomainState numbers (VIR_DOMAIN_*), so no libvirt import is needed here
@@ -196,40 +232,40 @@ def power_state_name(state):
 
 # --------------------------------------------------------------------------- validators
 
-UUID_RE = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
-INSTANCE_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9._-]*\Z')
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+INSTANCE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*\Z")
 INSTANCE_NAME_MAX = 63
 # projects, networks, availability zones, server groups, flavors
-SIMPLE_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}\Z')
-HOST_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9._-]{0,252}\Z')
-MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
-REQUEST_ID_RE = re.compile(r'^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
+SIMPLE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}\Z")
+HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,252}\Z")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # nova/api/validation/parameter_types.py allows word characters, '.', '-', ':' and space
-EXTRA_SPEC_KEY_RE = re.compile(r'^[A-Za-z0-9_.: -]{1,255}\Z')
-PROPERTY_KEY_RE = re.compile(r'^[A-Za-z0-9_.:-]{1,255}\Z')
-TIMESTAMP_RE = re.compile(r'^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]{1,6})?(Z|\+00:00)\Z')
-SSH_KEY_RE = re.compile(r'^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?\Z')
-CONTROL_RE = re.compile(r'[\x00-\x1f\x7f]')
-CONTROL_EXCEPT_NEWLINE_RE = re.compile(r'[\x00-\x08\x0b-\x1f\x7f]')
+EXTRA_SPEC_KEY_RE = re.compile(r"^[A-Za-z0-9_.: -]{1,255}\Z")
+PROPERTY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}\Z")
+TIMESTAMP_RE = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]{1,6})?(Z|\+00:00)\Z")
+SSH_KEY_RE = re.compile(r"^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?\Z")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_EXCEPT_NEWLINE_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 MAX_VCPUS = 1024
 MIN_RAM_MB = 64
 MAX_RAM_MB = 16 * 1024 * 1024
 MAX_DISK_GB = 1024 * 1024
 MAX_SWAP_MB = 1024 * 1024
-MAX_META_ITEMS = 128          # Nova's metadata_items quota default
-MAX_META_LEN = 255            # Nova's limit for a metadata key or value
-MAX_USER_DATA = 65535         # Nova's MAX_USERDATA_SIZE
+MAX_META_ITEMS = 128  # Nova's metadata_items quota default
+MAX_META_LEN = 255  # Nova's limit for a metadata key or value
+MAX_USER_DATA = 65535  # Nova's MAX_USERDATA_SIZE
 MAX_MESSAGE_LEN = 4096
 MAX_ACTIONS = 10000
 
 
 def _show(value):
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + '...'
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
-def validate_uuid(value, what='uuid'):
+def validate_uuid(value, what="uuid"):
     """A canonical UUID (8-4-4-4-12 hex), returned in lower case."""
     if not isinstance(value, str) or not UUID_RE.match(value.lower()):
         raise InstanceError(f"{what} {_show(value)} is not a UUID: give 8-4-4-4-12 hexadecimal digits such as 3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b")
@@ -238,10 +274,11 @@ def validate_uuid(value, what='uuid'):
 
 def validate_instance_name(value):
     """An instance name: hostname-safe, 1..63 characters, no '..', not a UUID."""
-    if not isinstance(value, str) or not 1 <= len(value) <= INSTANCE_NAME_MAX or not INSTANCE_NAME_RE.match(value) or '..' in value:
+    if not isinstance(value, str) or not 1 <= len(value) <= INSTANCE_NAME_MAX or not INSTANCE_NAME_RE.match(value) or ".." in value:
         raise InstanceError(
             f"instance name {_show(value)} is not valid: use 1 to {INSTANCE_NAME_MAX} characters from letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, without '..'")
+            "starting with a letter or digit, without '..'"
+        )
     if UUID_RE.match(value.lower()):
         raise InstanceError(f"instance name {_show(value)} is a UUID, which would be ambiguous with instance ids: choose another name")
     return value
@@ -249,23 +286,23 @@ def validate_instance_name(value):
 
 def validate_simple_name(value, what):
     """A project, network, zone, server group or flavor name: 1..64 of [A-Za-z0-9._-], no '..'."""
-    if not isinstance(value, str) or not SIMPLE_NAME_RE.match(value) or '..' in value:
+    if not isinstance(value, str) or not SIMPLE_NAME_RE.match(value) or ".." in value:
         raise InstanceError(
-            f"{what} {_show(value)} is not valid: use 1 to 64 characters from letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, without '..'")
+            f"{what} {_show(value)} is not valid: use 1 to 64 characters from letters, digits, '.', '_' and '-', starting with a letter or digit, without '..'"
+        )
     return value
 
 
 def validate_project(value):
-    return validate_simple_name(value, 'project name')
+    return validate_simple_name(value, "project name")
 
 
 def validate_host_name(value):
     """A compute host name as the inventory knows it."""
-    if not isinstance(value, str) or not HOST_NAME_RE.match(value) or '..' in value:
+    if not isinstance(value, str) or not HOST_NAME_RE.match(value) or ".." in value:
         raise InstanceError(
-            f"host name {_show(value)} is not valid: use 1 to 253 characters from letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit")
+            f"host name {_show(value)} is not valid: use 1 to 253 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
     return value
 
 
@@ -276,14 +313,14 @@ def validate_mac(value):
         raise InstanceError(f"MAC address {_show(value)} is not valid: give six colon-separated hexadecimal bytes such as fa:16:3e:12:34:56")
     if int(mac[:2], 16) & 1:
         raise InstanceError(f"MAC address {mac} is a multicast address: an instance NIC needs a unicast one (even first byte)")
-    if mac == '00:00:00:00:00:00':
+    if mac == "00:00:00:00:00:00":
         raise InstanceError("MAC address 00:00:00:00:00:00 is not usable for an instance NIC")
     return mac
 
 
 def generate_mac():
     """A random MAC address with Nova's/Neutron's fa:16:3e prefix (locally administered, unicast)."""
-    return 'fa:16:3e:' + ':'.join(f'{b:02x}' for b in secrets.token_bytes(3))
+    return "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
 def validate_ip(value):
@@ -300,7 +337,7 @@ def validate_ip(value):
 
 def new_request_id():
     """A request id as Nova makes them: ``req-<uuid4>``."""
-    return f'req-{uuid_mod.uuid4()}'
+    return f"req-{uuid_mod.uuid4()}"
 
 
 def validate_request_id(value):
@@ -312,25 +349,25 @@ def validate_request_id(value):
 def format_time(moment):
     """ISO 8601 UTC with microseconds and a Z, e.g. 2024-05-01T12:00:00.000000Z."""
     if moment.tzinfo is None:
-        raise InstanceError('a timestamp needs a time zone (UTC)')
-    return moment.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+        raise InstanceError("a timestamp needs a time zone (UTC)")
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def utcnow():
     return format_time(datetime.datetime.now(datetime.timezone.utc))
 
 
-def validate_timestamp(value, what='timestamp'):
+def validate_timestamp(value, what="timestamp"):
     """An ISO 8601 UTC timestamp, returned in the record's form (microseconds, Z)."""
     match = TIMESTAMP_RE.match(value) if isinstance(value, str) else None
     if not match:
         raise InstanceError(f"{what} {_show(value)} is not an ISO 8601 UTC timestamp such as 2024-05-01T12:00:00Z")
     try:
-        moment = datetime.datetime.strptime(match.group(1), '%Y-%m-%dT%H:%M:%S')
+        moment = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
     except ValueError:
         raise InstanceError(f"{what} {_show(value)} is not a real date and time") from None
-    fraction = (match.group(2) or '.0')[1:]
-    moment = moment.replace(microsecond=int(fraction.ljust(6, '0')), tzinfo=datetime.timezone.utc)
+    fraction = (match.group(2) or ".0")[1:]
+    moment = moment.replace(microsecond=int(fraction.ljust(6, "0")), tzinfo=datetime.timezone.utc)
     return format_time(moment)
 
 
@@ -376,14 +413,14 @@ def _strict_keys(data, what, required, optional):
 def validate_extra_specs(value):
     """Flavor extra_specs: str -> str, keys as Nova allows them, values without control characters."""
     specs = {}
-    for key, val in _mapping(value, 'flavor extra_specs').items():
+    for key, val in _mapping(value, "flavor extra_specs").items():
         if not isinstance(key, str) or not EXTRA_SPEC_KEY_RE.match(key):
             raise InstanceError(f"flavor extra_specs key {_show(key)} is not valid: use 1 to 255 of letters, digits, '_', '.', ':', '-' and space")
         specs[key] = _text(val, f"flavor extra_specs value of {key}", 255)
     return specs
 
 
-def validate_meta(value, what='instance metadata'):
+def validate_meta(value, what="instance metadata"):
     """Instance metadata (``meta`` of meta_data.json): str -> str, Nova's limits."""
     meta = {}
     items = _mapping(value, what)
@@ -398,7 +435,7 @@ def validate_meta(value, what='instance metadata'):
 def validate_image_properties(value):
     """Image properties: keys as Glance's, values JSON scalars (strings without control characters)."""
     props = {}
-    for key, val in _mapping(value, 'image properties').items():
+    for key, val in _mapping(value, "image properties").items():
         if not isinstance(key, str) or not PROPERTY_KEY_RE.match(key):
             raise InstanceError(f"image property name {_show(key)} is not valid: use 1 to 255 of letters, digits, '_', '.', ':' and '-'")
         if isinstance(val, str):
@@ -413,8 +450,8 @@ def validate_image_properties(value):
 def validate_public_keys(value):
     """SSH public keys by key name (meta_data.json ``public_keys``)."""
     keys = {}
-    for name, key in _mapping(value, 'public_keys').items():
-        validate_simple_name(name, 'key name')
+    for name, key in _mapping(value, "public_keys").items():
+        validate_simple_name(name, "key name")
         if not isinstance(key, str) or len(key) > 16384 or not SSH_KEY_RE.match(key.strip()):
             raise InstanceError(f"public key {name} is not an OpenSSH public key on one line (type, base64 data, optional comment)")
         keys[name] = key.strip()
@@ -426,10 +463,10 @@ def validate_user_data(value):
         return None
     if not isinstance(value, str):
         raise InstanceError(f"user_data must be a string, got {_show(value)}")
-    if len(value.encode('utf-8')) > MAX_USER_DATA:
+    if len(value.encode("utf-8")) > MAX_USER_DATA:
         raise InstanceError(f"user_data is larger than {MAX_USER_DATA} bytes (Nova's limit)")
-    if '\x00' in value:
-        raise InstanceError('user_data contains a NUL character')
+    if "\x00" in value:
+        raise InstanceError("user_data contains a NUL character")
     return value
 
 
@@ -437,7 +474,7 @@ def validate_image_id(value):
     """An image id: a UUID or a simple name."""
     if isinstance(value, str) and UUID_RE.match(value.lower()):
         return value.lower()
-    return validate_simple_name(value, 'image id')
+    return validate_simple_name(value, "image id")
 
 
 def _vm_state(value):
@@ -460,6 +497,7 @@ def _power_state(value):
 
 # --------------------------------------------------------------------------- the record
 
+
 @dataclasses.dataclass
 class Flavor:
     name: str
@@ -470,27 +508,32 @@ class Flavor:
     swap_mb: int = 0
     extra_specs: dict = dataclasses.field(default_factory=dict)
 
-    KEYS = ('name', 'vcpus', 'ram_mb')
-    OPTIONAL = ('disk_gb', 'ephemeral_gb', 'swap_mb', 'extra_specs')
+    KEYS = ("name", "vcpus", "ram_mb")
+    OPTIONAL = ("disk_gb", "ephemeral_gb", "swap_mb", "extra_specs")
 
     @classmethod
     def from_dict(cls, data):
-        data = _mapping(data, 'flavor')
-        _strict_keys(data, 'flavor', cls.KEYS, cls.OPTIONAL)
+        data = _mapping(data, "flavor")
+        _strict_keys(data, "flavor", cls.KEYS, cls.OPTIONAL)
         return cls(
-            name=validate_simple_name(data['name'], 'flavor name'),
-            vcpus=_int_in_range(data['vcpus'], 'flavor vcpus', 1, MAX_VCPUS),
-            ram_mb=_int_in_range(data['ram_mb'], 'flavor ram_mb', MIN_RAM_MB, MAX_RAM_MB),
-            disk_gb=_int_in_range(data.get('disk_gb', 0), 'flavor disk_gb', 0, MAX_DISK_GB),
-            ephemeral_gb=_int_in_range(data.get('ephemeral_gb', 0), 'flavor ephemeral_gb', 0, MAX_DISK_GB),
-            swap_mb=_int_in_range(data.get('swap_mb', 0), 'flavor swap_mb', 0, MAX_SWAP_MB),
-            extra_specs=validate_extra_specs(data.get('extra_specs', {})),
+            name=validate_simple_name(data["name"], "flavor name"),
+            vcpus=_int_in_range(data["vcpus"], "flavor vcpus", 1, MAX_VCPUS),
+            ram_mb=_int_in_range(data["ram_mb"], "flavor ram_mb", MIN_RAM_MB, MAX_RAM_MB),
+            disk_gb=_int_in_range(data.get("disk_gb", 0), "flavor disk_gb", 0, MAX_DISK_GB),
+            ephemeral_gb=_int_in_range(data.get("ephemeral_gb", 0), "flavor ephemeral_gb", 0, MAX_DISK_GB),
+            swap_mb=_int_in_range(data.get("swap_mb", 0), "flavor swap_mb", 0, MAX_SWAP_MB),
+            extra_specs=validate_extra_specs(data.get("extra_specs", {})),
         )
 
     def to_dict(self):
         return {
-            'name': self.name, 'vcpus': self.vcpus, 'ram_mb': self.ram_mb, 'disk_gb': self.disk_gb,
-            'ephemeral_gb': self.ephemeral_gb, 'swap_mb': self.swap_mb, 'extra_specs': dict(self.extra_specs),
+            "name": self.name,
+            "vcpus": self.vcpus,
+            "ram_mb": self.ram_mb,
+            "disk_gb": self.disk_gb,
+            "ephemeral_gb": self.ephemeral_gb,
+            "swap_mb": self.swap_mb,
+            "extra_specs": dict(self.extra_specs),
         }
 
 
@@ -506,12 +549,12 @@ class Image:
 
     @classmethod
     def from_dict(cls, data):
-        data = _mapping(data, 'image')
-        _strict_keys(data, 'image', ('id',), ('properties',))
-        return cls(id=validate_image_id(data['id']), properties=validate_image_properties(data.get('properties', {})))
+        data = _mapping(data, "image")
+        _strict_keys(data, "image", ("id",), ("properties",))
+        return cls(id=validate_image_id(data["id"]), properties=validate_image_properties(data.get("properties", {})))
 
     def to_dict(self):
-        return {'id': self.id, 'properties': copy.deepcopy(self.properties)}
+        return {"id": self.id, "properties": copy.deepcopy(self.properties)}
 
 
 @dataclasses.dataclass
@@ -522,12 +565,12 @@ class Port:
 
     @classmethod
     def from_dict(cls, data):
-        data = _mapping(data, 'port')
-        _strict_keys(data, 'port', ('network', 'mac'), ('ip',))
-        return cls(network=validate_simple_name(data['network'], 'network name'), mac=validate_mac(data['mac']), ip=validate_ip(data.get('ip')))
+        data = _mapping(data, "port")
+        _strict_keys(data, "port", ("network", "mac"), ("ip",))
+        return cls(network=validate_simple_name(data["network"], "network name"), mac=validate_mac(data["mac"]), ip=validate_ip(data.get("ip")))
 
     def to_dict(self):
-        return {'network': self.network, 'mac': self.mac, 'ip': self.ip}
+        return {"network": self.network, "mac": self.mac, "ip": self.ip}
 
 
 @dataclasses.dataclass
@@ -543,21 +586,21 @@ class ActionEntry:
 
     @classmethod
     def from_dict(cls, data):
-        data = _mapping(data, 'action log entry')
-        _strict_keys(data, 'action log entry', ('action', 'request_id', 'start_time'), ('finish_time', 'result', 'message'))
-        if data['action'] not in ACTION_LOG_NAMES:
+        data = _mapping(data, "action log entry")
+        _strict_keys(data, "action log entry", ("action", "request_id", "start_time"), ("finish_time", "result", "message"))
+        if data["action"] not in ACTION_LOG_NAMES:
             raise InstanceError(f"action log entry names unknown action {_show(data['action'])}; known: {', '.join(sorted(ACTION_LOG_NAMES))}")
-        result = data.get('result')
+        result = data.get("result")
         if result not in (None,) + RESULTS:
             raise InstanceError(f"action log result {_show(result)} must be null, 'Success' or 'Error'")
-        message = data.get('message')
+        message = data.get("message")
         return cls(
-            action=data['action'],
-            request_id=validate_request_id(data['request_id']),
-            start_time=validate_timestamp(data['start_time'], 'action start_time'),
-            finish_time=_optional_timestamp(data.get('finish_time'), 'action finish_time'),
+            action=data["action"],
+            request_id=validate_request_id(data["request_id"]),
+            start_time=validate_timestamp(data["start_time"], "action start_time"),
+            finish_time=_optional_timestamp(data.get("finish_time"), "action finish_time"),
             result=result,
-            message=None if message is None else _text(message, 'action message', MAX_MESSAGE_LEN, multiline=True),
+            message=None if message is None else _text(message, "action message", MAX_MESSAGE_LEN, multiline=True),
         )
 
     def to_dict(self):
@@ -575,7 +618,7 @@ class Instance:  # pylint: disable=too-many-instance-attributes
     image: Image
     created_at: str
     updated_at: str
-    availability_zone: str = 'nova'
+    availability_zone: str = "nova"
     server_group: str | None = None
     ports: list = dataclasses.field(default_factory=list)
     vm_state: str = VmState.BUILDING
@@ -592,10 +635,25 @@ class Instance:  # pylint: disable=too-many-instance-attributes
     launch_index: int = 0
     config_drive: bool = True
 
-    REQUIRED = ('uuid', 'name', 'project', 'flavor', 'image', 'created_at', 'updated_at')
+    REQUIRED = ("uuid", "name", "project", "flavor", "image", "created_at", "updated_at")
     OPTIONAL = (
-        'record_version', 'availability_zone', 'server_group', 'ports', 'vm_state', 'task_state', 'power_state', 'host',
-        'launched_at', 'locked', 'locked_reason', 'actions', 'meta', 'public_keys', 'user_data', 'launch_index', 'config_drive',
+        "record_version",
+        "availability_zone",
+        "server_group",
+        "ports",
+        "vm_state",
+        "task_state",
+        "power_state",
+        "host",
+        "launched_at",
+        "locked",
+        "locked_reason",
+        "actions",
+        "meta",
+        "public_keys",
+        "user_data",
+        "launch_index",
+        "config_drive",
     )
 
     @classmethod
@@ -604,97 +662,97 @@ class Instance:  # pylint: disable=too-many-instance-attributes
         now = utcnow() if now is None else now
         data = dict(fields, uuid=uuid or str(uuid_mod.uuid4()), name=name, project=project, flavor=flavor, image=image, created_at=now, updated_at=now)
         if isinstance(flavor, Flavor):
-            data['flavor'] = flavor.to_dict()
+            data["flavor"] = flavor.to_dict()
         if isinstance(image, Image):
-            data['image'] = image.to_dict()
+            data["image"] = image.to_dict()
         return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data):  # pylint: disable=too-many-locals
         """Validate a record dict (from JSON, the domain metadata or a playbook) and build the record."""
-        data = _mapping(data, 'instance record')
-        _strict_keys(data, 'instance record', cls.REQUIRED, cls.OPTIONAL)
-        version = data.get('record_version', RECORD_VERSION)
+        data = _mapping(data, "instance record")
+        _strict_keys(data, "instance record", cls.REQUIRED, cls.OPTIONAL)
+        version = data.get("record_version", RECORD_VERSION)
         if version != RECORD_VERSION:
             raise InstanceError(f"instance record version {_show(version)} is not supported by this collection version (it reads version {RECORD_VERSION})")
-        ports_in = data.get('ports', [])
+        ports_in = data.get("ports", [])
         if not isinstance(ports_in, list):
             raise InstanceError(f"instance ports must be a list, got {_show(ports_in)}")
         ports = [Port.from_dict(p) for p in ports_in]
         macs = [p.mac for p in ports]
         if len(set(macs)) != len(macs):
             raise InstanceError(f"instance ports repeat a MAC address: {', '.join(sorted(m for m in set(macs) if macs.count(m) > 1))}")
-        actions_in = data.get('actions', [])
+        actions_in = data.get("actions", [])
         if not isinstance(actions_in, list):
             raise InstanceError(f"instance actions must be a list, got {_show(actions_in)}")
         if len(actions_in) > MAX_ACTIONS:
             raise InstanceError(f"instance action log has more than {MAX_ACTIONS} entries")
-        locked = data.get('locked', False)
+        locked = data.get("locked", False)
         if not isinstance(locked, bool):
             raise InstanceError(f"locked must be true or false, got {_show(locked)}")
-        reason = data.get('locked_reason')
-        config_drive = data.get('config_drive', True)
+        reason = data.get("locked_reason")
+        config_drive = data.get("config_drive", True)
         if not isinstance(config_drive, bool):
             raise InstanceError(f"config_drive must be true or false, got {_show(config_drive)}")
-        group = data.get('server_group')
-        host = data.get('host')
+        group = data.get("server_group")
+        host = data.get("host")
         return cls(
-            uuid=validate_uuid(data['uuid'], 'instance uuid'),
-            name=validate_instance_name(data['name']),
-            project=validate_project(data['project']),
-            flavor=Flavor.from_dict(data['flavor']),
-            image=Image.from_dict(data['image']),
-            created_at=validate_timestamp(data['created_at'], 'created_at'),
-            updated_at=validate_timestamp(data['updated_at'], 'updated_at'),
-            availability_zone=validate_simple_name(data.get('availability_zone', 'nova'), 'availability zone'),
-            server_group=None if group is None else validate_simple_name(group, 'server group name'),
+            uuid=validate_uuid(data["uuid"], "instance uuid"),
+            name=validate_instance_name(data["name"]),
+            project=validate_project(data["project"]),
+            flavor=Flavor.from_dict(data["flavor"]),
+            image=Image.from_dict(data["image"]),
+            created_at=validate_timestamp(data["created_at"], "created_at"),
+            updated_at=validate_timestamp(data["updated_at"], "updated_at"),
+            availability_zone=validate_simple_name(data.get("availability_zone", "nova"), "availability zone"),
+            server_group=None if group is None else validate_simple_name(group, "server group name"),
             ports=ports,
-            vm_state=_vm_state(data.get('vm_state', VmState.BUILDING)),
-            task_state=_task_state(data.get('task_state', TaskState.SCHEDULING)),
-            power_state=_power_state(data.get('power_state', PowerState.NOSTATE)),
+            vm_state=_vm_state(data.get("vm_state", VmState.BUILDING)),
+            task_state=_task_state(data.get("task_state", TaskState.SCHEDULING)),
+            power_state=_power_state(data.get("power_state", PowerState.NOSTATE)),
             host=None if host is None else validate_host_name(host),
-            launched_at=_optional_timestamp(data.get('launched_at'), 'launched_at'),
+            launched_at=_optional_timestamp(data.get("launched_at"), "launched_at"),
             locked=locked,
-            locked_reason=None if reason is None else _text(reason, 'locked_reason', 255),
+            locked_reason=None if reason is None else _text(reason, "locked_reason", 255),
             actions=[ActionEntry.from_dict(a) for a in actions_in],
-            meta=validate_meta(data.get('meta', {})),
-            public_keys=validate_public_keys(data.get('public_keys', {})),
-            user_data=validate_user_data(data.get('user_data')),
-            launch_index=_int_in_range(data.get('launch_index', 0), 'launch_index', 0, 65535),
+            meta=validate_meta(data.get("meta", {})),
+            public_keys=validate_public_keys(data.get("public_keys", {})),
+            user_data=validate_user_data(data.get("user_data")),
+            launch_index=_int_in_range(data.get("launch_index", 0), "launch_index", 0, 65535),
             config_drive=config_drive,
         )
 
     def to_dict(self):
         return {
-            'record_version': RECORD_VERSION,
-            'uuid': self.uuid,
-            'name': self.name,
-            'project': self.project,
-            'flavor': self.flavor.to_dict(),
-            'image': self.image.to_dict(),
-            'availability_zone': self.availability_zone,
-            'server_group': self.server_group,
-            'ports': [p.to_dict() for p in self.ports],
-            'vm_state': self.vm_state,
-            'task_state': self.task_state,
-            'power_state': self.power_state,
-            'host': self.host,
-            'created_at': self.created_at,
-            'updated_at': self.updated_at,
-            'launched_at': self.launched_at,
-            'locked': self.locked,
-            'locked_reason': self.locked_reason,
-            'actions': [a.to_dict() for a in self.actions],
-            'meta': dict(self.meta),
-            'public_keys': dict(self.public_keys),
-            'user_data': self.user_data,
-            'launch_index': self.launch_index,
-            'config_drive': self.config_drive,
+            "record_version": RECORD_VERSION,
+            "uuid": self.uuid,
+            "name": self.name,
+            "project": self.project,
+            "flavor": self.flavor.to_dict(),
+            "image": self.image.to_dict(),
+            "availability_zone": self.availability_zone,
+            "server_group": self.server_group,
+            "ports": [p.to_dict() for p in self.ports],
+            "vm_state": self.vm_state,
+            "task_state": self.task_state,
+            "power_state": self.power_state,
+            "host": self.host,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "launched_at": self.launched_at,
+            "locked": self.locked,
+            "locked_reason": self.locked_reason,
+            "actions": [a.to_dict() for a in self.actions],
+            "meta": dict(self.meta),
+            "public_keys": dict(self.public_keys),
+            "user_data": self.user_data,
+            "launch_index": self.launch_index,
+            "config_drive": self.config_drive,
         }
 
     def to_json(self, *, indent=None):
         """Deterministic JSON (sorted keys; ASCII only, so it is safe as XML text too)."""
-        separators = (',', ': ') if indent else (',', ':')
+        separators = (",", ": ") if indent else (",", ":")
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=separators, ensure_ascii=True)
 
     @classmethod
@@ -712,7 +770,7 @@ class Instance:  # pylint: disable=too-many-instance-attributes
 
     def label(self):
         """How messages name the instance: ``web-1 (3f2a...)``."""
-        return f'{self.name} ({self.uuid})'
+        return f"{self.name} ({self.uuid})"
 
 
 def as_instance(record):
@@ -726,7 +784,7 @@ def as_instance(record):
 
 ANY = None
 NO_TASK = frozenset({None})
-RESULTS = ('Success', 'Error')
+RESULTS = ("Success", "Error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -739,7 +797,7 @@ class ActionRule:
 
     vm_states: frozenset | None
     log_name: str
-    task_state: str | None = None          # task_state set when the action begins
+    task_state: str | None = None  # task_state set when the action begins
     task_states: frozenset | None = NO_TASK
     must_have_launched: bool = True
     lock_checked: bool = True
@@ -756,39 +814,39 @@ _VOLUME_STATES = (_V.ACTIVE, _V.PAUSED, _V.STOPPED, _V.RESIZED, _V.SOFT_DELETED,
 # Checked against nova/compute/api.py (Victoria..2023.x): the decorators of each API call.
 ACTIONS = {
     # create: the build itself (not an API-decorated call): only while building
-    'create': _rule((_V.BUILDING,), 'create', _T.SCHEDULING, task_states=ANY, must_have_launched=False, lock_checked=False),
-    'start': _rule((_V.STOPPED,), 'start', _T.POWERING_ON),
-    'stop': _rule((_V.ACTIVE, _V.ERROR), 'stop', _T.POWERING_OFF),
-    'reboot': _rule(_V.ALLOW_SOFT_REBOOT, 'reboot', _T.REBOOTING),
-    'reboot_hard': _rule(_V.ALLOW_HARD_REBOOT, 'reboot', _T.REBOOTING_HARD, task_states=frozenset(_T.ALLOW_REBOOT)),
-    'pause': _rule((_V.ACTIVE,), 'pause', _T.PAUSING),
-    'unpause': _rule((_V.PAUSED,), 'unpause', _T.UNPAUSING),
-    'suspend': _rule((_V.ACTIVE,), 'suspend', _T.SUSPENDING),
-    'resume': _rule((_V.SUSPENDED,), 'resume', _T.RESUMING),
-    'snapshot': _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), 'createImage', _T.IMAGE_SNAPSHOT_PENDING),
-    'backup': _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), 'createBackup', _T.IMAGE_BACKUP),
-    'rebuild': _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), 'rebuild', _T.REBUILDING),
-    'evacuate': _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), 'evacuate', _T.REBUILDING),
-    'rescue': _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), 'rescue', _T.RESCUING),
-    'unrescue': _rule((_V.RESCUED,), 'unrescue', _T.UNRESCUING),
-    'shelve': _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), 'shelve', _T.SHELVING),
-    'shelve_offload': _rule((_V.SHELVED,), 'shelveOffload', _T.SHELVING_OFFLOADING),
-    'unshelve': _rule((_V.SHELVED, _V.SHELVED_OFFLOADED), 'unshelve', _T.UNSHELVING),
-    'resize': _rule((_V.ACTIVE, _V.STOPPED), 'resize', _T.RESIZE_PREP),
-    'migrate': _rule((_V.ACTIVE, _V.STOPPED), 'migrate', _T.RESIZE_PREP),
-    'confirm_resize': _rule((_V.RESIZED,), 'confirmResize', _T.RESIZE_CONFIRMING),
-    'revert_resize': _rule((_V.RESIZED,), 'revertResize', _T.RESIZE_REVERTING),
-    'live_migrate': _rule((_V.ACTIVE, _V.PAUSED), 'live-migration', _T.MIGRATING),
-    'delete': _rule(ANY, 'delete', _T.DELETING, task_states=ANY, must_have_launched=False),
-    'force_delete': _rule(ANY, 'delete', _T.DELETING, task_states=ANY, must_have_launched=False),
-    'soft_delete': _rule(ANY, 'delete', _T.SOFT_DELETING, task_states=ANY),
-    'restore': _rule((_V.SOFT_DELETED,), 'restore', _T.RESTORING),
-    'attach_volume': _rule(_VOLUME_STATES, 'attach_volume'),
-    'detach_volume': _rule(_VOLUME_STATES, 'detach_volume'),
-    'attach_interface': _rule((_V.ACTIVE, _V.PAUSED, _V.STOPPED), 'attach_interface'),
-    'detach_interface': _rule((_V.ACTIVE, _V.PAUSED, _V.STOPPED), 'detach_interface'),
-    'lock': _rule(ANY, 'lock', task_states=ANY, must_have_launched=False, lock_checked=False),
-    'unlock': _rule(ANY, 'unlock', task_states=ANY, must_have_launched=False, lock_checked=False),
+    "create": _rule((_V.BUILDING,), "create", _T.SCHEDULING, task_states=ANY, must_have_launched=False, lock_checked=False),
+    "start": _rule((_V.STOPPED,), "start", _T.POWERING_ON),
+    "stop": _rule((_V.ACTIVE, _V.ERROR), "stop", _T.POWERING_OFF),
+    "reboot": _rule(_V.ALLOW_SOFT_REBOOT, "reboot", _T.REBOOTING),
+    "reboot_hard": _rule(_V.ALLOW_HARD_REBOOT, "reboot", _T.REBOOTING_HARD, task_states=frozenset(_T.ALLOW_REBOOT)),
+    "pause": _rule((_V.ACTIVE,), "pause", _T.PAUSING),
+    "unpause": _rule((_V.PAUSED,), "unpause", _T.UNPAUSING),
+    "suspend": _rule((_V.ACTIVE,), "suspend", _T.SUSPENDING),
+    "resume": _rule((_V.SUSPENDED,), "resume", _T.RESUMING),
+    "snapshot": _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), "createImage", _T.IMAGE_SNAPSHOT_PENDING),
+    "backup": _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), "createBackup", _T.IMAGE_BACKUP),
+    "rebuild": _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), "rebuild", _T.REBUILDING),
+    "evacuate": _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), "evacuate", _T.REBUILDING),
+    "rescue": _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), "rescue", _T.RESCUING),
+    "unrescue": _rule((_V.RESCUED,), "unrescue", _T.UNRESCUING),
+    "shelve": _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), "shelve", _T.SHELVING),
+    "shelve_offload": _rule((_V.SHELVED,), "shelveOffload", _T.SHELVING_OFFLOADING),
+    "unshelve": _rule((_V.SHELVED, _V.SHELVED_OFFLOADED), "unshelve", _T.UNSHELVING),
+    "resize": _rule((_V.ACTIVE, _V.STOPPED), "resize", _T.RESIZE_PREP),
+    "migrate": _rule((_V.ACTIVE, _V.STOPPED), "migrate", _T.RESIZE_PREP),
+    "confirm_resize": _rule((_V.RESIZED,), "confirmResize", _T.RESIZE_CONFIRMING),
+    "revert_resize": _rule((_V.RESIZED,), "revertResize", _T.RESIZE_REVERTING),
+    "live_migrate": _rule((_V.ACTIVE, _V.PAUSED), "live-migration", _T.MIGRATING),
+    "delete": _rule(ANY, "delete", _T.DELETING, task_states=ANY, must_have_launched=False),
+    "force_delete": _rule(ANY, "delete", _T.DELETING, task_states=ANY, must_have_launched=False),
+    "soft_delete": _rule(ANY, "delete", _T.SOFT_DELETING, task_states=ANY),
+    "restore": _rule((_V.SOFT_DELETED,), "restore", _T.RESTORING),
+    "attach_volume": _rule(_VOLUME_STATES, "attach_volume"),
+    "detach_volume": _rule(_VOLUME_STATES, "detach_volume"),
+    "attach_interface": _rule((_V.ACTIVE, _V.PAUSED, _V.STOPPED), "attach_interface"),
+    "detach_interface": _rule((_V.ACTIVE, _V.PAUSED, _V.STOPPED), "detach_interface"),
+    "lock": _rule(ANY, "lock", task_states=ANY, must_have_launched=False, lock_checked=False),
+    "unlock": _rule(ANY, "unlock", task_states=ANY, must_have_launched=False, lock_checked=False),
 }
 ACTION_LOG_NAMES = frozenset(rule.log_name for rule in ACTIONS.values())
 
@@ -801,8 +859,8 @@ def _rule_for(action):
 
 
 def _states_text(states):
-    names = ['None' if s is None else s for s in sorted(states, key=lambda s: (s is not None, s or ''))]
-    return names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' or ' + names[-1]
+    names = ["None" if s is None else s for s in sorted(states, key=lambda s: (s is not None, s or ""))]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def check_action(record, action, *, is_admin=False):
@@ -813,22 +871,22 @@ def check_action(record, action, *, is_admin=False):
     """
     inst = as_instance(record)
     rule = _rule_for(action)
-    state = inst.vm_state if inst.task_state is None else f'{inst.vm_state} with task {inst.task_state} in progress'
-    details = {'action': action, 'uuid': inst.uuid, 'name': inst.name, 'vm_state': inst.vm_state, 'task_state': inst.task_state}
+    state = inst.vm_state if inst.task_state is None else f"{inst.vm_state} with task {inst.task_state} in progress"
+    details = {"action": action, "uuid": inst.uuid, "name": inst.name, "vm_state": inst.vm_state, "task_state": inst.task_state}
     if rule.lock_checked and inst.locked and not is_admin:
-        reason = f'reason: {inst.locked_reason}' if inst.locked_reason else 'no reason given'
-        raise ActionRefused(f"Cannot {action} instance {inst.label()}: it is locked ({reason}); unlock it first", reason='locked', **details)
+        reason = f"reason: {inst.locked_reason}" if inst.locked_reason else "no reason given"
+        raise ActionRefused(f"Cannot {action} instance {inst.label()}: it is locked ({reason}); unlock it first", reason="locked", **details)
     if rule.vm_states is not None and inst.vm_state not in rule.vm_states:
         raise ActionRefused(
-            f"Cannot {action} instance {inst.label()} while it is {state}: {action} needs vm_state {_states_text(rule.vm_states)}",
-            reason='vm_state', **details)
+            f"Cannot {action} instance {inst.label()} while it is {state}: {action} needs vm_state {_states_text(rule.vm_states)}", reason="vm_state", **details
+        )
     if rule.task_states is not None and inst.task_state not in rule.task_states:
-        needs = 'no task in progress (task_state None)' if rule.task_states == NO_TASK else f'task_state {_states_text(rule.task_states)}'
-        raise ActionRefused(f"Cannot {action} instance {inst.label()} while it is {state}: {action} needs {needs}", reason='task_state', **details)
+        needs = "no task in progress (task_state None)" if rule.task_states == NO_TASK else f"task_state {_states_text(rule.task_states)}"
+        raise ActionRefused(f"Cannot {action} instance {inst.label()} while it is {state}: {action} needs {needs}", reason="task_state", **details)
     if rule.must_have_launched and not inst.launched_at:
         raise ActionRefused(
-            f"Cannot {action} instance {inst.label()} while it is {state}: it has never been launched (launched_at is empty)",
-            reason='not_launched', **details)
+            f"Cannot {action} instance {inst.label()} while it is {state}: it has never been launched (launched_at is empty)", reason="not_launched", **details
+        )
 
 
 def is_allowed(record, action, *, is_admin=False):
@@ -846,7 +904,7 @@ def allowed_actions(record, *, is_admin=False):
 
 
 # actions after whose success Nova sets launched_at (spawn, rebuild, finish_resize, unshelve)
-_LAUNCHING = frozenset({'create', 'rebuild', 'evacuate', 'unshelve', 'resize', 'migrate'})
+_LAUNCHING = frozenset({"create", "rebuild", "evacuate", "unshelve", "resize", "migrate"})
 
 
 def begin_action(record, action, request_id, task_state=None, *, is_admin=False, now=None):
@@ -857,7 +915,7 @@ def begin_action(record, action, request_id, task_state=None, *, is_admin=False,
     Changes ``record`` (an :class:`Instance`) in place and returns it.
     """
     if not isinstance(record, Instance):
-        raise InstanceError('begin_action needs an Instance record; build one with Instance.from_dict()')
+        raise InstanceError("begin_action needs an Instance record; build one with Instance.from_dict()")
     check_action(record, action, is_admin=is_admin)
     rule = ACTIONS[action]
     request_id = validate_request_id(request_id)
@@ -872,31 +930,32 @@ def begin_action(record, action, request_id, task_state=None, *, is_admin=False,
 def update_task_state(record, task_state, *, expected_task_state=NO_TASK, now=None):
     """Move to the next task state of a running action, as Nova's ``instance.save(expected_task_state=...)``."""
     if not isinstance(record, Instance):
-        raise InstanceError('update_task_state needs an Instance record')
+        raise InstanceError("update_task_state needs an Instance record")
     expected = frozenset(expected_task_state) if not isinstance(expected_task_state, frozenset) else expected_task_state
     if record.task_state not in expected:
         raise InstanceError(
             f"instance {record.label()} has task_state {record.task_state}, expected {_states_text(expected)}: "
-            "another action changed it; look at the action log")
+            "another action changed it; look at the action log"
+        )
     record.task_state = _task_state(task_state)
     record.updated_at = utcnow() if now is None else validate_timestamp(now)
     return record
 
 
-def finish_action(record, action, request_id, *, vm_state=None, task_state=None, power_state=None, result='Success', message=None, now=None):
+def finish_action(record, action, request_id, *, vm_state=None, task_state=None, power_state=None, result="Success", message=None, now=None):
     """Close the action's open log entry and set the states it ended in.
 
     ``vm_state``/``power_state`` None leave them as they are; ``task_state`` is set
     (None: no task in progress). ``result`` is 'Success' or 'Error'.
     """
     if not isinstance(record, Instance):
-        raise InstanceError('finish_action needs an Instance record')
+        raise InstanceError("finish_action needs an Instance record")
     rule = _rule_for(action)
     request_id = validate_request_id(request_id)
     if result not in RESULTS:
         raise InstanceError(f"result {_show(result)} must be 'Success' or 'Error'")
     if message is not None:
-        _text(message, 'action message', MAX_MESSAGE_LEN, multiline=True)
+        _text(message, "action message", MAX_MESSAGE_LEN, multiline=True)
     new_vm = record.vm_state if vm_state is None else _vm_state(vm_state)
     new_task = _task_state(task_state)
     new_power = record.power_state if power_state is None else _power_state(power_state)
@@ -906,8 +965,8 @@ def finish_action(record, action, request_id, *, vm_state=None, task_state=None,
             break
     else:
         raise InstanceError(
-            f"instance {record.label()} has no open {rule.log_name} action for request {request_id}: "
-            "call begin_action first (with the same request id)")
+            f"instance {record.label()} has no open {rule.log_name} action for request {request_id}: call begin_action first (with the same request id)"
+        )
     entry.finish_time = now
     entry.result = result
     entry.message = message
@@ -915,7 +974,7 @@ def finish_action(record, action, request_id, *, vm_state=None, task_state=None,
     record.task_state = new_task
     record.power_state = new_power
     record.updated_at = now
-    if result == 'Success' and action in _LAUNCHING and new_vm == VmState.ACTIVE:
+    if result == "Success" and action in _LAUNCHING and new_vm == VmState.ACTIVE:
         record.launched_at = now
     return record
 
@@ -927,24 +986,25 @@ def set_lock(record, locked, request_id, *, reason=None, now=None):
     nothing, so that a playbook run twice reports no change.
     """
     if not isinstance(record, Instance):
-        raise InstanceError('set_lock needs an Instance record')
+        raise InstanceError("set_lock needs an Instance record")
     if not isinstance(locked, bool):
         raise InstanceError(f"locked must be true or false, got {_show(locked)}")
     request_id = validate_request_id(request_id)
     if reason is not None:
-        _text(reason, 'lock reason', 255)
+        _text(reason, "lock reason", 255)
     if record.locked == locked:
         return False
     now = utcnow() if now is None else validate_timestamp(now)
-    action = 'lock' if locked else 'unlock'
+    action = "lock" if locked else "unlock"
     record.locked = locked
     record.locked_reason = reason if locked else None
     record.updated_at = now
-    record.actions.append(ActionEntry(action=action, request_id=request_id, start_time=now, finish_time=now, result='Success'))
+    record.actions.append(ActionEntry(action=action, request_id=request_id, start_time=now, finish_time=now, result="Success"))
     return True
 
 
 # --------------------------------------------------------------------------- config drive
+
 
 def sanitize_hostname(name, default_name=None):
     """Nova's utils.sanitize_hostname: RFC 952/1123 hostname from a display name, at most 63 characters.
@@ -952,10 +1012,10 @@ def sanitize_hostname(name, default_name=None):
     One difference: Nova keeps non-ASCII word characters (``café``); here only ASCII
     letters, digits, '.', '-' survive, so the result is always a valid host name.
     """
-    hostname = name.encode('latin-1', 'ignore').decode('latin-1')[:63]
-    hostname = re.sub(r'[ _]', '-', hostname)
-    hostname = re.sub(r'[^\w.-]+', '', hostname, flags=re.ASCII)
-    hostname = hostname.lower().strip('.-')
+    hostname = name.encode("latin-1", "ignore").decode("latin-1")[:63]
+    hostname = re.sub(r"[ _]", "-", hostname)
+    hostname = re.sub(r"[^\w.-]+", "", hostname, flags=re.ASCII)
+    hostname = hostname.lower().strip(".-")
     if not hostname and default_name is not None:
         return default_name[:63]
     return hostname
@@ -963,13 +1023,13 @@ def sanitize_hostname(name, default_name=None):
 
 def hostname_of(record):
     inst = as_instance(record)
-    return sanitize_hostname(inst.name, f'server-{inst.uuid}')
+    return sanitize_hostname(inst.name, f"server-{inst.uuid}")
 
 
-CONFIG_DRIVE_VERSIONS = ('2012-08-10', 'latest')
+CONFIG_DRIVE_VERSIONS = ("2012-08-10", "latest")
 
 
-def meta_data(record, version='latest'):
+def meta_data(record, version="latest"):
     """meta_data.json content (a dict) as Nova's InstanceMetadata writes it for ``version``.
 
     ``keys`` appeared in 2015-10-15 and ``project_id`` in 2016-10-06, so the
@@ -980,17 +1040,17 @@ def meta_data(record, version='latest'):
     if version not in CONFIG_DRIVE_VERSIONS:
         raise InstanceError(f"config drive version {_show(version)} is not one of {', '.join(CONFIG_DRIVE_VERSIONS)}")
     data = {
-        'uuid': inst.uuid,
-        'name': inst.name,
-        'hostname': hostname_of(inst),
-        'availability_zone': inst.availability_zone,
-        'launch_index': inst.launch_index,
-        'meta': dict(inst.meta),
-        'public_keys': dict(inst.public_keys),
+        "uuid": inst.uuid,
+        "name": inst.name,
+        "hostname": hostname_of(inst),
+        "availability_zone": inst.availability_zone,
+        "launch_index": inst.launch_index,
+        "meta": dict(inst.meta),
+        "public_keys": dict(inst.public_keys),
     }
-    if version == 'latest':
-        data['project_id'] = inst.project
-        data['keys'] = [{'name': name, 'type': 'ssh', 'data': key} for name, key in sorted(inst.public_keys.items())]
+    if version == "latest":
+        data["project_id"] = inst.project
+        data["keys"] = [{"name": name, "type": "ssh", "data": key} for name, key in sorted(inst.public_keys.items())]
     return data
 
 
@@ -1004,10 +1064,10 @@ def config_drive_files(record):
     files = {}
     for version in CONFIG_DRIVE_VERSIONS:
         text = json.dumps(meta_data(inst, version), sort_keys=True, ensure_ascii=True)
-        files[f'openstack/{version}/meta_data.json'] = text.encode('ascii')
+        files[f"openstack/{version}/meta_data.json"] = text.encode("ascii")
         if inst.user_data is not None:
-            files[f'openstack/{version}/user_data'] = inst.user_data.encode('utf-8')
+            files[f"openstack/{version}/user_data"] = inst.user_data.encode("utf-8")
     return files
 
 
-CONFIG_DRIVE_LABEL = 'config-2'
+CONFIG_DRIVE_LABEL = "config-2"

@@ -137,34 +137,42 @@ class LabSpec:
         return os.path.join(self.state_dir, "bin", "ssh")
 
 
-def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str,
-         kvm: bool = False) -> LabSpec:
+def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str, kvm: bool = False) -> LabSpec:
     """Validate the options and compute names and addresses; raises LabError."""
     if not LAB_NAME_RE.match(name or ""):
         raise LabError(
-            "lab name %r is not valid: use 2 to 6 lowercase letters or digits, starting with a letter "
-            "(it prefixes interface names, which Linux limits to 15 characters)" % (name,))
+            f"lab name {name!r} is not valid: use 2 to 6 lowercase letters or digits, starting with a letter "
+            "(it prefixes interface names, which Linux limits to 15 characters)"
+        )
     if not isinstance(compute_hosts, int) or not 1 <= compute_hosts <= MAX_HOSTS:
-        raise LabError("lab_hosts must be a whole number from 1 to %d, got %r" % (MAX_HOSTS, compute_hosts))
+        raise LabError(f"lab_hosts must be a whole number from 1 to {MAX_HOSTS}, got {compute_hosts!r}")
     try:
         net = ipaddress.IPv4Network(network, strict=True)
     except ValueError as exc:
-        raise LabError("lab network %r is not an IPv4 network in CIDR form (e.g. 10.251.0.0/24): %s" % (network, exc)) from None
+        raise LabError(f"lab network {network!r} is not an IPv4 network in CIDR form (e.g. 10.251.0.0/24): {exc}") from None
     if not any(net.subnet_of(ipaddress.IPv4Network(r)) for r in RFC1918):
-        raise LabError("lab network %s is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16" % net)
+        raise LabError(f"lab network {net} is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
     if net.num_addresses < compute_hosts + 16:
-        raise LabError("lab network %s has room for %d addresses, %d hosts need at least %d: use a larger network"
-                       % (net, net.num_addresses, compute_hosts, compute_hosts + 16))
+        raise LabError(
+            f"lab network {net} has room for {net.num_addresses} addresses, {compute_hosts} hosts need at least {compute_hosts + 16}: use a larger network"
+        )
     for p in (state_dir, run_dir):
         if not os.path.isabs(p) or os.path.normpath(p) in ("/", "/run", "/var", "/var/lib", "/tmp", "/etc", "/root"):
-            raise LabError("lab directory %r must be an absolute path of a folder of its own" % (p,))
-    names = ["node%d" % i for i in range(1, compute_hosts + 1)]
+            raise LabError(f"lab directory {p!r} must be an absolute path of a folder of its own")
+    names = [f"node{i}" for i in range(1, compute_hosts + 1)]
     unknown = sorted(set(non_shared) - set(names))
     if unknown:
-        raise LabError("lab_non_shared names hosts that the lab does not have: %s (hosts: %s)" % (", ".join(unknown), ", ".join(names)))
+        raise LabError(f"lab_non_shared names hosts that the lab does not have: {', '.join(unknown)} (hosts: {', '.join(names)})")
     base = net.network_address
-    lab = LabSpec(name=name, network=net, bridge="%s-br0" % name, bridge_address=str(base + 1),
-                  state_dir=os.path.normpath(state_dir), run_dir=os.path.normpath(run_dir), kvm=kvm)
+    lab = LabSpec(
+        name=name,
+        network=net,
+        bridge=f"{name}-br0",
+        bridge_address=str(base + 1),
+        state_dir=os.path.normpath(state_dir),
+        run_dir=os.path.normpath(run_dir),
+        kvm=kvm,
+    )
     lab.hosts.append(_host(lab, "controller", "controller", str(base + 10), False, "ctl"))
     for i, host in enumerate(names, start=1):
         lab.hosts.append(_host(lab, host, "compute", str(base + 10 + i), host not in non_shared, host))
@@ -172,8 +180,15 @@ def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], sta
 
 
 def _host(lab: LabSpec, name: str, role: str, address: str, shared: bool, short: str) -> HostSpec:
-    return HostSpec(name=name, role=role, address=address, shared_storage=shared, netns="%s-%s" % (lab.name, name),
-                    veth="%s-%s" % (lab.name, short), state_dir=os.path.join(lab.state_dir, "hosts", name))
+    return HostSpec(
+        name=name,
+        role=role,
+        address=address,
+        shared_storage=shared,
+        netns=f"{lab.name}-{name}",
+        veth=f"{lab.name}-{short}",
+        state_dir=os.path.join(lab.state_dir, "hosts", name),
+    )
 
 
 def with_line(content: str, line: str) -> str:
@@ -200,7 +215,7 @@ class Lab:
     def run(self, argv: list[str], data: str | None = None, what: str | None = None) -> str:
         rc, out, err = self._run(argv, data=data)
         if rc != 0:
-            raise LabError("%s failed (rc=%d): %s" % (what or " ".join(argv), rc, (err or out).strip()))
+            raise LabError(f"{what or ' '.join(argv)} failed (rc={rc}): {(err or out).strip()}")
         return out
 
     def change(self, text: str) -> bool:
@@ -210,8 +225,7 @@ class Lab:
 
     def nsenter(self, host: HostSpec) -> list[str]:
         ns = self.spec.ns_dir
-        return ["nsenter", "--mount=%s/%s.mnt" % (ns, host.name), "--uts=%s/%s.uts" % (ns, host.name),
-                "--net=/run/netns/%s" % host.netns, "--"]
+        return ["nsenter", f"--mount={ns}/{host.name}.mnt", f"--uts={ns}/{host.name}.uts", f"--net=/run/netns/{host.netns}", "--"]
 
     # ----------------------------------------------------------------- checks
     def preflight(self) -> None:
@@ -222,7 +236,7 @@ class Lab:
             raise LabError("the command 'ip' is missing: install the Debian package iproute2")
         missing = sorted({pkg for path, pkg in REQUIRED_BINARIES.items() if not os.path.exists(path)})
         if missing:
-            raise LabError("packages missing for the lab: %s (apt-get install %s, or run make deps)" % (", ".join(missing), " ".join(missing)))
+            raise LabError(f"packages missing for the lab: {', '.join(missing)} (apt-get install {' '.join(missing)}, or run make deps)")
         if not os.path.exists("/proc/self/ns/net") or not os.path.exists("/proc/self/ns/mnt") or not os.path.exists("/proc/self/ns/uts"):
             raise LabError("the kernel has no network/mount/UTS namespaces (CONFIG_NET_NS, CONFIG_UTS_NS): the lab cannot run here")
         if not os.path.exists("/dev/net/tun"):
@@ -244,19 +258,18 @@ class Lab:
                 continue
             iface = ipaddress.IPv4Interface(parts[3])
             if iface.network.overlaps(net):
-                raise LabError("lab network %s is already in use on this machine (%s has %s): choose another with lab_network"
-                               % (net, parts[1], parts[3]))
+                raise LabError(f"lab network {net} is already in use on this machine ({parts[1]} has {parts[3]}): choose another with lab_network")
         out = self.run([self.ip, "-4", "route", "show"])
         for line in out.splitlines():
             parts = line.split()
-            if not parts or parts[0] == "default" or " dev %s " % self.spec.bridge in " %s " % line:
+            if not parts or parts[0] == "default" or f" dev {self.spec.bridge} " in f" {line} ":
                 continue
             try:
                 route = ipaddress.IPv4Network(parts[0], strict=False)
             except ValueError:
                 continue
             if route.overlaps(net):
-                raise LabError("lab network %s overlaps the route '%s' on this machine: choose another with lab_network" % (net, line.strip()))
+                raise LabError(f"lab network {net} overlaps the route '{line.strip()}' on this machine: choose another with lab_network")
 
     # ----------------------------------------------------------------- state
     def _link_exists(self, name: str, netns: str | None = None) -> bool:
@@ -273,10 +286,10 @@ class Lab:
 
     def _ns_persisted(self, host: HostSpec) -> bool:
         mounts = set(self._mounts())
-        return all("%s/%s.%s" % (self.spec.ns_dir, host.name, kind) in mounts for kind in ("mnt", "uts"))
+        return all(f"{self.spec.ns_dir}/{host.name}.{kind}" in mounts for kind in ("mnt", "uts"))
 
     def _pidfile(self, host: HostSpec, daemon: str) -> str:
-        return os.path.join(host.state_dir, "pids", "%s.pid" % daemon)
+        return os.path.join(host.state_dir, "pids", f"{daemon}.pid")
 
     def daemon_pid(self, host: HostSpec, daemon: str) -> int | None:
         """The daemon's pid when it runs in the host's network namespace, else None."""
@@ -286,9 +299,9 @@ class Lab:
         except (OSError, ValueError):
             return None
         try:
-            with open("/proc/%d/comm" % pid, encoding="ascii") as f:
+            with open(f"/proc/{pid}/comm", encoding="ascii") as f:
                 comm = f.read().strip()
-            same_ns = os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/run/netns/%s" % host.netns).st_ino
+            same_ns = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{host.netns}").st_ino
         except OSError:
             return None
         return pid if comm == daemon and same_ns else None
@@ -299,9 +312,18 @@ class Lab:
         for host in self.spec.hosts:
             ok = host.netns in present and self._ns_persisted(host)
             daemons = {d: (self.daemon_pid(host, d) if ok else None) for d in host.daemons}
-            result.append(dict(name=host.name, role=host.role, address=host.address, shared_storage=host.shared_storage,
-                               netns=host.netns, namespaces=ok, daemons=daemons,
-                               healthy=ok and all(daemons.values())))
+            result.append(
+                dict(
+                    name=host.name,
+                    role=host.role,
+                    address=host.address,
+                    shared_storage=host.shared_storage,
+                    netns=host.netns,
+                    namespaces=ok,
+                    daemons=daemons,
+                    healthy=ok and all(daemons.values()),
+                )
+            )
         return result
 
     # ----------------------------------------------------------------- up
@@ -328,50 +350,64 @@ class Lab:
 
     def _dirs(self) -> None:
         spec = self.spec
-        wanted = [spec.state_dir, spec.run_dir, spec.ns_dir, spec.shared_instances, os.path.dirname(spec.key_file),
-                  os.path.dirname(spec.ssh_wrapper), spec.instances_path, spec.image_store_path]
+        wanted = [
+            spec.state_dir,
+            spec.run_dir,
+            spec.ns_dir,
+            spec.shared_instances,
+            os.path.dirname(spec.key_file),
+            os.path.dirname(spec.ssh_wrapper),
+            spec.instances_path,
+            spec.image_store_path,
+        ]
         for path in wanted:
-            if not os.path.isdir(path) and self.change("create directory %s" % path):
+            if not os.path.isdir(path) and self.change(f"create directory {path}"):
                 # QEMU runs as libvirt-qemu and must reach the instance folders; the keys stay private
                 os.makedirs(path, mode=0o700 if path == os.path.dirname(spec.key_file) else 0o755)
         # nsfs files can only be bind-mounted below a private mount.
-        if spec.ns_dir not in self._mounts() and self.change("make %s a private mount for namespace files" % spec.ns_dir):
+        if spec.ns_dir not in self._mounts() and self.change(f"make {spec.ns_dir} a private mount for namespace files"):
             self.run(["mount", "--bind", spec.ns_dir, spec.ns_dir])
             self.run(["mount", "--make-private", spec.ns_dir])
 
     def _ssh_key(self) -> None:
         key = self.spec.key_file
-        if not os.path.exists(key) and self.change("create the lab SSH key %s" % key):
-            self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "%s-lab" % self.spec.name, "-f", key])
+        if not os.path.exists(key) and self.change(f"create the lab SSH key {key}"):
+            self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.spec.name}-lab", "-f", key])
 
     def _bridge(self) -> None:
         spec = self.spec
         if not self._link_exists(spec.bridge):
-            if self.change("create bridge %s" % spec.bridge):
-                self.run([self.ip, "link", "add", spec.bridge, "type", "bridge"], what="creating bridge %s" % spec.bridge)
-        cidr = "%s/%d" % (spec.bridge_address, spec.network.prefixlen)
+            if self.change(f"create bridge {spec.bridge}"):
+                self.run([self.ip, "link", "add", spec.bridge, "type", "bridge"], what=f"creating bridge {spec.bridge}")
+        cidr = f"{spec.bridge_address}/{spec.network.prefixlen}"
         out = self._run([self.ip, "-o", "-4", "addr", "show", "dev", spec.bridge])[1]
-        if cidr not in out.split() and self.change("address %s on %s" % (cidr, spec.bridge)):
+        if cidr not in out.split() and self.change(f"address {cidr} on {spec.bridge}"):
             self.run([self.ip, "addr", "add", cidr, "dev", spec.bridge])
         if "state UP" not in self._run([self.ip, "link", "show", spec.bridge])[1] and ",UP" not in self._run([self.ip, "link", "show", spec.bridge])[1]:
-            if self.change("set %s up" % spec.bridge):
+            if self.change(f"set {spec.bridge} up"):
                 self.run([self.ip, "link", "set", spec.bridge, "up"])
 
     def _hosts_file(self) -> str:
         lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback", ""]
-        lines += ["%s %s" % (h.address, h.name) for h in self.spec.hosts]
+        lines += [f"{h.address} {h.name}" for h in self.spec.hosts]
         return "\n".join(lines) + "\n"
 
     def _ssh_client_files(self) -> None:
         spec = self.spec
         blocks = []
         for host in spec.hosts:
-            blocks.append("Host %s %s\n  HostName %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n"
-                          "  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
-                          % (host.name, host.address, host.address, spec.key_file, spec.known_hosts))
+            blocks.append(
+                f"Host {host.name} {host.address}\n  HostName {host.address}\n  User root\n  IdentityFile {spec.key_file}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {spec.known_hosts}\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+            )
         self._write(spec.ssh_config, "\n".join(blocks), "lab ssh_config")
-        self._write(spec.ssh_wrapper, "#!/bin/sh\n# ssh with the lab's keys and known hosts (for qemu+ssh URIs: ?command=%s)\n"
-                    "exec /usr/bin/ssh -F %s \"$@\"\n" % (spec.ssh_wrapper, spec.ssh_config), "lab ssh wrapper", mode=0o755)
+        self._write(
+            spec.ssh_wrapper,
+            f"#!/bin/sh\n# ssh with the lab's keys and known hosts (for qemu+ssh URIs: ?command={spec.ssh_wrapper})\n"
+            f'exec /usr/bin/ssh -F {spec.ssh_config} "$@"\n',
+            "lab ssh wrapper",
+            mode=0o755,
+        )
 
     def _write(self, path: str, content: str, what: str, mode: int = 0o644) -> bool:
         try:
@@ -380,7 +416,7 @@ class Lab:
                     return False
         except OSError:
             pass
-        if self.change("write %s %s" % (what, path)):
+        if self.change(f"write {what} {path}"):
             tmp = path + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(content)
@@ -390,13 +426,12 @@ class Lab:
 
     def _host_up(self, host: HostSpec, netns_present: bool) -> list[tuple[HostSpec, str]]:
         """Make or repair one host; returns the daemons started, to wait for."""
-        spec = self.spec
         if netns_present and not self._ns_persisted(host):
             # half made (an interrupted lab_up): start this host again from nothing
             self._host_down(host)
             netns_present = False
         if not netns_present:
-            if self.change("create host %s (netns %s, address %s)" % (host.name, host.netns, host.address)):
+            if self.change(f"create host {host.name} (netns {host.netns}, address {host.address})"):
                 self._host_files(host)
                 self._host_network(host)
                 self._host_namespaces(host)
@@ -406,12 +441,12 @@ class Lab:
         started: list[tuple[HostSpec, str]] = []
         for daemon in host.daemons:
             pid = self.daemon_pid(host, daemon) if netns_present else None
-            if pid is not None and daemon in stale and self.change("restart %s on %s (configuration changed)" % (daemon, host.name)):
+            if pid is not None and daemon in stale and self.change(f"restart {daemon} on {host.name} (configuration changed)"):
                 self._kill([pid])
                 pid = None
             if self.check_mode and (pid is None or daemon in stale):
-                self.changes.append("start %s on %s" % (daemon, host.name))
-            elif pid is None and self.change("start %s on %s" % (daemon, host.name)):
+                self.changes.append(f"start {daemon} on {host.name}")
+            elif pid is None and self.change(f"start {daemon} on {host.name}"):
                 self._start(host, daemon)
                 started.append((host, daemon))
         return started
@@ -426,7 +461,7 @@ class Lab:
             dirs += ["images"]
         for sub in dirs:
             path = os.path.join(d, sub)
-            if not os.path.isdir(path) and self.change("create directory %s" % path):
+            if not os.path.isdir(path) and self.change(f"create directory {path}"):
                 os.makedirs(path, mode=0o700 if sub == "root-ssh" else 0o755)
         stale = set()
         if self.check_mode and not os.path.isdir(d):
@@ -438,15 +473,14 @@ class Lab:
             if self._libvirt_config(host):
                 stale.add("libvirtd")
         key = os.path.join(d, "ssh", "ssh_host_ed25519_key")
-        if not os.path.exists(key) and self.change("create SSH host key of %s" % host.name):
+        if not os.path.exists(key) and self.change(f"create SSH host key of {host.name}"):
             self.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", key])
-        if self._write(os.path.join(d, "ssh", "sshd_config"), self._sshd_config(host), "sshd_config of %s" % host.name):
+        if self._write(os.path.join(d, "ssh", "sshd_config"), self._sshd_config(host), f"sshd_config of {host.name}"):
             stale.add("sshd")
         # the lab's key in the host's authorized_keys, beside the keys the compute_node role adds
         # (the compute hosts' keys for migrations and image fetches): they stay
         path = os.path.join(d, "root-ssh", "authorized_keys")
-        self._write(path, with_line(self._read(path), self._read(self.spec.key_file + ".pub")),
-                    "authorized_keys of %s" % host.name, mode=0o600)
+        self._write(path, with_line(self._read(path), self._read(self.spec.key_file + ".pub")), f"authorized_keys of {host.name}", mode=0o600)
         return stale
 
     @staticmethod
@@ -462,7 +496,7 @@ class Lab:
         marker = os.path.join(dest, ".lab-seeded")
         if os.path.exists(marker) or not os.path.isdir(src):
             return
-        if self.change("seed %s from %s" % (dest, src)):
+        if self.change(f"seed {dest} from {src}"):
             shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
             if dest.endswith("etc-libvirt"):
                 # the default NAT network would start a dnsmasq on every host: the lab has its own networks
@@ -471,7 +505,7 @@ class Lab:
                     if os.path.lexists(path):
                         os.unlink(path)
             with open(marker, "w", encoding="ascii") as f:
-                f.write("seeded from %s\n" % src)
+                f.write(f"seeded from {src}\n")
 
     def _libvirt_config(self, host: HostSpec) -> bool:
         d = os.path.join(host.state_dir, "etc-libvirt")
@@ -479,36 +513,39 @@ class Lab:
         host_uuid = self._read(uuid_file).strip()
         if not host_uuid:
             host_uuid = str(uuid.uuid4())
-            if self.change("host_uuid %s for %s" % (host_uuid, host.name)):
+            if self.change(f"host_uuid {host_uuid} for {host.name}"):
                 with open(uuid_file, "w", encoding="ascii") as f:
                     f.write(host_uuid + "\n")
         # Lab-only settings: root-only sockets without SASL/polkit (polkit does not run in
         # the lab); no TCP or TLS listener at all: migration goes over qemu+ssh.
-        libvirtd = ("# written by the virtcloud.compute lab: for the lab only\n"
-                    "listen_tls = 0\nlisten_tcp = 0\n"
-                    "unix_sock_group = \"root\"\nunix_sock_ro_perms = \"0770\"\nunix_sock_rw_perms = \"0770\"\n"
-                    "auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n"
-                    "host_uuid = \"%s\"\n" % host_uuid)
-        changed = self._write(os.path.join(d, "libvirtd.conf"), libvirtd, "libvirtd.conf of %s" % host.name)
+        libvirtd = (
+            "# written by the virtcloud.compute lab: for the lab only\n"
+            "listen_tls = 0\nlisten_tcp = 0\n"
+            'unix_sock_group = "root"\nunix_sock_ro_perms = "0770"\nunix_sock_rw_perms = "0770"\n'
+            'auth_unix_ro = "none"\nauth_unix_rw = "none"\n'
+            f'host_uuid = "{host_uuid}"\n'
+        )
+        changed = self._write(os.path.join(d, "libvirtd.conf"), libvirtd, f"libvirtd.conf of {host.name}")
         # No AppArmor/SELinux confinement in the lab (the host kernel has no LSM for it).
         # No cgroups: the lab hosts share the machine's cgroup tree, where their domains'
         # groups would collide. No per-domain /dev namespace: the lab host's own /dev has
         # a hidden /dev/kvm that libvirt cannot copy into one.
-        qemu = ("# written by the virtcloud.compute lab: for the lab only\n"
-                "security_driver = \"none\"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n")
-        return self._write(os.path.join(d, "qemu.conf"), qemu, "qemu.conf of %s" % host.name) or changed
+        qemu = '# written by the virtcloud.compute lab: for the lab only\nsecurity_driver = "none"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n'
+        return self._write(os.path.join(d, "qemu.conf"), qemu, f"qemu.conf of {host.name}") or changed
 
     def _sshd_config(self, host: HostSpec) -> str:
         d = host.state_dir
-        return ("# sshd of lab host %s (virtcloud.compute lab)\n"
-                "ListenAddress %s\nPort 22\n"
-                "HostKey %s/ssh/ssh_host_ed25519_key\n"
-                "PidFile %s/pids/sshd.pid\n"
-                "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
-                "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                "AuthorizedKeysFile .ssh/authorized_keys\nUsePAM no\nUseDNS no\n"
-                "AcceptEnv LANG LC_*\nSubsystem sftp internal-sftp\n"
-                "MaxStartups 64:30:128\n" % (host.name, host.address, d, d))
+        return (
+            f"# sshd of lab host {host.name} (virtcloud.compute lab)\n"
+            f"ListenAddress {host.address}\nPort 22\n"
+            f"HostKey {d}/ssh/ssh_host_ed25519_key\n"
+            f"PidFile {d}/pids/sshd.pid\n"
+            "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "AuthorizedKeysFile .ssh/authorized_keys\nUsePAM no\nUseDNS no\n"
+            "AcceptEnv LANG LC_*\nSubsystem sftp internal-sftp\n"
+            "MaxStartups 64:30:128\n"
+        )
 
     def _host_network(self, host: HostSpec) -> None:
         ip = self.ip
@@ -518,7 +555,7 @@ class Lab:
             self.run([ip, "link", "del", host.veth])
         self.run([ip, "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
         self.run([ip, "link", "set", host.veth, "master", spec.bridge, "up"])
-        self.run([ip, "-n", host.netns, "addr", "add", "%s/%d" % (host.address, spec.network.prefixlen), "dev", "eth0"])
+        self.run([ip, "-n", host.netns, "addr", "add", f"{host.address}/{spec.network.prefixlen}", "dev", "eth0"])
         self.run([ip, "-n", host.netns, "link", "set", "eth0", "up"])
         self.run([ip, "-n", host.netns, "link", "set", "lo", "up"])
         self.run([ip, "-n", host.netns, "route", "add", "default", "via", spec.bridge_address])
@@ -526,28 +563,31 @@ class Lab:
     def _host_namespaces(self, host: HostSpec) -> None:
         spec = self.spec
         d = host.state_dir
-        mnt = "%s/%s.mnt" % (spec.ns_dir, host.name)
-        uts = "%s/%s.uts" % (spec.ns_dir, host.name)
+        mnt = f"{spec.ns_dir}/{host.name}.mnt"
+        uts = f"{spec.ns_dir}/{host.name}.uts"
         for path in (mnt, uts):
             with open(path, "w", encoding="ascii"):
                 pass
-        binds = [("%s/root-ssh" % d, "/root/.ssh"), ("%s/etc-hosts" % spec.state_dir, "/etc/hosts")]
-        binds += [("%s/%s" % (d, sub), path) for path, sub in HOST_PRIVATE_BINDS]
+        binds = [(f"{d}/root-ssh", "/root/.ssh"), (f"{spec.state_dir}/etc-hosts", "/etc/hosts")]
+        binds += [(f"{d}/{sub}", path) for path, sub in HOST_PRIVATE_BINDS]
         # the host's own SSH host keys where every tool looks for them
-        binds.append(("%s/ssh" % d, "/etc/ssh"))
+        binds.append((f"{d}/ssh", "/etc/ssh"))
         if host.role == "compute":
-            binds += [("%s/%s" % (d, sub), path) for path, sub in COMPUTE_BINDS]
-            binds.append((spec.shared_instances if host.shared_storage else "%s/instances" % d, spec.instances_path))
+            binds += [(f"{d}/{sub}", path) for path, sub in COMPUTE_BINDS]
+            binds.append((spec.shared_instances if host.shared_storage else f"{d}/instances", spec.instances_path))
         else:
-            binds.append(("%s/images" % d, spec.image_store_path))
-        script = ["set -e", "hostname %s" % host.name,
-                  # /sys shows the network namespace of whoever mounts it: ours
-                  "mount -t sysfs sysfs /sys",
-                  "mount -t tmpfs -o mode=0755,size=64m tmpfs /run",
-                  "mkdir -p /run/sshd /run/libvirt /run/lock /run/netns"]
+            binds.append((f"{d}/images", spec.image_store_path))
+        script = [
+            "set -e",
+            f"hostname {host.name}",
+            # /sys shows the network namespace of whoever mounts it: ours
+            "mount -t sysfs sysfs /sys",
+            "mount -t tmpfs -o mode=0755,size=64m tmpfs /run",
+            "mkdir -p /run/sshd /run/libvirt /run/lock /run/netns",
+        ]
         for src, dest in binds:
-            script.append("mkdir -p %s || true" % dest)
-            script.append("mount --bind %s %s" % (src, dest))
+            script.append(f"mkdir -p {dest} || true")
+            script.append(f"mount --bind {src} {dest}")
         if host.role == "compute" and not spec.kvm and os.path.exists("/dev/kvm"):
             # TCG only: hide /dev/kvm behind an unreadable file. Where /dev/kvm cannot run
             # guests (a nested PVM hypervisor) libvirt would otherwise find its cached QEMU
@@ -556,11 +596,22 @@ class Lab:
             with open(hidden, "w", encoding="ascii"):
                 pass
             os.chmod(hidden, 0)
-            script.append("mount --bind %s /dev/kvm" % hidden)
+            script.append(f"mount --bind {hidden} /dev/kvm")
         self._record_mountpoints([dest for _src, dest in binds])
-        argv = ["nsenter", "--net=/run/netns/%s" % host.netns, "--", "unshare", "--mount=%s" % mnt, "--uts=%s" % uts,
-                "--propagation", "private", "/bin/sh", "-c", "\n".join(script)]
-        self.run(argv, what="making the mount and UTS namespaces of %s" % host.name)
+        argv = [
+            "nsenter",
+            f"--net=/run/netns/{host.netns}",
+            "--",
+            "unshare",
+            f"--mount={mnt}",
+            f"--uts={uts}",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            "\n".join(script),
+        ]
+        self.run(argv, what=f"making the mount and UTS namespaces of {host.name}")
 
     def _record_mountpoints(self, paths: list[str]) -> None:
         """Remember mount points that do not exist yet, so lab_down removes exactly those."""
@@ -585,8 +636,8 @@ class Lab:
             argv = ["/usr/sbin/virtlogd", "-d", "-p", pidfile]
         else:
             argv = ["/usr/sbin/libvirtd", "-d", "-p", pidfile]
-        env = " ".join("%s=%s" % kv for kv in DAEMON_ENV.items())
-        self.run(self.nsenter(host) + ["/usr/bin/env", "-i"] + env.split() + argv, what="starting %s on %s" % (daemon, host.name))
+        env = " ".join("{}={}".format(*kv) for kv in DAEMON_ENV.items())
+        self.run(self.nsenter(host) + ["/usr/bin/env", "-i"] + env.split() + argv, what=f"starting {daemon} on {host.name}")
 
     def _wait_daemon(self, host: HostSpec, daemon: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -596,8 +647,8 @@ class Lab:
             time.sleep(0.2)
         logs = ""
         if daemon == "libvirtd":
-            logs = " (see %s/var-log-libvirt/)" % host.state_dir
-        raise LabError("%s on %s did not come up within %d s%s" % (daemon, host.name, self.timeout, logs))
+            logs = f" (see {host.state_dir}/var-log-libvirt/)"
+        raise LabError(f"{daemon} on {host.name} did not come up within {self.timeout} s{logs}")
 
     def _answers(self, host: HostSpec, daemon: str) -> bool:
         if daemon == "sshd":
@@ -614,19 +665,18 @@ class Lab:
         pub = self._read(os.path.join(host.state_dir, "ssh", "ssh_host_ed25519_key.pub")).split()
         if len(pub) < 2:
             return
-        line = "%s,%s %s %s" % (host.name, host.address, pub[0], pub[1])
-        lines = [entry for entry in self._read(self.spec.known_hosts).splitlines()
-                 if entry and entry.split()[0] != "%s,%s" % (host.name, host.address)]
-        self._write(self.spec.known_hosts, "\n".join(sorted(lines + [line])) + "\n", "known_hosts entry of %s" % host.name)
+        line = f"{host.name},{host.address} {pub[0]} {pub[1]}"
+        lines = [entry for entry in self._read(self.spec.known_hosts).splitlines() if entry and entry.split()[0] != f"{host.name},{host.address}"]
+        self._write(self.spec.known_hosts, "\n".join(sorted(lines + [line])) + "\n", f"known_hosts entry of {host.name}")
 
     def _remove_extra_hosts(self, present: set[str]) -> None:
         """Hosts of this lab that the options no longer ask for (lab_hosts lowered)."""
         wanted = {h.netns for h in self.spec.hosts}
         for netns in sorted(present):
             if netns.startswith(self.spec.name + "-node") and netns not in wanted:
-                name = netns[len(self.spec.name) + 1:]
+                name = netns[len(self.spec.name) + 1 :]
                 extra = _host(self.spec, name, "compute", "", False, name)
-                if self.change("remove host %s (not in lab_hosts)" % name):
+                if self.change(f"remove host {name} (not in lab_hosts)"):
                     self._host_down(extra)
 
     # ----------------------------------------------------------------- down
@@ -636,15 +686,15 @@ class Lab:
         hosts = {h.netns: h for h in spec.hosts}
         for netns in self.netns_list() if self.ip else []:
             if netns.startswith(spec.name + "-") and netns not in hosts:
-                name = netns[len(spec.name) + 1:]
+                name = netns[len(spec.name) + 1 :]
                 hosts[netns] = _host(spec, name, "compute", "", False, name)
         for host in hosts.values():
             self._host_down(host)
         for link in self._lab_links():
-            if self.change("delete link %s" % link):
+            if self.change(f"delete link {link}"):
                 self._run([self.ip, "link", "del", link])
         for mount in sorted((m for m in self._mounts() if m == spec.ns_dir or m.startswith(spec.ns_dir + "/")), reverse=True):
-            if self.change("unmount %s" % mount):
+            if self.change(f"unmount {mount}"):
                 self.run(["umount", "-l", mount])
         record = os.path.join(spec.state_dir, "created-mountpoints")
         # An empty folder that is a mount point in another lab's namespaces must stay:
@@ -652,12 +702,12 @@ class Lab:
         other_labs = [n for n in self.netns_list() if n.endswith("-controller")] if self.ip else []
         for path in [] if other_labs else sorted(set(self._read(record).split()), reverse=True):
             try:
-                if os.path.isdir(path) and not os.listdir(path) and self.change("remove mount point %s" % path):
+                if os.path.isdir(path) and not os.listdir(path) and self.change(f"remove mount point {path}"):
                     os.rmdir(path)
             except OSError:
                 pass
         for path in (spec.state_dir, spec.run_dir):
-            if os.path.lexists(path) and self.change("remove %s" % path):
+            if os.path.lexists(path) and self.change(f"remove {path}"):
                 shutil.rmtree(path)
         return self.changes
 
@@ -676,24 +726,24 @@ class Lab:
     def _host_down(self, host: HostSpec) -> None:
         pids = self._netns_pids(host.netns)
         for daemon in host.daemons:
-            pid = self.daemon_pid(host, daemon) if os.path.exists("/run/netns/%s" % host.netns) else None
+            pid = self.daemon_pid(host, daemon) if os.path.exists(f"/run/netns/{host.netns}") else None
             if pid and pid not in pids:
                 pids.append(pid)
-        if pids and self.change("stop %d processes of %s: %s" % (len(pids), host.name, " ".join(map(str, sorted(pids))))):
+        if pids and self.change(f"stop {len(pids)} processes of {host.name}: {' '.join(map(str, sorted(pids)))}"):
             self._kill(pids)
         for kind in ("mnt", "uts"):
-            path = "%s/%s.%s" % (self.spec.ns_dir, host.name, kind)
-            if path in self._mounts() and self.change("unmount %s" % path):
+            path = f"{self.spec.ns_dir}/{host.name}.{kind}"
+            if path in self._mounts() and self.change(f"unmount {path}"):
                 self.run(["umount", path])
             if os.path.exists(path) and not self.check_mode:
                 os.unlink(path)
-        if host.netns in self.netns_list() and self.change("delete netns %s" % host.netns):
+        if host.netns in self.netns_list() and self.change(f"delete netns {host.netns}"):
             self.run([self.ip, "netns", "del", host.netns])
-        if self._link_exists(host.veth) and self.change("delete link %s" % host.veth):
+        if self._link_exists(host.veth) and self.change(f"delete link {host.veth}"):
             self._run([self.ip, "link", "del", host.veth])
 
     def _netns_pids(self, netns: str) -> list[int]:
-        if not os.path.exists("/run/netns/%s" % netns):
+        if not os.path.exists(f"/run/netns/{netns}"):
             return []
         rc, out, _err = self._run([self.ip, "netns", "pids", netns])
         return [int(p) for p in out.split() if p.isdigit()] if rc == 0 else []
@@ -705,20 +755,20 @@ class Lab:
                     os.kill(pid, sig)
                 except OSError as exc:
                     if exc.errno != errno.ESRCH:
-                        raise LabError("cannot stop process %d: %s" % (pid, exc)) from None
+                        raise LabError(f"cannot stop process {pid}: {exc}") from None
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
+            while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
                 time.sleep(0.1)
             if not any(_alive(p) for p in pids):
                 return
         left = [p for p in pids if _alive(p)]
         if left:
-            raise LabError("processes %s of the lab did not stop" % left)
+            raise LabError(f"processes {left} of the lab did not stop")
 
 
 def _alive(pid: int) -> bool:
     try:
-        with open("/proc/%d/stat" % pid, encoding="ascii") as f:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False

@@ -83,6 +83,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 try:
     import libvirt
+
     HAS_LIBVIRT = True
     LIBVIRT_IMPORT_ERROR = None
 except ImportError:
@@ -92,6 +93,7 @@ except ImportError:
 
 try:
     from lxml import etree
+
     HAS_LXML = True
     LXML_IMPORT_ERROR = None
 except ImportError:
@@ -107,6 +109,7 @@ try:
         read_record as _strict_read_record,
     )
     from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError as _RecordError
+
     HAS_DOMAIN_XML = True
 except ImportError:
     _strict_read_record = None
@@ -118,10 +121,10 @@ except ImportError:
 
 # The collection's XML namespace for the instance record in <metadata>.
 RECORD_NS = "https://virtcloud.invalid/xmlns/compute/1"
-RECORD_TAG = "{%s}instance" % RECORD_NS
+RECORD_TAG = f"{{{RECORD_NS}}}instance"
 
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+GIB = 1024**3
+MIB = 1024**2
 
 # Nova's defaults (nova/conf/compute.py initial_*_allocation_ratio, reserved_host_*).
 DEFAULT_CPU_ALLOCATION_RATIO = 4.0
@@ -160,12 +163,36 @@ STATE_NAMES = {
 }
 # virDomain*Reason for the states whose reason matters to the messages.
 STATE_REASONS = {
-    VIR_DOMAIN_RUNNING: ("unknown", "booted", "migrated", "restored", "from snapshot", "unpaused", "migration canceled",
-                         "save canceled", "wakeup", "crashed", "post-copy"),
-    VIR_DOMAIN_PAUSED: ("unknown", "user", "migrating", "saving", "dumping", "I/O error", "watchdog", "from snapshot",
-                        "shutting down", "snapshot", "crashed", "starting up", "post-copy", "post-copy failed"),
-    VIR_DOMAIN_SHUTOFF: ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot",
-                         "daemon"),
+    VIR_DOMAIN_RUNNING: (
+        "unknown",
+        "booted",
+        "migrated",
+        "restored",
+        "from snapshot",
+        "unpaused",
+        "migration canceled",
+        "save canceled",
+        "wakeup",
+        "crashed",
+        "post-copy",
+    ),
+    VIR_DOMAIN_PAUSED: (
+        "unknown",
+        "user",
+        "migrating",
+        "saving",
+        "dumping",
+        "I/O error",
+        "watchdog",
+        "from snapshot",
+        "shutting down",
+        "snapshot",
+        "crashed",
+        "starting up",
+        "post-copy",
+        "post-copy failed",
+    ),
+    VIR_DOMAIN_SHUTOFF: ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot", "daemon"),
 }
 
 # libvirt error codes used here (virErrorNumber).
@@ -191,6 +218,7 @@ NO_RECORD = "no virtcloud record in its metadata"
 
 
 # --------------------------------------------------------------------------- errors
+
 
 class LibvirtError(VirtcloudError):
     """A libvirt call failed; the message names the operation and libvirt's own message."""
@@ -236,8 +264,9 @@ _LIBVIRT_ERROR = libvirt.libvirtError if HAS_LIBVIRT else _NoLibvirtError
 
 def require_libvirt() -> None:
     if not HAS_LIBVIRT:
-        raise LibvirtError("the libvirt Python bindings are needed on the host: install python3-libvirt "
-                           "(Debian/Ubuntu/RHEL package) for the Python that runs the module")
+        raise LibvirtError(
+            "the libvirt Python bindings are needed on the host: install python3-libvirt (Debian/Ubuntu/RHEL package) for the Python that runs the module"
+        )
 
 
 def require_libraries(module, lxml: bool = True) -> None:
@@ -250,8 +279,7 @@ def require_libraries(module, lxml: bool = True) -> None:
 
 def require_lxml() -> None:
     if not HAS_LXML:
-        raise HostFactsError("the Python lxml library is needed on the host to read libvirt XML: install python3-lxml "
-                             "for the Python that runs the module")
+        raise HostFactsError("the Python lxml library is needed on the host to read libvirt XML: install python3-lxml for the Python that runs the module")
 
 
 def _error_code(exc) -> int | None:
@@ -272,8 +300,8 @@ def _error_text(exc) -> str:
 def translate(exc, operation: str) -> LibvirtError:
     """A LibvirtError for a libvirt.libvirtError raised by OPERATION."""
     code = _error_code(exc)
-    where = " (libvirt error code %d)" % code if code is not None else ""
-    return LibvirtError("%s failed: %s%s" % (operation, _error_text(exc), where), code=code, operation=operation)
+    where = f" (libvirt error code {code})" if code is not None else ""
+    return LibvirtError(f"{operation} failed: {_error_text(exc)}{where}", code=code, operation=operation)
 
 
 @contextlib.contextmanager
@@ -295,30 +323,36 @@ URI_PATHS = ("/system", "/session")
 def check_uri(uri) -> str:
     """The URI, when it is one the collection may use; UnsafeUriError (with the reason) otherwise."""
     if not isinstance(uri, str) or not uri or CONTROL_RE.search(uri) or " " in uri:
-        raise UnsafeUriError("uri %r is not a libvirt URI: give one such as qemu:///system or qemu+ssh://host/system" % (uri,))
+        raise UnsafeUriError(f"uri {uri!r} is not a libvirt URI: give one such as qemu:///system or qemu+ssh://host/system")
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "qemu+tcp":
         raise UnsafeUriError(
-            "uri %s uses qemu+tcp, which carries the libvirt API without authentication or encryption: anybody who "
-            "reaches the port controls every domain on the host. Use qemu+ssh://HOST/system or qemu+tls://HOST/system" % uri)
+            f"uri {uri} uses qemu+tcp, which carries the libvirt API without authentication or encryption: anybody who "
+            "reaches the port controls every domain on the host. Use qemu+ssh://HOST/system or qemu+tls://HOST/system"
+        )
     if scheme == "qemu+ext":
-        raise UnsafeUriError("uri %s runs an arbitrary command as transport (qemu+ext); use qemu+ssh or qemu+tls" % uri)
+        raise UnsafeUriError(f"uri {uri} runs an arbitrary command as transport (qemu+ext); use qemu+ssh or qemu+tls")
     if scheme not in LOCAL_SCHEMES + REMOTE_SCHEMES:
         raise UnsafeUriError(
-            "uri %s is not a QEMU driver URI over a supported transport: use qemu:///system, qemu:///session, "
-            "qemu+ssh://HOST/system or qemu+tls://HOST/system" % uri)
+            f"uri {uri} is not a QEMU driver URI over a supported transport: use qemu:///system, qemu:///session, "
+            "qemu+ssh://HOST/system or qemu+tls://HOST/system"
+        )
     if parts.path not in URI_PATHS:
-        raise UnsafeUriError("uri %s must end in /system or /session (the QEMU driver's two instances), not %r" % (uri, parts.path or ""))
+        raise UnsafeUriError(f"uri {uri} must end in /system or /session (the QEMU driver's two instances), not {parts.path or ''!r}")
     if scheme in LOCAL_SCHEMES and parts.netloc:
-        raise UnsafeUriError("uri %s names a host with a local transport: use qemu+ssh://%s%s or qemu+tls://%s%s" % (
-            uri, parts.netloc, parts.path, parts.netloc, parts.path))
+        raise UnsafeUriError(
+            f"uri {uri} names a host with a local transport: use qemu+ssh://{parts.netloc}{parts.path} or qemu+tls://{parts.netloc}{parts.path}"
+        )
     if scheme in REMOTE_SCHEMES and not parts.hostname:
-        raise UnsafeUriError("uri %s has no host name: use %s://HOST%s" % (uri, scheme, parts.path))
+        raise UnsafeUriError(f"uri {uri} has no host name: use {scheme}://HOST{parts.path}")
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "no_verify" and value not in ("", "0"):
-            raise UnsafeUriError("uri %s turns off the check of the server's %s (no_verify=%s): remove it and trust the "
-                                 "host properly" % (uri, "certificate" if scheme == "qemu+tls" else "host key", value))
+            raise UnsafeUriError(
+                f"uri {uri} turns off the check of the server's {'certificate' if scheme == 'qemu+tls' else 'host key'} "
+                f"(no_verify={value}): remove it and trust "
+                f"the host properly"
+            )
     return uri
 
 
@@ -347,11 +381,13 @@ def connect(uri: str):
         conn = libvirt.open(uri)
     except _LIBVIRT_ERROR as exc:
         raise LibvirtConnectionError(
-            "cannot connect to libvirt at %s: %s. Is libvirtd (or virtqemud) running on the host, and may this user "
-            "use its socket? Check with: virsh -c %s version" % (uri, _error_text(exc), uri), code=_error_code(exc),
-            operation="connect") from None
+            f"cannot connect to libvirt at {uri}: {_error_text(exc)}. Is libvirtd (or virtqemud) running on the host, and may this user "
+            f"use its socket? Check with: virsh -c {uri} version",
+            code=_error_code(exc),
+            operation="connect",
+        ) from None
     if conn is None:
-        raise LibvirtConnectionError("cannot connect to libvirt at %s (libvirt returned no connection)" % uri, operation="connect")
+        raise LibvirtConnectionError(f"cannot connect to libvirt at {uri} (libvirt returned no connection)", operation="connect")
     _CONNECTIONS[uri] = conn
     return conn
 
@@ -368,9 +404,10 @@ def close_all() -> None:
 
 # --------------------------------------------------------------------------- domains
 
+
 def _check_domain_ref(name_or_uuid) -> str:
     if not isinstance(name_or_uuid, str) or not name_or_uuid or len(name_or_uuid) > 255 or CONTROL_RE.search(name_or_uuid):
-        raise LibvirtError("domain name or uuid %r is not valid: give 1 to 255 printable characters" % (name_or_uuid,))
+        raise LibvirtError(f"domain name or uuid {name_or_uuid!r} is not valid: give 1 to 255 printable characters")
     return name_or_uuid
 
 
@@ -387,17 +424,17 @@ def lookup_domain(conn, name_or_uuid: str):
         except _LIBVIRT_ERROR as exc:
             if _error_code(exc) == VIR_ERR_NO_DOMAIN:
                 continue
-            raise translate(exc, "looking up domain %s" % ref) from None
+            raise translate(exc, f"looking up domain {ref}") from None
     return None
 
 
 def state_name(state: int) -> str:
-    return STATE_NAMES.get(state, "state %s" % state)
+    return STATE_NAMES.get(state, f"state {state}")
 
 
 def reason_name(state: int, reason: int) -> str:
     names = STATE_REASONS.get(state, ())
-    return names[reason] if 0 <= reason < len(names) else "reason %d" % reason
+    return names[reason] if 0 <= reason < len(names) else f"reason {reason}"
 
 
 def domain_state(dom) -> tuple:
@@ -409,7 +446,7 @@ def domain_state(dom) -> tuple:
     except _LIBVIRT_ERROR as exc:
         if _error_code(exc) == VIR_ERR_NO_DOMAIN:
             return (STATE_ABSENT, 0, STATE_NAMES[STATE_ABSENT])
-        raise translate(exc, "reading the state of domain %s" % _dom_name(dom)) from None
+        raise translate(exc, f"reading the state of domain {_dom_name(dom)}") from None
     return (state, reason, state_name(state))
 
 
@@ -423,12 +460,11 @@ def _dom_name(dom) -> str:
 def _wanted_states(wanted) -> tuple:
     items = (wanted,) if isinstance(wanted, int) else tuple(wanted)
     if not items or any(isinstance(s, bool) or s not in STATE_NAMES for s in items):
-        raise LibvirtError("wanted domain state(s) %r are not libvirt states (0..7) or STATE_ABSENT" % (wanted,))
+        raise LibvirtError(f"wanted domain state(s) {wanted!r} are not libvirt states (0..7) or STATE_ABSENT")
     return items
 
 
-def wait_for_state(target, wanted, timeout: float, interval: float = 0.5, name: str | None = None,
-                   clock=time.monotonic, sleep=time.sleep) -> tuple:
+def wait_for_state(target, wanted, timeout: float, interval: float = 0.5, name: str | None = None, clock=time.monotonic, sleep=time.sleep) -> tuple:
     """Wait until the domain is in one of the WANTED states; returns its ``domain_state``.
 
     TARGET is a virDomain or a function returning the virDomain or None (absent), so
@@ -437,9 +473,9 @@ def wait_for_state(target, wanted, timeout: float, interval: float = 0.5, name: 
     """
     states = _wanted_states(wanted)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise LibvirtError("timeout must be a number of seconds >= 0, got %r" % (timeout,))
+        raise LibvirtError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-        raise LibvirtError("interval must be a number of seconds above 0, got %r" % (interval,))
+        raise LibvirtError(f"interval must be a number of seconds above 0, got {interval!r}")
     deadline = clock() + timeout
     label = name
     while True:
@@ -452,29 +488,34 @@ def wait_for_state(target, wanted, timeout: float, interval: float = 0.5, name: 
         remaining = deadline - clock()
         if remaining <= 0:
             wanted_text = " or ".join(state_name(s) for s in states)
-            reason = "" if current[0] == STATE_ABSENT else " (reason: %s)" % reason_name(current[0], current[1])
-            raise WaitTimeout("domain %s did not become %s within %s s: it is %s%s" % (
-                label or "?", wanted_text, _seconds(timeout), current[2], reason), domain=label or "", wanted=states, current=current)
+            reason = "" if current[0] == STATE_ABSENT else f" (reason: {reason_name(current[0], current[1])})"
+            raise WaitTimeout(
+                f"domain {label or '?'} did not become {wanted_text} within {_seconds(timeout)} s: it is {current[2]}{reason}",
+                domain=label or "",
+                wanted=states,
+                current=current,
+            )
         sleep(min(interval, remaining))
 
 
 def _seconds(value) -> str:
-    return ("%d" % value) if float(value).is_integer() else ("%g" % value)
+    return f"{int(value)}" if float(value).is_integer() else f"{value:g}"
 
 
 # --------------------------------------------------------------------------- XML parsing (pure)
+
 
 def _parse_xml(text, what: str):
     require_lxml()
     if isinstance(text, str):
         text = text.encode("utf-8")
     if not isinstance(text, bytes):
-        raise HostFactsError("%s must be XML text, got %s" % (what, type(text).__name__))
+        raise HostFactsError(f"{what} must be XML text, got {type(text).__name__}")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
     try:
         return etree.fromstring(text, parser)
     except etree.XMLSyntaxError as exc:
-        raise HostFactsError("%s does not parse as XML: %s" % (what, exc)) from None
+        raise HostFactsError(f"{what} does not parse as XML: {exc}") from None
 
 
 def _int(text, default=None):
@@ -500,7 +541,7 @@ def parse_capabilities(xml) -> dict:
     """
     root = _parse_xml(xml, "the capabilities XML")
     if root.tag != "capabilities":
-        raise HostFactsError("the capabilities XML has <%s> as its root, not <capabilities>" % root.tag)
+        raise HostFactsError(f"the capabilities XML has <{root.tag}> as its root, not <capabilities>")
     host = root.find("host")
     if host is None:
         raise HostFactsError("the capabilities XML has no <host> element")
@@ -536,13 +577,15 @@ def parse_capabilities(xml) -> dict:
             kind = domain.get("type")
             if kind and kind not in types:
                 types.append(kind)
-        caps["guests"].append({
-            "os_type": _text(guest, "os_type"),
-            "arch": arch.get("name"),
-            "wordsize": _int(arch.findtext("wordsize")),
-            "emulator": _text(arch, "emulator"),
-            "domain_types": types,
-        })
+        caps["guests"].append(
+            {
+                "os_type": _text(guest, "os_type"),
+                "arch": arch.get("name"),
+                "wordsize": _int(arch.findtext("wordsize")),
+                "emulator": _text(arch, "emulator"),
+                "domain_types": types,
+            }
+        )
     return caps
 
 
@@ -591,7 +634,7 @@ def parse_domain_capabilities(xml) -> dict:
     """``virConnectGetDomainCapabilities`` XML: path, domain (the virt type), machine, arch, vcpu_max, host_model."""
     root = _parse_xml(xml, "the domain capabilities XML")
     if root.tag != "domainCapabilities":
-        raise HostFactsError("the domain capabilities XML has <%s> as its root, not <domainCapabilities>" % root.tag)
+        raise HostFactsError(f"the domain capabilities XML has <{root.tag}> as its root, not <domainCapabilities>")
     vcpu = root.find("vcpu")
     host_model = None
     for mode in root.findall("cpu/mode"):
@@ -617,8 +660,20 @@ def detect_virt_type(caps: dict, kvm_domcaps: dict | None, dev_kvm_usable: bool)
 
 
 _UNIT_BYTES = {
-    "b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": MIB, "mib": MIB, "mb": 1000 ** 2,
-    "g": GIB, "gib": GIB, "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4,
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": MIB,
+    "mib": MIB,
+    "mb": 1000**2,
+    "g": GIB,
+    "gib": GIB,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
 }
 
 
@@ -635,14 +690,14 @@ def _record_from_element(element):
     try:
         record = json.loads(element.text or "")
     except ValueError as exc:
-        raise _RecordError("the record is not JSON: %s" % exc) from None
+        raise _RecordError(f"the record is not JSON: {exc}") from None
     if not isinstance(record, dict) or not isinstance(record.get("uuid"), str) or not isinstance(record.get("flavor"), dict):
         raise _RecordError("the record has no uuid or flavor")
     flavor = record["flavor"]
     for key in ("vcpus", "ram_mb", "disk_gb", "ephemeral_gb", "swap_mb"):
         value = flavor.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise _RecordError("flavor %s is %r, not a whole number >= 0" % (key, value))
+            raise _RecordError(f"flavor {key} is {value!r}, not a whole number >= 0")
     return record
 
 
@@ -662,7 +717,7 @@ def read_record(xml):
             return _strict_read_record(xml)
         return _record_from_element(element)
     except _RecordError as exc:
-        raise HostFactsError("the virtcloud record in its metadata is not valid: %s" % exc) from None
+        raise HostFactsError(f"the virtcloud record in its metadata is not valid: {exc}") from None
 
 
 def parse_domain(xml) -> dict:
@@ -670,19 +725,21 @@ def parse_domain(xml) -> dict:
     record (dict or None) and record_error (text or None)."""
     root = _parse_xml(xml, "the domain XML")
     if root.tag != "domain":
-        raise HostFactsError("the domain XML has <%s> as its root, not <domain>" % root.tag)
+        raise HostFactsError(f"the domain XML has <{root.tag}> as its root, not <domain>")
     disks = []
     for disk in root.findall("devices/disk"):
         source = disk.find("source")
         target = disk.find("target")
         driver = disk.find("driver")
-        disks.append({
-            "target": None if target is None else target.get("dev"),
-            "source": None if source is None else (source.get("file") or source.get("dev")),
-            "format": None if driver is None else driver.get("type"),
-            "device": disk.get("device", "disk"),
-            "type": disk.get("type"),
-        })
+        disks.append(
+            {
+                "target": None if target is None else target.get("dev"),
+                "source": None if source is None else (source.get("file") or source.get("dev")),
+                "format": None if driver is None else driver.get("type"),
+                "device": disk.get("device", "disk"),
+                "type": disk.get("type"),
+            }
+        )
     record, record_error = None, None
     try:
         record = read_record(xml)
@@ -702,6 +759,7 @@ def parse_domain(xml) -> dict:
 
 # --------------------------------------------------------------------------- host state (pure)
 
+
 def _flavor_numbers(flavor: dict) -> tuple:
     """(vcpus, ram_mb, disk_mb) a flavor claims: root + ephemeral + swap for disk."""
     vcpus = int(flavor.get("vcpus") or 0)
@@ -720,13 +778,21 @@ def is_io_op(instance: dict) -> bool:
     return instance.get("vm_state") in IO_VM_STATES or instance.get("task_state") in IO_TASK_STATES
 
 
-def host_state(*, vcpus_total: int, memory_mb_total: int, disk_total_bytes: int, disk_free_bytes: int,
-               disk_over_committed_bytes: int = 0, instances: list = (), other_domains: list = (),
-               cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
-               ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
-               disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
-               reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
-               reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB) -> dict:
+def host_state(
+    *,
+    vcpus_total: int,
+    memory_mb_total: int,
+    disk_total_bytes: int,
+    disk_free_bytes: int,
+    disk_over_committed_bytes: int = 0,
+    instances: list = (),
+    other_domains: list = (),
+    cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
+    ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
+    disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
+    reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
+    reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB,
+) -> dict:
     """Nova's capacity figures of one host, from its totals and what is on it.
 
     ``instances``: dicts with ``flavor`` (vcpus, ram_mb, disk_gb, ephemeral_gb,
@@ -773,24 +839,32 @@ def host_state(*, vcpus_total: int, memory_mb_total: int, disk_total_bytes: int,
 
 # --------------------------------------------------------------------------- options
 
+
 def check_ratio(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise HostFactsError("%s must be a number above 0 (Nova's default is %s), got %r" % (
-            name, {"cpu_allocation_ratio": DEFAULT_CPU_ALLOCATION_RATIO, "ram_allocation_ratio": DEFAULT_RAM_ALLOCATION_RATIO,
-                   "disk_allocation_ratio": DEFAULT_DISK_ALLOCATION_RATIO}.get(name, 1.0), value))
+        raise HostFactsError(
+            "{} must be a number above 0 (Nova's default is {}), got {!r}".format(
+                name,
+                {
+                    "cpu_allocation_ratio": DEFAULT_CPU_ALLOCATION_RATIO,
+                    "ram_allocation_ratio": DEFAULT_RAM_ALLOCATION_RATIO,
+                    "disk_allocation_ratio": DEFAULT_DISK_ALLOCATION_RATIO,
+                }.get(name, 1.0),
+                value,
+            )
+        )
     return float(value)
 
 
 def check_reserved(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise HostFactsError("%s must be a whole number of MB >= 0, got %r" % (name, value))
+        raise HostFactsError(f"{name} must be a whole number of MB >= 0, got {value!r}")
     return value
 
 
 def check_host_name(value, what: str = "host") -> str:
     if not isinstance(value, str) or not HOST_NAME_RE.match(value) or ".." in value:
-        raise HostFactsError("%s %r is not a valid host name: use 1 to 253 letters, digits, '.', '_' and '-', "
-                             "starting with a letter or digit" % (what, value))
+        raise HostFactsError(f"{what} {value!r} is not a valid host name: use 1 to 253 letters, digits, '.', '_' and '-', starting with a letter or digit")
     return value
 
 
@@ -798,8 +872,7 @@ def check_zone(value) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not ZONE_RE.match(value) or ".." in value:
-        raise HostFactsError("availability_zone %r is not valid: use 1 to 64 letters, digits, '.', '_' and '-', "
-                             "starting with a letter or digit" % (value,))
+        raise HostFactsError(f"availability_zone {value!r} is not valid: use 1 to 64 letters, digits, '.', '_' and '-', starting with a letter or digit")
     return value
 
 
@@ -809,9 +882,9 @@ def _metadata_text(value, where: str) -> str:
     if isinstance(value, (int, float, str)):
         text = str(value)
         if CONTROL_RE.search(text) or len(text) > 255:
-            raise HostFactsError("%s must be at most 255 printable characters" % where)
+            raise HostFactsError(f"{where} must be at most 255 printable characters")
         return text
-    raise HostFactsError("%s must be a string (Nova's aggregate metadata values are strings), got %r" % (where, value))
+    raise HostFactsError(f"{where} must be a string (Nova's aggregate metadata values are strings), got {value!r}")
 
 
 def normalise_aggregates(aggregates) -> list:
@@ -819,22 +892,22 @@ def normalise_aggregates(aggregates) -> list:
     if aggregates is None:
         return []
     if not isinstance(aggregates, list):
-        raise HostFactsError("aggregates must be a list of {name, metadata}, got %r" % (aggregates,))
+        raise HostFactsError(f"aggregates must be a list of {{name, metadata}}, got {aggregates!r}")
     result = []
     for index, aggregate in enumerate(aggregates):
-        where = "aggregates[%d]" % index
+        where = f"aggregates[{index}]"
         if not isinstance(aggregate, dict):
-            raise HostFactsError("%s must be a dictionary with name and metadata, got %r" % (where, aggregate))
+            raise HostFactsError(f"{where} must be a dictionary with name and metadata, got {aggregate!r}")
         unknown = sorted(set(aggregate) - {"name", "metadata"})
         if unknown:
-            raise HostFactsError("%s has unknown keys %s; an aggregate has name and metadata" % (where, ", ".join(map(str, unknown))))
+            raise HostFactsError(f"{where} has unknown keys {', '.join(map(str, unknown))}; an aggregate has name and metadata")
         name = aggregate.get("name")
         if not isinstance(name, str) or not name.strip() or CONTROL_RE.search(name) or len(name) > 255:
-            raise HostFactsError("%s.name must be a non-empty string of at most 255 printable characters, got %r" % (where, name))
+            raise HostFactsError(f"{where}.name must be a non-empty string of at most 255 printable characters, got {name!r}")
         metadata = aggregate.get("metadata") or {}
         if not isinstance(metadata, dict):
-            raise HostFactsError("%s.metadata must be a dictionary of strings, got %r" % (where, metadata))
-        texts = {str(k): _metadata_text(v, "%s.metadata.%s" % (where, k)) for k, v in metadata.items()}
+            raise HostFactsError(f"{where}.metadata must be a dictionary of strings, got {metadata!r}")
+        texts = {str(k): _metadata_text(v, f"{where}.metadata.{k}") for k, v in metadata.items()}
         result.append({"name": name, "metadata": dict(sorted(texts.items()))})
     return result
 
@@ -849,14 +922,16 @@ def host_zone(availability_zone: str | None, aggregates: list) -> str:
 
 # --------------------------------------------------------------------------- service record
 
+
 def now_text() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def check_reason(reason) -> str:
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON or CONTROL_RE.search(reason):
-        raise ServiceRecordError("disabled_reason must be 1 to %d printable characters on one line (as nova service-disable "
-                                 "--reason), got %r" % (MAX_REASON, reason))
+        raise ServiceRecordError(
+            f"disabled_reason must be 1 to {MAX_REASON} printable characters on one line (as nova service-disable --reason), got {reason!r}"
+        )
     return reason
 
 
@@ -868,22 +943,24 @@ def read_service_record(path: str, host: str) -> dict | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ServiceRecordError("cannot read the service record %s: %s" % (path, exc.strerror or exc)) from None
+        raise ServiceRecordError(f"cannot read the service record {path}: {exc.strerror or exc}") from None
     try:
         record = json.loads(text)
     except ValueError as exc:
-        raise ServiceRecordError("the service record %s is not valid JSON (%s): fix it or set the state again with "
-                                 "virtcloud.compute.compute_service after removing it" % (path, exc)) from None
+        raise ServiceRecordError(
+            f"the service record {path} is not valid JSON ({exc}): fix it or set the state again with virtcloud.compute.compute_service after removing it"
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("enabled"), bool):
-        raise ServiceRecordError("the service record %s has no boolean 'enabled': fix it or remove it" % path)
+        raise ServiceRecordError(f"the service record {path} has no boolean 'enabled': fix it or remove it")
     reason = record.get("disabled_reason")
     if reason is not None and not isinstance(reason, str):
-        raise ServiceRecordError("the service record %s has a disabled_reason that is not a string" % path)
+        raise ServiceRecordError(f"the service record {path} has a disabled_reason that is not a string")
     owner = record.get("host")
     if owner is not None and owner != host:
         raise ServiceRecordError(
-            "the service record %s belongs to host %s, not %s: each compute host needs its own service_file "
-            "(is the path on storage shared between hosts?)" % (path, owner, host))
+            f"the service record {path} belongs to host {owner}, not {host}: each compute host needs its own service_file "
+            "(is the path on storage shared between hosts?)"
+        )
     return {"enabled": record["enabled"], "disabled_reason": reason, "updated_at": record.get("updated_at"), "host": owner or host}
 
 
@@ -899,9 +976,9 @@ def write_service_record(path: str, record: dict) -> None:
     folder = os.path.dirname(path) or "."
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".%s." % os.path.basename(path), suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except OSError as exc:
-        raise ServiceRecordError("cannot write the service record in %s: %s" % (folder, exc.strerror or exc)) from None
+        raise ServiceRecordError(f"cannot write the service record in {folder}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f, sort_keys=True, indent=2)
@@ -918,19 +995,20 @@ def write_service_record(path: str, record: dict) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise ServiceRecordError("cannot write the service record %s: %s" % (path, exc.strerror or exc)) from None
+        raise ServiceRecordError(f"cannot write the service record {path}: {exc.strerror or exc}") from None
 
 
 def wanted_service_record(state: str, disabled_reason: str | None, host: str) -> dict:
     """The record ``nova service-enable``/``service-disable --reason`` would leave (without updated_at)."""
     if state not in ("enabled", "disabled"):
-        raise ServiceRecordError("state must be enabled or disabled, got %r" % (state,))
+        raise ServiceRecordError(f"state must be enabled or disabled, got {state!r}")
     if disabled_reason == "":
         disabled_reason = None
     if state == "disabled":
         if disabled_reason is None:
-            raise ServiceRecordError("disabled_reason is required with state=disabled: say why the host takes no new "
-                                     "instances (it shows in the facts and in the scheduler's trace)")
+            raise ServiceRecordError(
+                "disabled_reason is required with state=disabled: say why the host takes no new instances (it shows in the facts and in the scheduler's trace)"
+            )
         return {"enabled": False, "disabled_reason": check_reason(disabled_reason), "host": host}
     if disabled_reason is not None:
         raise ServiceRecordError("disabled_reason is only used with state=disabled (enabling clears the reason)")
@@ -955,16 +1033,18 @@ def set_service_state(path: str, state: str, disabled_reason: str | None, host: 
 
 # --------------------------------------------------------------------------- gathering
 
+
 def _disk_usage(path: str) -> tuple:
     if not os.path.isabs(path):
-        raise HostFactsError("instances_path %r must be an absolute path" % (path,))
+        raise HostFactsError(f"instances_path {path!r} must be an absolute path")
     try:
         st = os.statvfs(path)
     except FileNotFoundError:
-        raise HostFactsError("instances_path %s does not exist on this host: prepare the host (role "
-                             "virtcloud.compute.compute_node) or give the right path" % path) from None
+        raise HostFactsError(
+            f"instances_path {path} does not exist on this host: prepare the host (role virtcloud.compute.compute_node) or give the right path"
+        ) from None
     except OSError as exc:
-        raise HostFactsError("cannot read the filesystem of instances_path %s: %s" % (path, exc.strerror or exc)) from None
+        raise HostFactsError(f"cannot read the filesystem of instances_path {path}: {exc.strerror or exc}") from None
     return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
@@ -1048,7 +1128,7 @@ def read_libvirt(conn, uri: str) -> dict:
         except _LIBVIRT_ERROR as exc:
             if _error_code(exc) == VIR_ERR_NO_DOMAIN:
                 continue  # undefined while we looked
-            raise translate(exc, "reading domain %s" % _dom_name(dom)) from None
+            raise translate(exc, f"reading domain {_dom_name(dom)}") from None
         if state[0] == STATE_ABSENT:
             continue
         domain = parse_domain(xml)
@@ -1078,15 +1158,22 @@ def default_host() -> str:
     return socket.gethostname()
 
 
-def allocation_options(cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
-                       ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
-                       disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
-                       reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
-                       reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB) -> dict:
+def allocation_options(
+    cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
+    ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
+    disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
+    reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
+    reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB,
+) -> dict:
     """The allocation ratios and reservations, checked: keyword arguments of :func:`host_state`."""
-    options = {name: check_ratio(value, name) for name, value in (
-        ("cpu_allocation_ratio", cpu_allocation_ratio), ("ram_allocation_ratio", ram_allocation_ratio),
-        ("disk_allocation_ratio", disk_allocation_ratio))}
+    options = {
+        name: check_ratio(value, name)
+        for name, value in (
+            ("cpu_allocation_ratio", cpu_allocation_ratio),
+            ("ram_allocation_ratio", ram_allocation_ratio),
+            ("disk_allocation_ratio", disk_allocation_ratio),
+        )
+    }
     options["reserved_host_memory_mb"] = check_reserved(reserved_host_memory_mb, "reserved_host_memory_mb")
     options["reserved_host_disk_mb"] = check_reserved(reserved_host_disk_mb, "reserved_host_disk_mb")
     return options
@@ -1101,37 +1188,60 @@ def host_figures(seen: dict, instances_path: str, options: dict, extra_instances
     """
     disk_total, disk_free = _disk_usage(instances_path)
     return host_state(
-        vcpus_total=seen["vcpus_total"], memory_mb_total=seen["memory_mb_total"], disk_total_bytes=disk_total,
-        disk_free_bytes=disk_free, disk_over_committed_bytes=seen["disk_over_committed_bytes"],
-        instances=list(seen["instances"]) + list(extra_instances), other_domains=seen["other_domains"], **options)
+        vcpus_total=seen["vcpus_total"],
+        memory_mb_total=seen["memory_mb_total"],
+        disk_total_bytes=disk_total,
+        disk_free_bytes=disk_free,
+        disk_over_committed_bytes=seen["disk_over_committed_bytes"],
+        instances=list(seen["instances"]) + list(extra_instances),
+        other_domains=seen["other_domains"],
+        **options,
+    )
 
 
-def gather_host_facts(*, uri: str, instances_path: str, host: str | None = None, availability_zone: str | None = None,
-                      aggregates=None, cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
-                      ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
-                      disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
-                      reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
-                      reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB,
-                      service_file: str = "/var/lib/virtcloud/service.json", connector=connect) -> dict:
+def gather_host_facts(
+    *,
+    uri: str,
+    instances_path: str,
+    host: str | None = None,
+    availability_zone: str | None = None,
+    aggregates=None,
+    cpu_allocation_ratio: float = DEFAULT_CPU_ALLOCATION_RATIO,
+    ram_allocation_ratio: float = DEFAULT_RAM_ALLOCATION_RATIO,
+    disk_allocation_ratio: float = DEFAULT_DISK_ALLOCATION_RATIO,
+    reserved_host_memory_mb: int = DEFAULT_RESERVED_HOST_MEMORY_MB,
+    reserved_host_disk_mb: int = DEFAULT_RESERVED_HOST_DISK_MB,
+    service_file: str = "/var/lib/virtcloud/service.json",
+    connector=connect,
+) -> dict:
     """The host facts (Nova's HostState names). Raises VirtcloudError subclasses for bad options."""
     check_uri(uri)
     host = check_host_name(host if host else default_host())
     zone = check_zone(availability_zone)
     aggs = normalise_aggregates(aggregates)
-    options = allocation_options(cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio,
-                                 reserved_host_memory_mb, reserved_host_disk_mb)
+    options = allocation_options(cpu_allocation_ratio, ram_allocation_ratio, disk_allocation_ratio, reserved_host_memory_mb, reserved_host_disk_mb)
     require_lxml()
     service = service_state(read_service_record(service_file, host), host)
-    _disk_usage(instances_path)   # a missing instances folder is an error, not a down service
+    _disk_usage(instances_path)  # a missing instances folder is an error, not a down service
 
     down_reason = None
     try:
         seen = read_libvirt(connector(uri), uri)
     except LibvirtConnectionError as exc:
         down_reason = str(exc)
-        seen = {"caps": None, "vcpus_total": 0, "memory_mb_total": 0, "hypervisor_type": None, "hypervisor_version": 0,
-                "libvirt_version": 0, "hypervisor_hostname": None, "virt_type": None, "instances": [], "other_domains": [],
-                "disk_over_committed_bytes": 0}
+        seen = {
+            "caps": None,
+            "vcpus_total": 0,
+            "memory_mb_total": 0,
+            "hypervisor_type": None,
+            "hypervisor_version": 0,
+            "libvirt_version": 0,
+            "hypervisor_hostname": None,
+            "virt_type": None,
+            "instances": [],
+            "other_domains": [],
+            "disk_over_committed_bytes": 0,
+        }
     numbers = host_figures(seen, instances_path, options)
     caps = seen["caps"]
     facts = {

@@ -155,12 +155,13 @@ class NetworkError(VirtcloudError):
 # Validation
 # ---------------------------------------------------------------------------
 
+
 def validate_name(name) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise NetworkError(
-            "network name %r is not valid: use 1 to 10 of a-z, 0-9 and '-', starting with a letter or digit "
-            "(it makes the interface names %s<name> and %s<name>, which Linux limits to 15 characters)"
-            % (name, BRIDGE_PREFIX, VXLAN_PREFIX))
+            f"network name {name!r} is not valid: use 1 to 10 of a-z, 0-9 and '-', starting with a letter or digit "
+            f"(it makes the interface names {BRIDGE_PREFIX}<name> and {VXLAN_PREFIX}<name>, which Linux limits to 15 characters)"
+        )
     return name
 
 
@@ -177,23 +178,23 @@ def validate_subnet(value) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.IPv4Network(value, strict=True)
     except (ValueError, TypeError) as exc:
-        raise NetworkError("subnet %r is not an IPv4 network in CIDR form such as 10.100.0.0/24: %s" % (value, exc)) from None
+        raise NetworkError(f"subnet {value!r} is not an IPv4 network in CIDR form such as 10.100.0.0/24: {exc}") from None
     if not any(net.subnet_of(r) for r in RFC1918):
-        raise NetworkError("subnet %s is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16" % net)
+        raise NetworkError(f"subnet {net} is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
     if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
-        raise NetworkError("subnet %s has prefix length /%d: use /%d to /%d" % (net, net.prefixlen, MIN_PREFIX, MAX_PREFIX))
+        raise NetworkError(f"subnet {net} has prefix length /{net.prefixlen}: use /{MIN_PREFIX} to /{MAX_PREFIX}")
     return net
 
 
 def validate_vni(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VNI:
-        raise NetworkError("vni %r is not valid: a VXLAN id is a whole number from 1 to %d" % (value, MAX_VNI))
+        raise NetworkError(f"vni {value!r} is not valid: a VXLAN id is a whole number from 1 to {MAX_VNI}")
     return value
 
 
 def validate_mtu(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_MTU <= value <= MAX_MTU:
-        raise NetworkError("mtu %r is not valid: use %d to %d (1450 for VXLAN over a 1500-byte underlay)" % (value, MIN_MTU, MAX_MTU))
+        raise NetworkError(f"mtu {value!r} is not valid: use {MIN_MTU} to {MAX_MTU} (1450 for VXLAN over a 1500-byte underlay)")
     return value
 
 
@@ -201,43 +202,43 @@ def validate_ipv4(value, what: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
     except (ValueError, TypeError):
-        raise NetworkError("%s %r is not an IPv4 address" % (what, value)) from None
+        raise NetworkError(f"{what} {value!r} is not an IPv4 address") from None
 
 
 def validate_state_dir(value) -> str:
     if not isinstance(value, str) or not PATH_RE.match(value) or "/../" in value + "/" or "/./" in value + "/":
-        raise NetworkError("state_dir %r is not valid: give an absolute path of letters, digits and . _ + - /" % (value,))
+        raise NetworkError(f"state_dir {value!r} is not valid: give an absolute path of letters, digits and . _ + - /")
     path = os.path.normpath(value)
     if path in ("/", "/var", "/var/lib", "/etc", "/tmp", "/run", "/usr", "/root"):
-        raise NetworkError("state_dir %r must be a folder of its own (it holds one folder per network)" % (value,))
+        raise NetworkError(f"state_dir {value!r} must be a folder of its own (it holds one folder per network)")
     return path
 
 
 def validate_port_id(value) -> str:
     if not isinstance(value, str) or not PORT_ID_RE.match(value):
-        raise NetworkError("port id %r is not valid: use 1 to 80 of letters, digits and . _ : -, starting with a letter or digit" % (value,))
+        raise NetworkError(f"port id {value!r} is not valid: use 1 to 80 of letters, digits and . _ : -, starting with a letter or digit")
     return value
 
 
 def validate_hostname(value) -> str:
     if not isinstance(value, str) or not HOSTNAME_RE.match(value):
-        raise NetworkError("hostname %r is not valid: one DNS label, 1 to 63 letters, digits and '-', not starting or ending with '-'" % (value,))
+        raise NetworkError(f"hostname {value!r} is not valid: one DNS label, 1 to 63 letters, digits and '-', not starting or ending with '-'")
     return value
 
 
 def validate_uuid(value) -> str:
     text = value.lower() if isinstance(value, str) else value
     if not isinstance(text, str) or not UUID_RE.match(text):
-        raise NetworkError("instance uuid %r is not a UUID (8-4-4-4-12 hexadecimal digits)" % (value,))
+        raise NetworkError(f"instance uuid {value!r} is not a UUID (8-4-4-4-12 hexadecimal digits)")
     return text
 
 
 def validate_mac(value) -> str:
     mac = value.lower() if isinstance(value, str) else value
     if not isinstance(mac, str) or not MAC_RE.match(mac):
-        raise NetworkError("MAC address %r is not valid: give six colon-separated hexadecimal bytes such as fa:16:3e:12:34:56" % (value,))
+        raise NetworkError(f"MAC address {value!r} is not valid: give six colon-separated hexadecimal bytes such as fa:16:3e:12:34:56")
     if int(mac[:2], 16) & 1:
-        raise NetworkError("MAC address %s is a multicast address: a port needs a unicast one (even first byte)" % mac)
+        raise NetworkError(f"MAC address {mac} is a multicast address: a port needs a unicast one (even first byte)")
     if mac == ZERO_MAC:
         raise NetworkError("MAC address 00:00:00:00:00:00 is not usable for a port")
     return mac
@@ -246,8 +247,8 @@ def validate_mac(value) -> str:
 def port_id_for(instance_uuid: str, index: int) -> str:
     """The id of an instance's port number ``index``: ``<uuid>-<index>``."""
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 99:
-        raise NetworkError("port index %r is not valid: use 0 to 99" % (index,))
-    return "%s-%d" % (validate_uuid(instance_uuid), index)
+        raise NetworkError(f"port index {index!r} is not valid: use 0 to 99")
+    return f"{validate_uuid(instance_uuid)}-{index}"
 
 
 def check_no_overlap(subnet: ipaddress.IPv4Network, addresses: list, routes: list, own_devices: tuple = ()) -> None:
@@ -261,8 +262,7 @@ def check_no_overlap(subnet: ipaddress.IPv4Network, addresses: list, routes: lis
             continue
         iface = ipaddress.IPv4Interface(cidr)
         if iface.network.overlaps(subnet):
-            raise NetworkError("subnet %s overlaps the address %s of %s on this host: choose a subnet that the hosts do not use"
-                               % (subnet, cidr, dev))
+            raise NetworkError(f"subnet {subnet} overlaps the address {cidr} of {dev} on this host: choose a subnet that the hosts do not use")
     for dst, dev in routes:
         if dev in own_devices or dst == "default":
             continue
@@ -271,13 +271,13 @@ def check_no_overlap(subnet: ipaddress.IPv4Network, addresses: list, routes: lis
         except ValueError:
             continue
         if route.prefixlen and route.overlaps(subnet):
-            raise NetworkError("subnet %s overlaps the route to %s (dev %s) on this host: choose a subnet that the hosts do not route"
-                               % (subnet, dst, dev or "-"))
+            raise NetworkError(f"subnet {subnet} overlaps the route to {dst} (dev {dev or '-'}) on this host: choose a subnet that the hosts do not route")
 
 
 # ---------------------------------------------------------------------------
 # The network definition
 # ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class NetworkSpec:
@@ -305,7 +305,7 @@ class NetworkSpec:
 
     @property
     def gateway_cidr(self) -> str:
-        return "%s/%d" % (self.gateway, self.subnet.prefixlen)
+        return f"{self.gateway}/{self.subnet.prefixlen}"
 
     def pool_bounds(self) -> tuple[int, int]:
         """First and last address (as integers) that the allocator hands out."""
@@ -318,31 +318,45 @@ class NetworkSpec:
         return first, last
 
     def to_dict(self) -> dict:
-        return dict(name=self.name, subnet=str(self.subnet), gateway=self.gateway, vni=self.vni, mtu=self.mtu,
-                    bridge=self.bridge, vxlan=self.vxlan, allocation_start=self.allocation_start,
-                    allocation_end=self.allocation_end, lease_time=self.lease_time)
+        return dict(
+            name=self.name,
+            subnet=str(self.subnet),
+            gateway=self.gateway,
+            vni=self.vni,
+            mtu=self.mtu,
+            bridge=self.bridge,
+            vxlan=self.vxlan,
+            allocation_start=self.allocation_start,
+            allocation_end=self.allocation_end,
+            lease_time=self.lease_time,
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "NetworkSpec":
         if not isinstance(data, dict):
-            raise NetworkError("network definition must be a JSON object, got %r" % (data,))
+            raise NetworkError(f"network definition must be a JSON object, got {data!r}")
         try:
-            return make_spec(data["name"], data["subnet"], data["vni"], data.get("mtu", DEFAULT_MTU),
-                             data.get("allocation_start"), data.get("allocation_end"),
-                             data.get("lease_time", DEFAULT_LEASE_TIME))
+            return make_spec(
+                data["name"],
+                data["subnet"],
+                data["vni"],
+                data.get("mtu", DEFAULT_MTU),
+                data.get("allocation_start"),
+                data.get("allocation_end"),
+                data.get("lease_time", DEFAULT_LEASE_TIME),
+            )
         except KeyError as exc:
-            raise NetworkError("network definition lacks %s" % exc) from None
+            raise NetworkError(f"network definition lacks {exc}") from None
 
 
-def make_spec(name, subnet, vni, mtu=DEFAULT_MTU, allocation_start=None, allocation_end=None,
-              lease_time=DEFAULT_LEASE_TIME) -> NetworkSpec:
+def make_spec(name, subnet, vni, mtu=DEFAULT_MTU, allocation_start=None, allocation_end=None, lease_time=DEFAULT_LEASE_TIME) -> NetworkSpec:
     """Validate a network's options; raises NetworkError naming the bad one."""
     validate_name(name)
     net = validate_subnet(subnet)
     validate_vni(vni)
     validate_mtu(mtu)
     if isinstance(lease_time, bool) or not isinstance(lease_time, int) or not 120 <= lease_time <= 31536000:
-        raise NetworkError("lease_time %r is not valid: give seconds from 120 to 31536000" % (lease_time,))
+        raise NetworkError(f"lease_time {lease_time!r} is not valid: give seconds from 120 to 31536000")
     gateway = net.network_address + 1
     bounds = []
     for what, value in (("allocation_start", allocation_start), ("allocation_end", allocation_end)):
@@ -351,21 +365,22 @@ def make_spec(name, subnet, vni, mtu=DEFAULT_MTU, allocation_start=None, allocat
             continue
         addr = ipaddress.IPv4Address(validate_ipv4(value, what))
         if addr not in net or addr in (net.network_address, net.broadcast_address, gateway):
-            raise NetworkError("%s %s is not a usable address of %s (not the network, gateway %s or broadcast address)"
-                               % (what, addr, net, gateway))
+            raise NetworkError(f"{what} {addr} is not a usable address of {net} (not the network, gateway {gateway} or broadcast address)")
         bounds.append(str(addr))
-    spec = NetworkSpec(name=name, subnet=net, vni=vni, mtu=mtu, allocation_start=bounds[0], allocation_end=bounds[1],
-                       lease_time=lease_time)
+    spec = NetworkSpec(name=name, subnet=net, vni=vni, mtu=mtu, allocation_start=bounds[0], allocation_end=bounds[1], lease_time=lease_time)
     first, last = spec.pool_bounds()
     if first > last:
-        raise NetworkError("allocation range %s..%s of %s is empty: allocation_start must not be above allocation_end"
-                           % (ipaddress.IPv4Address(first), ipaddress.IPv4Address(last), net))
+        raise NetworkError(
+            f"allocation range {ipaddress.IPv4Address(first)}..{ipaddress.IPv4Address(last)} of {net} is empty: "
+            "allocation_start must not be above allocation_end"
+        )
     return spec
 
 
 # ---------------------------------------------------------------------------
 # Ports: the reservations, IPAM and MACs
 # ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Port:
@@ -380,40 +395,52 @@ class Port:
     created_at: str | None = None
 
     def to_dict(self) -> dict:
-        return dict(id=self.id, mac=self.mac, ip=self.ip, hostname=self.hostname, instance_uuid=self.instance_uuid,
-                    request_id=self.request_id, created_at=self.created_at)
+        return dict(
+            id=self.id,
+            mac=self.mac,
+            ip=self.ip,
+            hostname=self.hostname,
+            instance_uuid=self.instance_uuid,
+            request_id=self.request_id,
+            created_at=self.created_at,
+        )
 
     @classmethod
     def from_dict(cls, data) -> "Port":
         if not isinstance(data, dict):
-            raise NetworkError("a port in ports.json is not a JSON object: %r" % (data,))
+            raise NetworkError(f"a port in ports.json is not a JSON object: {data!r}")
         try:
-            return cls(id=validate_port_id(data["id"]), mac=validate_mac(data["mac"]), ip=validate_ipv4(data["ip"], "port ip"),
-                       hostname=validate_hostname(data["hostname"]) if data.get("hostname") else None,
-                       instance_uuid=validate_uuid(data["instance_uuid"]) if data.get("instance_uuid") else None,
-                       request_id=data.get("request_id"), created_at=data.get("created_at"))
+            return cls(
+                id=validate_port_id(data["id"]),
+                mac=validate_mac(data["mac"]),
+                ip=validate_ipv4(data["ip"], "port ip"),
+                hostname=validate_hostname(data["hostname"]) if data.get("hostname") else None,
+                instance_uuid=validate_uuid(data["instance_uuid"]) if data.get("instance_uuid") else None,
+                request_id=data.get("request_id"),
+                created_at=data.get("created_at"),
+            )
         except KeyError as exc:
-            raise NetworkError("a port in ports.json lacks %s: %r" % (exc, data)) from None
+            raise NetworkError(f"a port in ports.json lacks {exc}: {data!r}") from None
 
 
 def ports_from_document(doc, network: str) -> dict[str, Port]:
     """The content of ports.json to ``{port id: Port}``, checked (no MAC or IP twice)."""
     if not isinstance(doc, dict) or doc.get("version") != PORTS_VERSION or not isinstance(doc.get("ports"), dict):
-        raise NetworkError("ports.json of network %s is not a version %d reservations document" % (network, PORTS_VERSION))
+        raise NetworkError(f"ports.json of network {network} is not a version {PORTS_VERSION} reservations document")
     if doc.get("network") != network:
-        raise NetworkError("ports.json in the folder of network %s belongs to network %r" % (network, doc.get("network")))
+        raise NetworkError(f"ports.json in the folder of network {network} belongs to network {doc.get('network')!r}")
     ports = {}
     for key, value in doc["ports"].items():
         port = Port.from_dict(value)
         if port.id != key:
-            raise NetworkError("ports.json of network %s: port %r is filed under %r" % (network, port.id, key))
+            raise NetworkError(f"ports.json of network {network}: port {port.id!r} is filed under {key!r}")
         ports[key] = port
     for attr in ("mac", "ip"):
         seen: dict[str, str] = {}
         for port in ports.values():
             other = seen.setdefault(getattr(port, attr), port.id)
             if other != port.id:
-                raise NetworkError("ports.json of network %s gives %s %s to ports %s and %s" % (network, attr, getattr(port, attr), other, port.id))
+                raise NetworkError(f"ports.json of network {network} gives {attr} {getattr(port, attr)} to ports {other} and {port.id}")
     return ports
 
 
@@ -430,39 +457,48 @@ def allocate_ip(spec: NetworkSpec, used: dict[str, str], requested: str | None =
         addr = ipaddress.IPv4Address(validate_ipv4(requested, "ip"))
         net = spec.subnet
         if addr not in net:
-            raise NetworkError("ip %s is not in the subnet %s of network %s" % (addr, net, spec.name))
+            raise NetworkError(f"ip {addr} is not in the subnet {net} of network {spec.name}")
         if addr == net.network_address or addr == net.broadcast_address:
-            raise NetworkError("ip %s is the %s address of %s: it cannot be given to a port"
-                               % (addr, "network" if addr == net.network_address else "broadcast", net))
+            raise NetworkError(f"ip {addr} is the {('network' if addr == net.network_address else 'broadcast')} address of {net}: it cannot be given to a port")
         if str(addr) == spec.gateway:
-            raise NetworkError("ip %s is the gateway (DHCP server) address of network %s: it cannot be given to a port" % (addr, spec.name))
+            raise NetworkError(f"ip {addr} is the gateway (DHCP server) address of network {spec.name}: it cannot be given to a port")
         owner = used.get(str(addr))
         if owner is not None and owner != port_id:
-            raise NetworkError("ip %s of network %s is taken by port %s: ask for another address or none" % (addr, spec.name, owner))
+            raise NetworkError(f"ip {addr} of network {spec.name} is taken by port {owner}: ask for another address or none")
         return str(addr)
     first, last = spec.pool_bounds()
     taken = {int(ipaddress.IPv4Address(ip)) for ip, owner in used.items() if owner != port_id}
     for value in range(first, last + 1):
         if value not in taken:
             return str(ipaddress.IPv4Address(value))
-    raise NetworkError("network %s has no free address left in %s..%s (%d ports): delete ports or use a larger subnet"
-                       % (spec.name, ipaddress.IPv4Address(first), ipaddress.IPv4Address(last), len(used)))
+    raise NetworkError(
+        f"network {spec.name} has no free address left in {ipaddress.IPv4Address(first)}..{ipaddress.IPv4Address(last)} "
+        f"({len(used)} ports): delete ports or use a larger subnet"
+    )
 
 
 def generate_mac(network: str, port_id: str, used) -> str:
     """``fa:16:3e`` + 3 bytes of sha256(network/port/n), the first n whose MAC is not in ``used``."""
     used = set(used)
     for n in range(1 << 16):
-        digest = hashlib.sha256(("%s/%s/%d" % (network, port_id, n)).encode("utf-8")).digest()
-        mac = "%s:%02x:%02x:%02x" % (MAC_PREFIX, digest[0], digest[1], digest[2])
+        digest = hashlib.sha256((f"{network}/{port_id}/{n}").encode("utf-8")).digest()
+        mac = f"{MAC_PREFIX}:{digest[0]:02x}:{digest[1]:02x}:{digest[2]:02x}"
         if mac not in used:
             return mac
-    raise NetworkError("no free MAC address found for port %s of network %s" % (port_id, network))
+    raise NetworkError(f"no free MAC address found for port {port_id} of network {network}")
 
 
-def plan_port(spec: NetworkSpec, ports: dict[str, Port], port_id: str, hostname: str | None = None, mac: str | None = None,
-              ip: str | None = None, instance_uuid: str | None = None, request_id: str | None = None,
-              now: str | None = None) -> tuple[dict[str, Port], Port]:
+def plan_port(
+    spec: NetworkSpec,
+    ports: dict[str, Port],
+    port_id: str,
+    hostname: str | None = None,
+    mac: str | None = None,
+    ip: str | None = None,
+    instance_uuid: str | None = None,
+    request_id: str | None = None,
+    now: str | None = None,
+) -> tuple[dict[str, Port], Port]:
     """The reservations with ``port_id`` present as asked, and that port. Pure: nothing is written.
 
     An existing port keeps its MAC and IP unless other ones are asked for; a new one gets
@@ -476,7 +512,7 @@ def plan_port(spec: NetworkSpec, ports: dict[str, Port], port_id: str, hostname:
     others = {k: p for k, p in ports.items() if k != port_id}
     macs = {p.mac: p.id for p in others.values()}
     if mac and mac in macs:
-        raise NetworkError("MAC address %s is already used by port %s of network %s" % (mac, macs[mac], spec.name))
+        raise NetworkError(f"MAC address {mac} is already used by port {macs[mac]} of network {spec.name}")
     used_ips = {p.ip: p.id for p in others.values()}
     if ip in (None, "") and old is not None and old.ip not in used_ips:
         new_ip = old.ip
@@ -487,15 +523,14 @@ def plan_port(spec: NetworkSpec, ports: dict[str, Port], port_id: str, hostname:
     if old is not None:
         hostname = hostname if hostname is not None else old.hostname
         instance_uuid = instance_uuid if instance_uuid is not None else old.instance_uuid
-        port = Port(id=port_id, mac=mac, ip=new_ip, hostname=hostname, instance_uuid=instance_uuid,
-                    request_id=old.request_id, created_at=old.created_at)
+        port = Port(id=port_id, mac=mac, ip=new_ip, hostname=hostname, instance_uuid=instance_uuid, request_id=old.request_id, created_at=old.created_at)
         if port == old:
             return dict(ports), old
-        port = Port(id=port_id, mac=mac, ip=new_ip, hostname=hostname, instance_uuid=instance_uuid,
-                    request_id=request_id or old.request_id, created_at=old.created_at)
+        port = Port(
+            id=port_id, mac=mac, ip=new_ip, hostname=hostname, instance_uuid=instance_uuid, request_id=request_id or old.request_id, created_at=old.created_at
+        )
     else:
-        port = Port(id=port_id, mac=mac, ip=new_ip, hostname=hostname, instance_uuid=instance_uuid,
-                    request_id=request_id, created_at=now or utc_now())
+        port = Port(id=port_id, mac=mac, ip=new_ip, hostname=hostname, instance_uuid=instance_uuid, request_id=request_id, created_at=now or utc_now())
     result = dict(others)
     result[port_id] = port
     return result, port
@@ -508,6 +543,7 @@ def utc_now() -> str:
 # ---------------------------------------------------------------------------
 # dnsmasq files: rendering and the lease file
 # ---------------------------------------------------------------------------
+
 
 def render_hosts(ports: dict[str, Port]) -> str:
     """dnsmasq's dhcp-hostsfile: ``<mac>,<ip>[,<hostname>]`` per port, ordered by address."""
@@ -571,21 +607,21 @@ def render_dnsmasq_conf(spec: NetworkSpec, paths: NetworkPaths) -> str:
     for path in (paths.hosts, paths.leases, paths.pid, paths.log):
         validate_state_dir(path)
     lines = [
-        "# dnsmasq of network %s, written by virtcloud.compute: changes are overwritten" % spec.name,
-        "interface=%s" % spec.bridge,
+        f"# dnsmasq of network {spec.name}, written by virtcloud.compute: changes are overwritten",
+        f"interface={spec.bridge}",
         "except-interface=lo",
         "bind-interfaces",
         "port=0",
         "no-resolv",
         "no-hosts",
         "dhcp-authoritative",
-        "dhcp-range=set:%s,%s,static,%s,%ds" % (spec.name, spec.subnet.network_address, spec.subnet.netmask, spec.lease_time),
-        "dhcp-option=tag:%s,option:router,%s" % (spec.name, spec.gateway),
-        "dhcp-option=tag:%s,option:mtu,%d" % (spec.name, spec.mtu),
-        "dhcp-hostsfile=%s" % paths.hosts,
-        "dhcp-leasefile=%s" % paths.leases,
-        "pid-file=%s" % paths.pid,
-        "log-facility=%s" % paths.log,
+        f"dhcp-range=set:{spec.name},{spec.subnet.network_address},static,{spec.subnet.netmask},{spec.lease_time}s",
+        f"dhcp-option=tag:{spec.name},option:router,{spec.gateway}",
+        f"dhcp-option=tag:{spec.name},option:mtu,{spec.mtu}",
+        f"dhcp-hostsfile={paths.hosts}",
+        f"dhcp-leasefile={paths.leases}",
+        f"pid-file={paths.pid}",
+        f"log-facility={paths.log}",
         "log-dhcp",
     ]
     return "\n".join(lines) + "\n"
@@ -631,6 +667,7 @@ def prune_leases(text: str, ports: dict[str, Port]) -> tuple[str, list[Lease]]:
 # Files: atomic writes under a lock
 # ---------------------------------------------------------------------------
 
+
 def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
     """Replace ``path`` with ``text``: temporary file, fsync, rename, fsync of the folder.
 
@@ -668,7 +705,7 @@ def read_json(path: str, what: str):
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise NetworkError("%s %s is not valid JSON (%s): restore it from a backup; it is never rewritten while damaged" % (what, path, exc)) from None
+        raise NetworkError(f"{what} {path} is not valid JSON ({exc}): restore it from a backup; it is never rewritten while damaged") from None
 
 
 def dump_json(data) -> str:
@@ -693,8 +730,9 @@ class FileLock:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                     os.close(fd)
-                    raise NetworkError("the lock %s is held by another run for more than %s s: wait for it to end and try again"
-                                       % (self.path, self.timeout)) from None
+                    raise NetworkError(
+                        f"the lock {self.path} is held by another run for more than {self.timeout} s: wait for it to end and try again"
+                    ) from None
                 time.sleep(0.1)
         self.fd = fd
         return self
@@ -738,9 +776,10 @@ class NetworkStore:
     def check_mine(self) -> None:
         owner = self.owner()
         if owner not in (None, self.host_name):
-            raise NetworkError("the folder %s of network %s belongs to host %s, not to this host %s: the DHCP server of a network "
-                               "runs on one host (run this there, or give this host a state_dir of its own)"
-                               % (self.paths.dir, self.name, owner, self.host_name))
+            raise NetworkError(
+                f"the folder {self.paths.dir} of network {self.name} belongs to host {owner}, not to this host {self.host_name}: the DHCP server of a network "
+                "runs on one host (run this there, or give this host a state_dir of its own)"
+            )
 
     def lock(self, timeout: float = 30) -> FileLock:
         return FileLock(self.paths.lock, timeout)
@@ -764,13 +803,14 @@ class NetworkStore:
 # iproute2 output (pure parsers of `ip -j` and `bridge -j`)
 # ---------------------------------------------------------------------------
 
+
 def _load(text: str, what: str) -> list:
     try:
         data = json.loads(text or "[]")
     except ValueError as exc:
-        raise NetworkError("%s gave output that is not JSON (%s): %r" % (what, exc, (text or "")[:200])) from None
+        raise NetworkError(f"{what} gave output that is not JSON ({exc}): {(text or '')[:200]!r}") from None
     if not isinstance(data, list):
-        raise NetworkError("%s gave a JSON %s, expected a list" % (what, type(data).__name__))
+        raise NetworkError(f"{what} gave a JSON {type(data).__name__}, expected a list")
     return data
 
 
@@ -782,8 +822,14 @@ def parse_link(text: str) -> dict | None:
     item = items[0]
     info = item.get("linkinfo") or {}
     data = info.get("info_data") or {}
-    link = dict(name=item.get("ifname"), kind=info.get("info_kind"), mtu=item.get("mtu"), up="UP" in (item.get("flags") or []),
-                master=item.get("master"), addrgenmode=item.get("inet6_addr_gen_mode"))
+    link = dict(
+        name=item.get("ifname"),
+        kind=info.get("info_kind"),
+        mtu=item.get("mtu"),
+        up="UP" in (item.get("flags") or []),
+        master=item.get("master"),
+        addrgenmode=item.get("inet6_addr_gen_mode"),
+    )
     if link["kind"] == "vxlan":
         link.update(vni=data.get("id"), local=data.get("local"), port=data.get("port"), learning=data.get("learning"))
     return link
@@ -795,7 +841,7 @@ def parse_addresses(text: str, family: str = "inet") -> list[tuple[str, str]]:
     for item in _load(text, "ip addr show"):
         for addr in item.get("addr_info") or []:
             if addr.get("family") == family:
-                result.append((item.get("ifname"), "%s/%d" % (addr["local"], addr["prefixlen"])))
+                result.append((item.get("ifname"), f"{addr['local']}/{addr['prefixlen']}"))
     return result
 
 
@@ -818,6 +864,7 @@ def parse_link_names(text: str) -> list[str]:
 # ---------------------------------------------------------------------------
 # The host: iproute2 and dnsmasq
 # ---------------------------------------------------------------------------
+
 
 @dataclass
 class Tools:
@@ -842,7 +889,7 @@ class Host:
     def run(self, argv: list[str], what: str | None = None) -> str:
         rc, out, err = self._run(argv)
         if rc != 0:
-            raise NetworkError("%s failed (rc=%d): %s" % (what or " ".join(argv), rc, (err or out or "").strip()))
+            raise NetworkError(f"{what or ' '.join(argv)} failed (rc={rc}): {(err or out or '').strip()}")
         return out
 
     def link(self, name: str) -> dict | None:
@@ -850,7 +897,7 @@ class Host:
         if rc != 0:
             if "does not exist" in (err or "") or "Cannot find device" in (err or ""):
                 return None
-            raise NetworkError("ip link show dev %s failed (rc=%d): %s" % (name, rc, (err or "").strip()))
+            raise NetworkError(f"ip link show dev {name} failed (rc={rc}): {(err or '').strip()}")
         return parse_link(out)
 
     def vxlan_vnis(self) -> dict:
@@ -884,16 +931,16 @@ def read_links(host: Host, spec_name: str) -> dict:
     br = host.link(br_name)
     if br is not None:
         if br["kind"] != "bridge":
-            raise NetworkError("%s exists on this host but is a %s device, not a bridge: remove or rename it" % (br_name, br["kind"]))
+            raise NetworkError(f"{br_name} exists on this host but is a {br['kind']} device, not a bridge: remove or rename it")
         v4, v6 = host.device_addresses(br_name)
-        state["bridge"] = dict(name=br_name, mtu=br["mtu"], up=br["up"], addresses=sorted(v4), addrgenmode=br["addrgenmode"],
-                               ipv6_addresses=sorted(v6))
+        state["bridge"] = dict(name=br_name, mtu=br["mtu"], up=br["up"], addresses=sorted(v4), addrgenmode=br["addrgenmode"], ipv6_addresses=sorted(v6))
     vx = host.link(vx_name)
     if vx is not None:
         if vx["kind"] != "vxlan":
-            raise NetworkError("%s exists on this host but is a %s device, not a VXLAN: remove or rename it" % (vx_name, vx["kind"]))
-        state["vxlan"] = dict(name=vx_name, vni=vx["vni"], local=vx["local"], port=vx["port"], learning=bool(vx["learning"]),
-                              mtu=vx["mtu"], up=vx["up"], master=vx["master"])
+            raise NetworkError(f"{vx_name} exists on this host but is a {vx['kind']} device, not a VXLAN: remove or rename it")
+        state["vxlan"] = dict(
+            name=vx_name, vni=vx["vni"], local=vx["local"], port=vx["port"], learning=bool(vx["learning"]), mtu=vx["mtu"], up=vx["up"], master=vx["master"]
+        )
         state["peers"] = host.fdb_peers(vx_name)
     return state
 
@@ -902,10 +949,10 @@ def wanted_links(spec: NetworkSpec, local_ip: str, peers: list[str], dhcp: bool,
     """The network's devices as they must be. The bridge has no IPv6 at all (no link-local address
     either, ``addrgenmode none``): instances reach no host over it. ``ipv6``: the kernel has IPv6."""
     return dict(
-        bridge=dict(name=spec.bridge, mtu=spec.mtu, up=True, addresses=[spec.gateway_cidr] if dhcp else [],
-                    addrgenmode="none" if ipv6 else None, ipv6_addresses=[]),
-        vxlan=dict(name=spec.vxlan, vni=spec.vni, local=local_ip, port=VXLAN_PORT, learning=False, mtu=spec.mtu, up=True,
-                   master=spec.bridge),
+        bridge=dict(
+            name=spec.bridge, mtu=spec.mtu, up=True, addresses=[spec.gateway_cidr] if dhcp else [], addrgenmode="none" if ipv6 else None, ipv6_addresses=[]
+        ),
+        vxlan=dict(name=spec.vxlan, vni=spec.vni, local=local_ip, port=VXLAN_PORT, learning=False, mtu=spec.mtu, up=True, master=spec.bridge),
         peers=peers,
     )
 
@@ -918,48 +965,66 @@ def plan_links(current: dict, wanted: dict, tools: Tools | None = None) -> list[
     br, vx = current["bridge"], current["vxlan"]
     name, mtu = wb["name"], str(wb["mtu"])
     if br is None:
-        steps.append(("create bridge %s (mtu %s)" % (name, mtu), [t.ip, "link", "add", "name", name, "mtu", mtu, "type", "bridge"]))
+        steps.append((f"create bridge {name} (mtu {mtu})", [t.ip, "link", "add", "name", name, "mtu", mtu, "type", "bridge"]))
     elif br["mtu"] != wb["mtu"]:
-        steps.append(("set mtu %s on %s (was %s)" % (mtu, name, br["mtu"]), [t.ip, "link", "set", "dev", name, "mtu", mtu]))
+        steps.append((f"set mtu {mtu} on {name} (was {br['mtu']})", [t.ip, "link", "set", "dev", name, "mtu", mtu]))
     vname = wv["name"]
     peers_now = current["peers"]
     identity = ("vni", "local", "port", "learning")
     if vx is not None and any(vx[k] != wv[k] for k in identity):
-        was = ", ".join("%s %s" % (k, vx[k]) for k in identity if vx[k] != wv[k])
-        steps.append(("delete %s to make it again (%s)" % (vname, was), [t.ip, "link", "del", "dev", vname]))
+        was = ", ".join(f"{k} {vx[k]}" for k in identity if vx[k] != wv[k])
+        steps.append((f"delete {vname} to make it again ({was})", [t.ip, "link", "del", "dev", vname]))
         vx, peers_now = None, []
     if vx is None:
-        steps.append(("create vxlan %s (vni %s, local %s, dstport %d, nolearning)" % (vname, wv["vni"], wv["local"], VXLAN_PORT),
-                      [t.ip, "link", "add", "name", vname, "mtu", str(wv["mtu"]), "type", "vxlan", "id", str(wv["vni"]),
-                       "dstport", str(VXLAN_PORT), "local", wv["local"], "nolearning"]))
+        steps.append(
+            (
+                f"create vxlan {vname} (vni {wv['vni']}, local {wv['local']}, dstport {VXLAN_PORT}, nolearning)",
+                [
+                    t.ip,
+                    "link",
+                    "add",
+                    "name",
+                    vname,
+                    "mtu",
+                    str(wv["mtu"]),
+                    "type",
+                    "vxlan",
+                    "id",
+                    str(wv["vni"]),
+                    "dstport",
+                    str(VXLAN_PORT),
+                    "local",
+                    wv["local"],
+                    "nolearning",
+                ],
+            )
+        )
     else:
         if vx["mtu"] != wv["mtu"]:
-            steps.append(("set mtu %s on %s (was %s)" % (wv["mtu"], vname, vx["mtu"]), [t.ip, "link", "set", "dev", vname, "mtu", str(wv["mtu"])]))
+            steps.append((f"set mtu {wv['mtu']} on {vname} (was {vx['mtu']})", [t.ip, "link", "set", "dev", vname, "mtu", str(wv["mtu"])]))
     if vx is None or vx["master"] != wv["master"]:
-        steps.append(("attach %s to %s" % (vname, name), [t.ip, "link", "set", "dev", vname, "master", name]))
+        steps.append((f"attach {vname} to {name}", [t.ip, "link", "set", "dev", vname, "master", name]))
     if vx is None or not vx["up"]:
-        steps.append(("set %s up" % vname, [t.ip, "link", "set", "dev", vname, "up"]))
+        steps.append((f"set {vname} up", [t.ip, "link", "set", "dev", vname, "up"]))
     if wb["addrgenmode"] is not None and (br is None or br["addrgenmode"] != wb["addrgenmode"]):
-        steps.append(("no IPv6 link-local address on %s" % name, [t.ip, "link", "set", "dev", name, "addrgenmode", wb["addrgenmode"]]))
+        steps.append((f"no IPv6 link-local address on {name}", [t.ip, "link", "set", "dev", name, "addrgenmode", wb["addrgenmode"]]))
     if br is not None and br["ipv6_addresses"]:
-        steps.append(("remove IPv6 addresses %s from %s" % (", ".join(br["ipv6_addresses"]), name), [t.ip, "-6", "addr", "flush", "dev", name]))
+        steps.append((f"remove IPv6 addresses {', '.join(br['ipv6_addresses'])} from {name}", [t.ip, "-6", "addr", "flush", "dev", name]))
     if br is None or not br["up"]:
-        steps.append(("set %s up" % name, [t.ip, "link", "set", "dev", name, "up"]))
+        steps.append((f"set {name} up", [t.ip, "link", "set", "dev", name, "up"]))
     for peer in wanted["peers"]:
         if peer not in peers_now:
-            steps.append(("add flood entry to peer %s on %s" % (peer, vname),
-                          [t.bridge, "fdb", "append", ZERO_MAC, "dev", vname, "dst", peer]))
+            steps.append((f"add flood entry to peer {peer} on {vname}", [t.bridge, "fdb", "append", ZERO_MAC, "dev", vname, "dst", peer]))
     for peer in peers_now:
         if peer not in wanted["peers"]:
-            steps.append(("remove flood entry to %s (not a peer) from %s" % (peer, vname),
-                          [t.bridge, "fdb", "del", ZERO_MAC, "dev", vname, "dst", peer]))
+            steps.append((f"remove flood entry to {peer} (not a peer) from {vname}", [t.bridge, "fdb", "del", ZERO_MAC, "dev", vname, "dst", peer]))
     have = br["addresses"] if br else []
     for cidr in have:
         if cidr not in wb["addresses"]:
-            steps.append(("remove address %s from %s" % (cidr, name), [t.ip, "addr", "del", cidr, "dev", name]))
+            steps.append((f"remove address {cidr} from {name}", [t.ip, "addr", "del", cidr, "dev", name]))
     for cidr in wb["addresses"]:
         if cidr not in have:
-            steps.append(("add address %s to %s" % (cidr, name), [t.ip, "addr", "add", cidr, "dev", name]))
+            steps.append((f"add address {cidr} to {name}", [t.ip, "addr", "add", cidr, "dev", name]))
     return steps
 
 
@@ -967,9 +1032,9 @@ def plan_links_absent(current: dict, tools: Tools | None = None) -> list[tuple[s
     t = tools or Tools()
     steps = []
     if current["vxlan"] is not None:
-        steps.append(("delete vxlan %s" % current["vxlan"]["name"], [t.ip, "link", "del", "dev", current["vxlan"]["name"]]))
+        steps.append((f"delete vxlan {current['vxlan']['name']}", [t.ip, "link", "del", "dev", current["vxlan"]["name"]]))
     if current["bridge"] is not None:
-        steps.append(("delete bridge %s" % current["bridge"]["name"], [t.ip, "link", "del", "dev", current["bridge"]["name"]]))
+        steps.append((f"delete bridge {current['bridge']['name']}", [t.ip, "link", "del", "dev", current["bridge"]["name"]]))
     return steps
 
 
@@ -992,30 +1057,30 @@ class Dnsmasq:
 
     def _is_ours(self, pid: int) -> bool:
         try:
-            with open("/proc/%d/comm" % pid, encoding="ascii", errors="replace") as f:
+            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
                 if f.read().strip() != "dnsmasq":
                     return False
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().decode("utf-8", "replace").split("\0")
-            with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as f:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
                 if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
                     return False
-            same_ns = os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/proc/self/ns/net").st_ino
+            same_ns = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
         except OSError:
             return False
-        return same_ns and "--conf-file=%s" % self.paths.conf in argv
+        return same_ns and f"--conf-file={self.paths.conf}" in argv
 
     def start(self, ports: dict[str, Port]) -> int:
         """Prune stale leases, start the daemon, wait for its pid file; returns the pid."""
         self.prune(ports)
-        self.host.run([self.host.tools.dnsmasq, "--conf-file=%s" % self.paths.conf], what="starting dnsmasq for %s" % self.paths.dir)
+        self.host.run([self.host.tools.dnsmasq, f"--conf-file={self.paths.conf}"], what=f"starting dnsmasq for {self.paths.dir}")
         deadline = time.monotonic() + self.timeout
         while True:
             pid = self.pid()
             if pid is not None:
                 return pid
             if time.monotonic() > deadline:
-                raise NetworkError("dnsmasq for %s did not come up within %s s: see %s" % (self.paths.dir, self.timeout, self.paths.log))
+                raise NetworkError(f"dnsmasq for {self.paths.dir} did not come up within {self.timeout} s: see {self.paths.log}")
             time.sleep(0.05)
 
     def stop(self) -> bool:
@@ -1033,7 +1098,7 @@ class Dnsmasq:
                 if not self._is_ours(pid):
                     return True
                 time.sleep(0.05)
-        raise NetworkError("dnsmasq pid %d for %s did not stop" % (pid, self.paths.dir))
+        raise NetworkError(f"dnsmasq pid {pid} for {self.paths.dir} did not stop")
 
     def reload(self) -> None:
         """SIGHUP: dnsmasq reads its dhcp-hostsfile again."""
@@ -1058,6 +1123,7 @@ class Dnsmasq:
 # ---------------------------------------------------------------------------
 # The backends of the modules
 # ---------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -1085,8 +1151,9 @@ def _empty_ports_doc(name: str) -> str:
     return dump_json(ports_document(name, {}))
 
 
-def network_present(host: Host, spec: NetworkSpec, local_ip: str, peers: list, dhcp: bool, state_dir: str,
-                    check_mode: bool = False, timeout: float = 30, log=None) -> Outcome:
+def network_present(
+    host: Host, spec: NetworkSpec, local_ip: str, peers: list, dhcp: bool, state_dir: str, check_mode: bool = False, timeout: float = 30, log=None
+) -> Outcome:
     """Make or repair the network's devices on this host, and the DHCP server when ``dhcp``."""
     local_ip = validate_ipv4(local_ip, "local_ip")
     peers = host_peers(local_ip, peers)
@@ -1094,15 +1161,16 @@ def network_present(host: Host, spec: NetworkSpec, local_ip: str, peers: list, d
     own = (spec.bridge, spec.vxlan)
     addresses = host.addresses()
     if local_ip not in [cidr.split("/")[0] for dev, cidr in addresses if dev not in own]:
-        raise NetworkError("local_ip %s is not an address of this host (it has %s): give the host's underlay address"
-                           % (local_ip, ", ".join("%s on %s" % (c, d) for d, c in addresses if d not in own) or "none"))
+        raise NetworkError(
+            f"local_ip {local_ip} is not an address of this host (it has {', '.join(f'{c} on {d}' for d, c in addresses if d not in own) or 'none'}): give the "
+            f"host's underlay address"
+        )
     check_no_overlap(spec.subnet, addresses, host.routes(), own)
     # Linux has one VXLAN device per VNI and port: another network's VNI fails only after
     # the bridge was made, so refuse it before anything changes.
     taken = sorted(name for name, vni in host.vxlan_vnis().items() if vni == spec.vni and name != spec.vxlan)
     if taken:
-        raise NetworkError("vni %d is already used on this host by %s: give network %s a VNI of its own"
-                           % (spec.vni, ", ".join(taken), spec.name))
+        raise NetworkError(f"vni {spec.vni} is already used on this host by {', '.join(taken)}: give network {spec.name} a VNI of its own")
     out = Outcome()
     current = read_links(host, spec.name)
     wanted = wanted_links(spec, local_ip, peers, dhcp, ipv6=os.path.isdir("/proc/sys/net/ipv6"))
@@ -1112,7 +1180,7 @@ def network_present(host: Host, spec: NetworkSpec, local_ip: str, peers: list, d
     if not check_mode and steps:
         now = read_links(host, spec.name)
         if now != wanted:
-            raise NetworkError("network %s on this host is still not as wanted after the changes: %r, wanted %r" % (spec.name, now, wanted))
+            raise NetworkError(f"network {spec.name} on this host is still not as wanted after the changes: {now!r}, wanted {wanted!r}")
     dns = Dnsmasq(host, paths, timeout)
     if dhcp:
         _dhcp_present(dns, NetworkStore(paths, spec.name, host.name), spec, out, check_mode, timeout)
@@ -1121,26 +1189,31 @@ def network_present(host: Host, spec: NetworkSpec, local_ip: str, peers: list, d
         out.before["dnsmasq"] = dict(running=pid is not None)
         out.after["dnsmasq"] = dict(running=False)
         if pid is not None:
-            out.changes.append("stop dnsmasq (pid %d): this host is not the DHCP server of %s" % (pid, spec.name))
+            out.changes.append(f"stop dnsmasq (pid {pid}): this host is not the DHCP server of {spec.name}")
             if not check_mode:
                 dns.stop()
         out.result["dnsmasq_pid"] = None
     if log is not None:
         for line in out.changes:
-            log.info("network %s: %s%s" % (spec.name, "(check mode) " if check_mode else "", line))
+            log.info(f"network {spec.name}: {('(check mode) ' if check_mode else '')}{line}")
     return out
 
 
 def _dhcp_present(dns: Dnsmasq, store: NetworkStore, spec: NetworkSpec, out: Outcome, check_mode: bool, timeout: float) -> None:
     paths = store.paths
     if not store.exists():
-        out.changes.append("create folder %s" % paths.dir)
+        out.changes.append(f"create folder {paths.dir}")
         if check_mode:
             conf = render_dnsmasq_conf(spec, paths)
             out.before.update(dnsmasq=dict(running=False, config=[]), dhcp_hosts=[])
             out.after.update(dnsmasq=dict(running=True, config=conf.splitlines()), dhcp_hosts=[])
-            out.changes += ["write %s" % paths.network, "write %s" % paths.ports, "write %s" % paths.hosts,
-                            "write %s" % paths.conf, "start dnsmasq for %s on %s" % (spec.name, spec.bridge)]
+            out.changes += [
+                f"write {paths.network}",
+                f"write {paths.ports}",
+                f"write {paths.hosts}",
+                f"write {paths.conf}",
+                f"start dnsmasq for {spec.name} on {spec.bridge}",
+            ]
             out.result["dnsmasq_pid"] = None
             return
         os.makedirs(paths.dir, mode=0o755, exist_ok=True)
@@ -1150,14 +1223,15 @@ def _dhcp_present(dns: Dnsmasq, store: NetworkStore, spec: NetworkSpec, out: Out
         old_spec = store.read_spec()
         ports = store.read_ports()
         if old_spec is not None and old_spec.subnet != spec.subnet and ports:
-            raise NetworkError("network %s has %d ports in %s: it cannot move to %s while they exist (delete them first)"
-                               % (spec.name, len(ports), old_spec.subnet, spec.subnet))
+            raise NetworkError(
+                f"network {spec.name} has {len(ports)} ports in {old_spec.subnet}: it cannot move to {spec.subnet} while they exist (delete them first)"
+            )
         if old_spec != spec or store.owner() != store.host_name:
-            out.changes.append("write %s" % paths.network)
+            out.changes.append(f"write {paths.network}")
             if not check_mode:
                 store.write_spec(spec)
         if ports is None:
-            out.changes.append("write %s (no ports yet)" % paths.ports)
+            out.changes.append(f"write {paths.ports} (no ports yet)")
             ports = {}
             if not check_mode:
                 atomic_write(paths.ports, _empty_ports_doc(spec.name))
@@ -1165,31 +1239,30 @@ def _dhcp_present(dns: Dnsmasq, store: NetworkStore, spec: NetworkSpec, out: Out
         old_hosts = read_text(paths.hosts)
         hosts_changed = old_hosts != hosts
         if hosts_changed:
-            out.changes.append("write %s from %s" % (paths.hosts, paths.ports))
+            out.changes.append(f"write {paths.hosts} from {paths.ports}")
             if not check_mode:
                 atomic_write(paths.hosts, hosts)
         conf = render_dnsmasq_conf(spec, paths)
         old_conf = read_text(paths.conf)
         conf_changed = old_conf != conf
         if conf_changed:
-            out.changes.append("write %s" % paths.conf)
+            out.changes.append(f"write {paths.conf}")
             if not check_mode:
                 atomic_write(paths.conf, conf)
         pid = dns.pid()
-        out.before.update(dnsmasq=dict(running=pid is not None, config=(old_conf or "").splitlines()),
-                          dhcp_hosts=(old_hosts or "").splitlines())
+        out.before.update(dnsmasq=dict(running=pid is not None, config=(old_conf or "").splitlines()), dhcp_hosts=(old_hosts or "").splitlines())
         out.after.update(dnsmasq=dict(running=True, config=conf.splitlines()), dhcp_hosts=hosts.splitlines())
         if pid is None:
-            out.changes.append("start dnsmasq for %s on %s" % (spec.name, spec.bridge))
+            out.changes.append(f"start dnsmasq for {spec.name} on {spec.bridge}")
             if not check_mode:
                 pid = dns.start(ports)
         elif conf_changed:
-            out.changes.append("restart dnsmasq (pid %d): its configuration changed" % pid)
+            out.changes.append(f"restart dnsmasq (pid {pid}): its configuration changed")
             if not check_mode:
                 dns.stop()
                 pid = dns.start(ports)
         elif hosts_changed:
-            out.changes.append("reload dnsmasq (pid %d, SIGHUP)" % pid)
+            out.changes.append(f"reload dnsmasq (pid {pid}, SIGHUP)")
             if not check_mode:
                 dns.reload()
         out.result["dnsmasq_pid"] = pid
@@ -1203,8 +1276,11 @@ def network_absent(host: Host, name: str, state_dir: str, check_mode: bool = Fal
     if current["bridge"] is not None:
         attached = [p for p in host.bridge_ports(current["bridge"]["name"]) if p != vxlan_name(name)]
         if attached:
-            raise NetworkError("network %s is still in use on this host: %s are attached to %s (instances still running): "
-                               "delete or move them first" % (name, ", ".join(attached), current["bridge"]["name"]))
+            raise NetworkError(
+                f"network {name} is still in use on this host: {', '.join(attached)} are attached to {current['bridge']['name']} "
+                "(instances still running): delete or "
+                f"move them first"
+            )
     dns = Dnsmasq(host, paths, timeout)
     store = NetworkStore(paths, name, host.name)
     had_folder = store.mine()
@@ -1218,20 +1294,22 @@ def network_absent(host: Host, name: str, state_dir: str, check_mode: bool = Fal
         with store.lock(timeout):
             ports = store.read_ports()
             if ports:
-                raise NetworkError("network %s still has %d port(s) (%s): delete them with virtcloud.compute.network_port "
-                                   "state=absent first" % (name, len(ports), ", ".join(sorted(ports))))
+                raise NetworkError(
+                    f"network {name} still has {len(ports)} port(s) ({', '.join(sorted(ports))}): "
+                    "delete them with virtcloud.compute.network_port state=absent first"
+                )
             pid = dns.pid()
             if pid is not None:
-                out.changes.append("stop dnsmasq (pid %d)" % pid)
+                out.changes.append(f"stop dnsmasq (pid {pid})")
                 if not check_mode:
                     dns.stop()
             _run_steps(host, steps, out, check_mode)
-            out.changes.append("remove folder %s" % paths.dir)
+            out.changes.append(f"remove folder {paths.dir}")
             if not check_mode:
                 _remove_folder(paths)
     if log is not None:
         for line in out.changes:
-            log.info("network %s: %s%s" % (name, "(check mode) " if check_mode else "", line))
+            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}")
     return out
 
 
@@ -1251,7 +1329,7 @@ def _remove_folder(paths: NetworkPaths) -> None:
     for entry in entries:
         full = os.path.join(paths.dir, entry)
         if os.path.isdir(full) and not os.path.islink(full):
-            raise NetworkError("%s holds a folder %s that the collection did not make: remove it by hand" % (paths.dir, entry))
+            raise NetworkError(f"{paths.dir} holds a folder {entry} that the collection did not make: remove it by hand")
     for entry in entries:
         os.unlink(os.path.join(paths.dir, entry))
     os.rmdir(paths.dir)
@@ -1262,8 +1340,10 @@ def _open_network(host: Host, paths: NetworkPaths, name: str) -> tuple[NetworkSt
     store.check_mine()
     spec = store.read_spec() if store.exists() else None
     if spec is None:
-        raise NetworkError("network %s has no DHCP server on this host (no %s): run virtcloud.compute.network with dhcp=true "
-                           "here first, or run network_port on the network's DHCP host" % (name, paths.network))
+        raise NetworkError(
+            f"network {name} has no DHCP server on this host (no {paths.network}): run virtcloud.compute.network with dhcp=true "
+            "here first, or run network_port on the network's DHCP host"
+        )
     return store, spec
 
 
@@ -1286,9 +1366,20 @@ def _apply_ports(store: NetworkStore, dns: Dnsmasq, ports: dict[str, Port], out:
         out.result["dhcp"] = "reloaded"
 
 
-def port_present(host: Host, name: str, state_dir: str, port_id: str, hostname: str | None = None, mac: str | None = None,
-                 ip: str | None = None, instance_uuid: str | None = None, request_id: str | None = None,
-                 check_mode: bool = False, timeout: float = 30, log=None) -> Outcome:
+def port_present(
+    host: Host,
+    name: str,
+    state_dir: str,
+    port_id: str,
+    hostname: str | None = None,
+    mac: str | None = None,
+    ip: str | None = None,
+    instance_uuid: str | None = None,
+    request_id: str | None = None,
+    check_mode: bool = False,
+    timeout: float = 30,
+    log=None,
+) -> Outcome:
     """Reserve (or keep) a MAC and an IP for a port on the network's DHCP host."""
     paths = NetworkPaths.of(state_dir, name)
     store, spec = _open_network(host, paths, name)
@@ -1302,22 +1393,21 @@ def port_present(host: Host, name: str, state_dir: str, port_id: str, hostname: 
         out.after = dict(port=port.to_dict())
         hosts_stale = read_text(paths.hosts) != render_hosts(new_ports)
         if old is None:
-            out.changes.append("reserve %s %s for port %s" % (port.mac, port.ip, port_id))
+            out.changes.append(f"reserve {port.mac} {port.ip} for port {port_id}")
         elif old != port:
-            out.changes.append("update port %s: %s %s (was %s %s)" % (port_id, port.mac, port.ip, old.mac, old.ip))
+            out.changes.append(f"update port {port_id}: {port.mac} {port.ip} (was {old.mac} {old.ip})")
         elif hosts_stale:
-            out.changes.append("write %s again from %s" % (paths.hosts, paths.ports))
+            out.changes.append(f"write {paths.hosts} again from {paths.ports}")
         if out.changes and not check_mode:
             _apply_ports(store, dns, new_ports, out)
     out.result.update(port=dict(port.to_dict(), network=name, bridge=spec.bridge))
     if log is not None:
         for line in out.changes:
-            log.info("network %s: %s%s" % (name, "(check mode) " if check_mode else "", line), instance=port.instance_uuid)
+            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}", instance=port.instance_uuid)
     return out
 
 
-def port_absent(host: Host, name: str, state_dir: str, port_id: str, check_mode: bool = False, timeout: float = 30,
-                log=None) -> Outcome:
+def port_absent(host: Host, name: str, state_dir: str, port_id: str, check_mode: bool = False, timeout: float = 30, log=None) -> Outcome:
     """Release a port's reservation (its IP is free again); nothing to do when there is none."""
     validate_port_id(port_id)
     paths = NetworkPaths.of(state_dir, name)
@@ -1330,13 +1420,12 @@ def port_absent(host: Host, name: str, state_dir: str, port_id: str, check_mode:
         out.before = dict(port=old.to_dict() if old else None)
         out.after = dict(port=None)
         if old is not None:
-            out.changes.append("release %s %s of port %s" % (old.mac, old.ip, port_id))
+            out.changes.append(f"release {old.mac} {old.ip} of port {port_id}")
             if not check_mode:
                 _apply_ports(store, dns, {k: p for k, p in ports.items() if k != port_id}, out)
     out.result["port"] = None
     out.result["released"] = old.to_dict() if old else None
     if log is not None:
         for line in out.changes:
-            log.info("network %s: %s%s" % (name, "(check mode) " if check_mode else "", line),
-                     instance=old.instance_uuid if old else None)
+            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}", instance=old.instance_uuid if old else None)
     return out

@@ -64,17 +64,17 @@ class ProcessLimits:
         """The ``prlimit ... --`` words to put in front of qemu-img."""
         words = []
         if self.cpu_time is not None:
-            words.append("--cpu=%d" % self.cpu_time)
+            words.append(f"--cpu={self.cpu_time}")
         if self.address_space is not None:
-            words.append("--as=%d" % self.address_space)
+            words.append(f"--as={self.address_space}")
         return [prlimit] + words + ["--"] if words else []
 
     def describe(self) -> str:
         parts = []
         if self.cpu_time is not None:
-            parts.append("CPU time %d s" % self.cpu_time)
+            parts.append(f"CPU time {self.cpu_time} s")
         if self.address_space is not None:
-            parts.append("address space %d bytes" % self.address_space)
+            parts.append(f"address space {self.address_space} bytes")
         return ", ".join(parts) or "none"
 
 
@@ -102,13 +102,14 @@ class QemuImgError(Exception):
 # Pure parsing functions
 # ---------------------------------------------------------------------------
 
+
 def _load_json(text: str, expected: type):
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ValueError("qemu-img output is not JSON (%s): %r" % (exc, text[:200])) from exc
+        raise ValueError(f"qemu-img output is not JSON ({exc}): {text[:200]!r}") from exc
     if not isinstance(data, expected):
-        raise ValueError("qemu-img output is a JSON %s, expected a %s" % (type(data).__name__, expected.__name__))
+        raise ValueError(f"qemu-img output is a JSON {type(data).__name__}, expected a {expected.__name__}")
     return data
 
 
@@ -187,11 +188,19 @@ def parse_check(json_text: str) -> dict:
 # The runner
 # ---------------------------------------------------------------------------
 
+
 class QemuImg:
     """qemu-img with explicit formats, JSON output and resource limits."""
 
-    def __init__(self, run, qemu_img: str = "qemu-img", prlimit: str = "prlimit", env: str = "env",
-                 limits: ProcessLimits | None = QEMU_IMG_LIMITS, convert_limits: ProcessLimits | None = CONVERT_LIMITS) -> None:
+    def __init__(
+        self,
+        run,
+        qemu_img: str = "qemu-img",
+        prlimit: str = "prlimit",
+        env: str = "env",
+        limits: ProcessLimits | None = QEMU_IMG_LIMITS,
+        convert_limits: ProcessLimits | None = CONVERT_LIMITS,
+    ) -> None:
         self._run = run
         self.qemu_img = qemu_img
         self.prlimit = prlimit
@@ -215,40 +224,35 @@ class QemuImg:
         err = (err or "").strip()
         if rc < 0 or rc in (128 + signal.SIGKILL, 128 + signal.SIGXCPU):
             signum = -rc if rc < 0 else rc - 128
-            detail = "killed by signal %d, probably by the resource limits (%s)" % (
-                signum, limits.describe() if limits else "none")
+            detail = f"killed by signal {signum}, probably by the resource limits ({limits.describe() if limits else 'none'})"
             if err:
                 detail += ": " + err
         else:
             detail = err or (out or "").strip() or "no message"
-        raise QemuImgError("qemu-img %s of %s failed (rc %d): %s" % (operation, path, rc, detail),
-                           operation=operation, path=path, rc=rc, stderr=err)
+        raise QemuImgError(f"qemu-img {operation} of {path} failed (rc {rc}): {detail}", operation=operation, path=path, rc=rc, stderr=err)
 
     @staticmethod
     def _path(operation: str, path: str, what: str = "path") -> str:
         if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
-            raise QemuImgError("qemu-img %s refused: %s %r is not an absolute path" % (operation, what, path),
-                               operation=operation, path=str(path))
+            raise QemuImgError(f"qemu-img {operation} refused: {what} {path!r} is not an absolute path", operation=operation, path=str(path))
         return path
 
     @staticmethod
     def _format(operation: str, path: str, fmt: str, what: str = "format") -> str:
         if fmt not in FORMATS:
-            raise QemuImgError("qemu-img %s of %s refused: %s %r is not one of %s" % (operation, path, what, fmt, ", ".join(FORMATS)),
-                               operation=operation, path=path)
+            raise QemuImgError(f"qemu-img {operation} of {path} refused: {what} {fmt!r} is not one of {', '.join(FORMATS)}", operation=operation, path=path)
         return fmt
 
     @staticmethod
     def _size(operation: str, path: str, size) -> str:
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise QemuImgError("qemu-img %s of %s refused: size %r is not a positive number of bytes" % (operation, path, size),
-                               operation=operation, path=path)
+            raise QemuImgError(f"qemu-img {operation} of {path} refused: size {size!r} is not a positive number of bytes", operation=operation, path=path)
         return str(size)
 
     @staticmethod
     def _new(operation: str, path: str) -> None:
         if os.path.lexists(path):
-            raise QemuImgError("qemu-img %s refused: %s already exists" % (operation, path), operation=operation, path=path)
+            raise QemuImgError(f"qemu-img {operation} refused: {path} already exists", operation=operation, path=path)
 
     # -- operations -------------------------------------------------------------
 
@@ -275,7 +279,7 @@ class QemuImg:
             else:
                 result = parse_info(out)
         except ValueError as exc:
-            raise QemuImgError("qemu-img info of %s: %s" % (path, exc), operation="info", path=path) from exc
+            raise QemuImgError(f"qemu-img info of {path}: {exc}", operation="info", path=path) from exc
         return result
 
     def create(self, path: str, fmt: str, size: int) -> None:
@@ -309,10 +313,13 @@ class QemuImg:
         self._format("resize", path, fmt)
         current = self.info(path, fmt, force_share=False)["virtual_size"]
         if not isinstance(current, int):
-            raise QemuImgError("qemu-img resize of %s refused: its virtual size is unknown" % path, operation="resize", path=path)
+            raise QemuImgError(f"qemu-img resize of {path} refused: its virtual size is unknown", operation="resize", path=path)
         if new_size < current:
-            raise QemuImgError("qemu-img resize of %s refused: new size %d is smaller than the current virtual size %d; shrinking loses data"
-                               % (path, new_size, current), operation="resize", path=path)
+            raise QemuImgError(
+                f"qemu-img resize of {path} refused: new size {new_size} is smaller than the current virtual size {current}; shrinking loses data",
+                operation="resize",
+                path=path,
+            )
         if new_size == current:
             return False
         self._call("resize", path, ["resize", "-f", fmt, path, size], self.limits)
@@ -326,14 +333,16 @@ class QemuImg:
         """
         src = self._path("convert", src, "source")
         dest = self._path("convert", dest, "destination")
-        args = ["convert", "-f", self._format("convert", src, src_fmt, "source format"),
-                "-O", self._format("convert", src, dest_fmt, "destination format")]
+        args = ["convert", "-f", self._format("convert", src, src_fmt, "source format"), "-O", self._format("convert", src, dest_fmt, "destination format")]
         if force_share:
             args.append("--force-share")
         if compress:
             if dest_fmt not in COMPRESS_FORMATS:
-                raise QemuImgError("qemu-img convert of %s refused: compression needs destination format %s, not %s"
-                                   % (src, " or ".join(COMPRESS_FORMATS), dest_fmt), operation="convert", path=src)
+                raise QemuImgError(
+                    f"qemu-img convert of {src} refused: compression needs destination format {' or '.join(COMPRESS_FORMATS)}, not {dest_fmt}",
+                    operation="convert",
+                    path=src,
+                )
             args.append("-c")
         args += [src, dest]
         self._new("convert", dest)
@@ -353,4 +362,4 @@ class QemuImg:
         try:
             return parse_check(out)
         except ValueError as exc:
-            raise QemuImgError("qemu-img check of %s: %s" % (path, exc), operation="check", path=path) from exc
+            raise QemuImgError(f"qemu-img check of {path}: {exc}", operation="check", path=path) from exc

@@ -238,10 +238,15 @@ def main():
         instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
         host=dict(type="str"),
         availability_zone=dict(type="str"),
-        aggregates=dict(type="list", elements="dict", default=[], options=dict(
-            name=dict(type="str", required=True),
-            metadata=dict(type="dict", default={}),
-        )),
+        aggregates=dict(
+            type="list",
+            elements="dict",
+            default=[],
+            options=dict(
+                name=dict(type="str", required=True),
+                metadata=dict(type="dict", default={}),
+            ),
+        ),
         cpu_allocation_ratio=dict(type="float", default=4.0),
         ram_allocation_ratio=dict(type="float", default=1.0),
         disk_allocation_ratio=dict(type="float", default=1.0),
@@ -255,20 +260,27 @@ def main():
     try:
         request_id(p["request_id"])
         facts = gather_host_facts(
-            uri=p["uri"], instances_path=p["instances_path"], host=p["host"], availability_zone=p["availability_zone"],
-            aggregates=p["aggregates"], cpu_allocation_ratio=p["cpu_allocation_ratio"],
-            ram_allocation_ratio=p["ram_allocation_ratio"], disk_allocation_ratio=p["disk_allocation_ratio"],
-            reserved_host_memory_mb=p["reserved_host_memory_mb"], reserved_host_disk_mb=p["reserved_host_disk_mb"],
-            service_file=p["service_file"])
+            uri=p["uri"],
+            instances_path=p["instances_path"],
+            host=p["host"],
+            availability_zone=p["availability_zone"],
+            aggregates=p["aggregates"],
+            cpu_allocation_ratio=p["cpu_allocation_ratio"],
+            ram_allocation_ratio=p["ram_allocation_ratio"],
+            disk_allocation_ratio=p["disk_allocation_ratio"],
+            reserved_host_memory_mb=p["reserved_host_memory_mb"],
+            reserved_host_disk_mb=p["reserved_host_disk_mb"],
+            service_file=p["service_file"],
+        )
     except VirtcloudError as exc:
         close_all()
         module.fail_json(msg=str(exc))
     close_all()
     if not facts["service"]["up"]:
-        module.warn("host %s: libvirt does not answer, the facts say service.up=false: %s" % (facts["host"], facts["service"]["down_reason"]))
+        module.warn(f"host {facts['host']}: libvirt does not answer, the facts say service.up=false: {facts['service']['down_reason']}")
     for other in facts["other_domains"]:
         if other["reason"] != NO_RECORD:
-            module.warn("domain %s: %s; it is counted as a foreign domain" % (other["name"], other["reason"]))
+            module.warn(f"domain {other['name']}: {other['reason']}; it is counted as a foreign domain")
     module.exit_json(changed=False, ansible_facts={"virtcloud_host": facts}, host_state=facts)
 
 

@@ -143,13 +143,12 @@ def main():
     if result["changed"] and not module.check_mode:
         after = result["after"]
         HostLog("compute_service", req).info(
-            "service of host %s %s%s (%s)" % (host, "enabled" if after["enabled"] else "disabled",
-                                              "" if after["enabled"] else ": %s" % after["disabled_reason"], p["service_file"]))
+            f"service of host {host} {'enabled' if after['enabled'] else 'disabled: ' + str(after['disabled_reason'])} ({p['service_file']})"
+        )
     output = dict(changed=result["changed"], service=result["after"], service_file=p["service_file"])
     if module._diff:
         before = result["before"] if result["exists"] or not result["changed"] else {}
-        output["diff"] = dict(before=before, after=result["after"],
-                              before_header=p["service_file"], after_header=p["service_file"])
+        output["diff"] = dict(before=before, after=result["after"], before_header=p["service_file"], after_header=p["service_file"])
     module.exit_json(**output)
 
 

@@ -217,9 +217,10 @@ def main():
     except (VirtcloudError, QemuImgError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="disk %s: %s" % (p["path"], exc))
-    module.exit_json(changed=result["changed"], disk=result["after"], changes=result["actions"], request_id=req,
-                     diff=dict(before=result["before"], after=result["after"]))
+        module.fail_json(msg=f"disk {p['path']}: {exc}")
+    module.exit_json(
+        changed=result["changed"], disk=result["after"], changes=result["actions"], request_id=req, diff=dict(before=result["before"], after=result["after"])
+    )
 
 
 if __name__ == "__main__":

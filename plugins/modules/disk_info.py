@@ -133,7 +133,7 @@ def main():
     except (VirtcloudError, QemuImgError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="disk %s: %s" % (p["path"], exc))
+        module.fail_json(msg=f"disk {p['path']}: {exc}")
     module.exit_json(changed=False, exists=info is not None, disk=info or {})
 
 

@@ -236,10 +236,22 @@ def main():
     try:
         log = HostLog("domain", request_id(p["request_id"]))
         result = ensure_domain(
-            connect(p["uri"]), p["instance"], state=p["state"], instances_path=p["instances_path"],
-            domain_type=p["domain_type"], machine=p["machine"], networks=p["networks"], reboot=p["reboot"],
-            shutdown_timeout=p["shutdown_timeout"], retry_interval=p["retry_interval"], wait=p["wait"],
-            timeout=p["timeout"], check_mode=module.check_mode, run=run, log=None if module.check_mode else log)
+            connect(p["uri"]),
+            p["instance"],
+            state=p["state"],
+            instances_path=p["instances_path"],
+            domain_type=p["domain_type"],
+            machine=p["machine"],
+            networks=p["networks"],
+            reboot=p["reboot"],
+            shutdown_timeout=p["shutdown_timeout"],
+            retry_interval=p["retry_interval"],
+            wait=p["wait"],
+            timeout=p["timeout"],
+            check_mode=module.check_mode,
+            run=run,
+            log=None if module.check_mode else log,
+        )
     except (VirtcloudError, InstanceError) as exc:
         close_all()
         module.fail_json(msg=str(exc))

@@ -307,7 +307,7 @@ def main():
         owner=dict(type="str"),
         visibility=dict(type="str", choices=["public", "private", "shared", "community"]),
         store_path=dict(type="path", default="/var/lib/virtcloud/images"),
-        size_cap=dict(type="int", default=1024 ** 4),
+        size_cap=dict(type="int", default=1024**4),
         timeout=dict(type="int", default=60),
         validate_certs=dict(type="bool", default=True),
         request_id=dict(type="str"),
@@ -327,27 +327,46 @@ def main():
 
     try:
         req = request_id(p["request_id"])
-        store = ImageStore(p["store_path"], qemu_img=QemuImg(run), check_mode=module.check_mode,
-                           log=HostLog("image", req), lock_timeout=p["timeout"], run=run)
+        store = ImageStore(p["store_path"], qemu_img=QemuImg(run), check_mode=module.check_mode, log=HostLog("image", req), lock_timeout=p["timeout"], run=run)
         if p["state"] == "absent":
             result = store.delete(image_id=p["id"], name=p["name"])
         else:
-            result = store.ensure(name=p["name"], image_id=p["id"], src=p["src"], url=p["url"], disk_format=p["disk_format"],
-                                  properties=p["properties"], image_type=p["image_type"], instance_uuid=p["instance_uuid"],
-                                  checksum=p["checksum"], owner=p["owner"], visibility=p["visibility"],
-                                  size_cap=p["size_cap"], timeout=p["timeout"], validate_certs=p["validate_certs"],
-                                  src_host=p["src_host"], src_user=p["src_user"], src_port=p["src_port"],
-                                  ssh_key=p["ssh_key"], known_hosts=p["known_hosts"],
-                                  connect_timeout=p["connect_timeout"])
+            result = store.ensure(
+                name=p["name"],
+                image_id=p["id"],
+                src=p["src"],
+                url=p["url"],
+                disk_format=p["disk_format"],
+                properties=p["properties"],
+                image_type=p["image_type"],
+                instance_uuid=p["instance_uuid"],
+                checksum=p["checksum"],
+                owner=p["owner"],
+                visibility=p["visibility"],
+                size_cap=p["size_cap"],
+                timeout=p["timeout"],
+                validate_certs=p["validate_certs"],
+                src_host=p["src_host"],
+                src_user=p["src_user"],
+                src_port=p["src_port"],
+                ssh_key=p["ssh_key"],
+                known_hosts=p["known_hosts"],
+                connect_timeout=p["connect_timeout"],
+            )
     except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="image store %s: %s (is the disk full, or the store not writable?)" % (p["store_path"], exc))
+        module.fail_json(msg=f"image store {p['store_path']}: {exc} (is the disk full, or the store not writable?)")
 
     after = result["after"]
-    module.exit_json(changed=result["changed"], image=after, changes=result["actions"], request_id=req,
-                     path=os.path.join(store.path, after["id"], "image") if after else None,
-                     diff=dict(before=result["before"] or {}, after=after or {}))
+    module.exit_json(
+        changed=result["changed"],
+        image=after,
+        changes=result["actions"],
+        request_id=req,
+        path=os.path.join(store.path, after["id"], "image") if after else None,
+        diff=dict(before=result["before"] or {}, after=after or {}),
+    )
 
 
 if __name__ == "__main__":

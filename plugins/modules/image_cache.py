@@ -281,16 +281,25 @@ def main():
 
     try:
         req = request_id(p["request_id"])
-        source = ScpSource(p["source_host"], store_path=p["source_path"], user=p["source_user"], port=p["source_port"],
-                           ssh_key=p["ssh_key"], known_hosts=p["known_hosts"], connect_timeout=p["connect_timeout"])
-        cache = ImageCache(p["instances_path"], QemuImg(run), run, source=source, check_mode=module.check_mode,
-                           log=HostLog("image_cache", req), lock_timeout=p["timeout"])
-        result = cache.ensure(p["image_id"], expected_sha256=p["sha256"], expected_size=p["size"],
-                              expected_format=p["disk_format"], force_raw=p["force_raw"], verify=p["verify"])
+        source = ScpSource(
+            p["source_host"],
+            store_path=p["source_path"],
+            user=p["source_user"],
+            port=p["source_port"],
+            ssh_key=p["ssh_key"],
+            known_hosts=p["known_hosts"],
+            connect_timeout=p["connect_timeout"],
+        )
+        cache = ImageCache(
+            p["instances_path"], QemuImg(run), run, source=source, check_mode=module.check_mode, log=HostLog("image_cache", req), lock_timeout=p["timeout"]
+        )
+        result = cache.ensure(
+            p["image_id"], expected_sha256=p["sha256"], expected_size=p["size"], expected_format=p["disk_format"], force_raw=p["force_raw"], verify=p["verify"]
+        )
     except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="image cache in %s: %s (is the disk full, or the directory not writable?)" % (p["instances_path"], exc))
+        module.fail_json(msg=f"image cache in {p['instances_path']}: {exc} (is the disk full, or the directory not writable?)")
     module.exit_json(changed=result["fetched"], request_id=req, **result)
 
 

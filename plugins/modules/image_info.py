@@ -110,12 +110,11 @@ def main():
     )
     p = module.params
     try:
-        images = ImageStore(p["store_path"]).list(image_id=p["id"], name=p["name"], image_type=p["image_type"],
-                                                  instance_uuid=p["instance_uuid"])
+        images = ImageStore(p["store_path"]).list(image_id=p["id"], name=p["name"], image_type=p["image_type"], instance_uuid=p["instance_uuid"])
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="image store %s cannot be read: %s" % (p["store_path"], exc))
+        module.fail_json(msg=f"image store {p['store_path']} cannot be read: {exc}")
     module.exit_json(changed=False, images=images)
 
 

@@ -292,8 +292,9 @@ def main():
         snapshot_path=dict(type="path"),
     )
     argument_spec.update(connection_argument_spec())
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_if=[("action", "rebuild", ["image"]), ("action", "snapshot", ["snapshot_path"])])
+    module = AnsibleModule(
+        argument_spec=argument_spec, supports_check_mode=True, required_if=[("action", "rebuild", ["image"]), ("action", "snapshot", ["snapshot_path"])]
+    )
     require_libraries(module)
     p = module.params
 
@@ -302,15 +303,25 @@ def main():
     try:
         req = request_id(p["request_id"])
         result = run_instance_action(
-            connect(p["uri"]), instance=p["instance"], action=p["action"], request_id=req,
-            instances_path=p["instances_path"], reason=p["reason"], shutdown_timeout=p["shutdown_timeout"],
-            retry_interval=p["retry_interval"], timeout=p["timeout"], check_mode=module.check_mode,
-            log=HostLog("instance_action", req), image=p["image"], image_format=p["image_format"],
-            snapshot_path=p["snapshot_path"], qemu_img=QemuImg(run))
+            connect(p["uri"]),
+            instance=p["instance"],
+            action=p["action"],
+            request_id=req,
+            instances_path=p["instances_path"],
+            reason=p["reason"],
+            shutdown_timeout=p["shutdown_timeout"],
+            retry_interval=p["retry_interval"],
+            timeout=p["timeout"],
+            check_mode=module.check_mode,
+            log=HostLog("instance_action", req),
+            image=p["image"],
+            image_format=p["image_format"],
+            snapshot_path=p["snapshot_path"],
+            qemu_img=QemuImg(run),
+        )
     except ActionRefused as exc:
         close_all()
-        module.fail_json(msg=str(exc), action=p["action"], uuid=exc.uuid, name=exc.name, vm_state=exc.vm_state,
-                         task_state=exc.task_state, refused=exc.reason)
+        module.fail_json(msg=str(exc), action=p["action"], uuid=exc.uuid, name=exc.name, vm_state=exc.vm_state, task_state=exc.task_state, refused=exc.reason)
     except ActionFailed as exc:
         close_all()
         module.fail_json(msg=str(exc), action=p["action"], instance=exc.record)

@@ -104,7 +104,14 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DE
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
-    allocation_options, check_host_name, close_all, connect, default_host, host_figures, read_libvirt, require_libraries,
+    allocation_options,
+    check_host_name,
+    close_all,
+    connect,
+    default_host,
+    host_figures,
+    read_libvirt,
+    require_libraries,
 )
 
 
@@ -133,8 +140,9 @@ def main():
         require_libraries(module, lxml=False)
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
-        options = allocation_options(p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"],
-                                     p["reserved_host_memory_mb"], p["reserved_host_disk_mb"])
+        options = allocation_options(
+            p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"], p["reserved_host_memory_mb"], p["reserved_host_disk_mb"]
+        )
         seen = {}
 
         def read_host(extra):

@@ -166,7 +166,7 @@ def main():
         module.fail_json(msg=str(exc))
     close_all()
     for text in unreadable:
-        module.warn("domain with an unreadable record: %s" % text)
+        module.warn(f"domain with an unreadable record: {text}")
     module.exit_json(changed=False, instances=instances, unreadable=unreadable)
 
 

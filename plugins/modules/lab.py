@@ -185,10 +185,15 @@ def main():
     except LabError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="lab %s: %s (is the machine out of disk space, or a lab folder in use?)" % (p["state"], exc))
-    module.exit_json(changed=bool(lab.changes), changes=lab.changes, hosts=hosts,
-                     ssh=dict(key_file=spec.key_file, known_hosts=spec.known_hosts, config=spec.ssh_config, wrapper=spec.ssh_wrapper),
-                     instances_path=spec.instances_path, image_store_path=spec.image_store_path)
+        module.fail_json(msg=f"lab {p['state']}: {exc} (is the machine out of disk space, or a lab folder in use?)")
+    module.exit_json(
+        changed=bool(lab.changes),
+        changes=lab.changes,
+        hosts=hosts,
+        ssh=dict(key_file=spec.key_file, known_hosts=spec.known_hosts, config=spec.ssh_config, wrapper=spec.ssh_wrapper),
+        instances_path=spec.instances_path,
+        image_store_path=spec.image_store_path,
+    )
 
 
 if __name__ == "__main__":

@@ -230,29 +230,35 @@ def main():
         log = HostLog("network", req)
         bridge = bridge_name(p["name"])
         state_dir = validate_state_dir(p["state_dir"])
-        tools = Tools(ip=module.get_bin_path("ip", required=False, opt_dirs=opt_dirs),
-                      bridge=module.get_bin_path("bridge", required=False, opt_dirs=opt_dirs),
-                      dnsmasq=module.get_bin_path("dnsmasq", required=False, opt_dirs=opt_dirs))
+        tools = Tools(
+            ip=module.get_bin_path("ip", required=False, opt_dirs=opt_dirs),
+            bridge=module.get_bin_path("bridge", required=False, opt_dirs=opt_dirs),
+            dnsmasq=module.get_bin_path("dnsmasq", required=False, opt_dirs=opt_dirs),
+        )
         if not tools.ip or not tools.bridge:
             module.fail_json(msg="the commands ip and bridge are missing on this host: install iproute2")
         if p["state"] == "absent":
-            out = network_absent(Host(run, tools), p["name"], state_dir, check_mode=module.check_mode,
-                                 timeout=p["timeout"], log=log)
-            module.exit_json(changed=out.changed, changes=out.changes, bridge=bridge,
-                             diff=dict(before=out.before, after=out.after))
+            out = network_absent(Host(run, tools), p["name"], state_dir, check_mode=module.check_mode, timeout=p["timeout"], log=log)
+            module.exit_json(changed=out.changed, changes=out.changes, bridge=bridge, diff=dict(before=out.before, after=out.after))
         spec = make_spec(p["name"], p["subnet"], p["vni"], p["mtu"], p["allocation_start"], p["allocation_end"], p["lease_time"])
         if p["dhcp"] and not tools.dnsmasq:
-            module.fail_json(msg="dnsmasq is missing on this host, the DHCP server of network %s: install dnsmasq-base" % p["name"])
-        out = network_present(Host(run, tools), spec, p["local_ip"], p["peers"], p["dhcp"], state_dir,
-                              check_mode=module.check_mode, timeout=p["timeout"], log=log)
+            module.fail_json(msg=f"dnsmasq is missing on this host, the DHCP server of network {p['name']}: install dnsmasq-base")
+        out = network_present(
+            Host(run, tools), spec, p["local_ip"], p["peers"], p["dhcp"], state_dir, check_mode=module.check_mode, timeout=p["timeout"], log=log
+        )
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="network %s: %s (is the disk full or the state_dir not writable?)" % (p["name"], exc))
-    network = dict(spec.to_dict(), local_ip=p["local_ip"], peers=out.after["peers"], dhcp=p["dhcp"],
-                   state_dir=os.path.join(state_dir, p["name"]))
-    module.exit_json(changed=out.changed, changes=out.changes, network=network, bridge=spec.bridge,
-                     dnsmasq_pid=out.result.get("dnsmasq_pid"), diff=dict(before=out.before, after=out.after))
+        module.fail_json(msg=f"network {p['name']}: {exc} (is the disk full or the state_dir not writable?)")
+    network = dict(spec.to_dict(), local_ip=p["local_ip"], peers=out.after["peers"], dhcp=p["dhcp"], state_dir=os.path.join(state_dir, p["name"]))
+    module.exit_json(
+        changed=out.changed,
+        changes=out.changes,
+        network=network,
+        bridge=spec.bridge,
+        dnsmasq_pid=out.result.get("dnsmasq_pid"),
+        diff=dict(before=out.before, after=out.after),
+    )
 
 
 if __name__ == "__main__":

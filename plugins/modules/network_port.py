@@ -209,18 +209,36 @@ def main():
         host = Host(run, tools)
         if p["state"] == "absent":
             out = port_absent(host, name, state_dir, port_id, check_mode=module.check_mode, timeout=p["timeout"], log=log)
-            module.exit_json(changed=out.changed, changes=out.changes, port=None, released=out.result["released"],
-                             diff=dict(before=out.before, after=out.after), **_dhcp(out))
-        out = port_present(host, name, state_dir, port_id, hostname=p["hostname"], mac=p["mac"], ip=p["ip"],
-                           instance_uuid=p["instance_uuid"], request_id=req, check_mode=module.check_mode,
-                           timeout=p["timeout"], log=log)
+            module.exit_json(
+                changed=out.changed,
+                changes=out.changes,
+                port=None,
+                released=out.result["released"],
+                diff=dict(before=out.before, after=out.after),
+                **_dhcp(out),
+            )
+        out = port_present(
+            host,
+            name,
+            state_dir,
+            port_id,
+            hostname=p["hostname"],
+            mac=p["mac"],
+            ip=p["ip"],
+            instance_uuid=p["instance_uuid"],
+            request_id=req,
+            check_mode=module.check_mode,
+            timeout=p["timeout"],
+            log=log,
+        )
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg="port of network %s: %s (is the disk full or the state_dir not writable?)" % (p["network"], exc))
+        module.fail_json(msg=f"port of network {p['network']}: {exc} (is the disk full or the state_dir not writable?)")
     port = out.result["port"]
-    module.exit_json(changed=out.changed, changes=out.changes, port=port, mac=port["mac"], ip=port["ip"],
-                     diff=dict(before=out.before, after=out.after), **_dhcp(out))
+    module.exit_json(
+        changed=out.changed, changes=out.changes, port=port, mac=port["mac"], ip=port["ip"], diff=dict(before=out.before, after=out.after), **_dhcp(out)
+    )
 
 
 def _dhcp(out):

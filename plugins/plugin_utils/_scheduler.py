@@ -62,20 +62,21 @@ class NoValidHost(SchedulerError):
         self.trace = trace
 
 
-DEFAULT_AVAILABILITY_ZONE = 'nova'
-GROUP_POLICIES = ('affinity', 'anti-affinity', 'soft-affinity', 'soft-anti-affinity')
+DEFAULT_AVAILABILITY_ZONE = "nova"
+GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 FILTER_OPTION_DEFAULTS: dict[str, t.Any] = {
     # Nova's [filter_scheduler] max_instances_per_host and max_io_ops_per_host.
-    'max_instances_per_host': 50,
-    'max_io_ops_per_host': 8,
+    "max_instances_per_host": 50,
+    "max_io_ops_per_host": 8,
     # Nova's [DEFAULT] default_availability_zone: the zone of a host that names none.
-    'default_availability_zone': DEFAULT_AVAILABILITY_ZONE,
+    "default_availability_zone": DEFAULT_AVAILABILITY_ZONE,
 }
 
 
 # --------------------------------------------------------------------------
 # Input validation helpers
 # --------------------------------------------------------------------------
+
 
 def _fail(message: str) -> t.NoReturn:
     raise SchedulerError(message)
@@ -94,7 +95,7 @@ def _label(where: str, key: str) -> str:
     return f"{where}.{key}" if key else where
 
 
-def _want_int(value: t.Any, where: str, minimum: int | None = None, key: str = '') -> int:
+def _want_int(value: t.Any, where: str, minimum: int | None = None, key: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(f"{_label(where, key)} must be an integer, got {_type_name(value)} {value!r}")
     if minimum is not None and value < minimum:
@@ -102,7 +103,7 @@ def _want_int(value: t.Any, where: str, minimum: int | None = None, key: str = '
     return int(value)
 
 
-def _want_number(value: t.Any, where: str, minimum: float | None = None, positive: bool = False, key: str = '') -> float:
+def _want_number(value: t.Any, where: str, minimum: float | None = None, positive: bool = False, key: str = "") -> float:
     if not _is_number(value):
         _fail(f"{_label(where, key)} must be a number, got {_type_name(value)} {value!r}")
     if positive and value <= 0:
@@ -112,19 +113,19 @@ def _want_number(value: t.Any, where: str, minimum: float | None = None, positiv
     return value
 
 
-def _want_str(value: t.Any, where: str, key: str = '') -> str:
+def _want_str(value: t.Any, where: str, key: str = "") -> str:
     if not isinstance(value, str) or not value:
         _fail(f"{_label(where, key)} must be a non-empty string, got {_type_name(value)} {value!r}")
     return str(value)
 
 
-def _want_dict(value: t.Any, where: str, key: str = '') -> dict:
+def _want_dict(value: t.Any, where: str, key: str = "") -> dict:
     if not isinstance(value, dict):
         _fail(f"{_label(where, key)} must be a dictionary, got {_type_name(value)}")
     return value
 
 
-def _want_list(value: t.Any, where: str, key: str = '') -> list:
+def _want_list(value: t.Any, where: str, key: str = "") -> list:
     if not isinstance(value, (list, tuple)):
         _fail(f"{_label(where, key)} must be a list, got {_type_name(value)}")
     return list(value)
@@ -139,7 +140,7 @@ def _check_keys(value: dict, allowed: t.Iterable[str], where: str) -> None:
 def _text(value: t.Any) -> str:
     """Metadata and extra specs are strings in Nova; YAML booleans become 'true'/'false'."""
     if isinstance(value, bool):
-        return 'true' if value else 'false'
+        return "true" if value else "false"
     return str(value)
 
 
@@ -161,21 +162,21 @@ def _num(value: float) -> int | float:
 # --------------------------------------------------------------------------
 
 _NUMERIC_OPS: dict[str, t.Callable[[float, float], bool]] = {
-    '=': operator.ge,  # Nova: "= 4" means "at least 4"
-    '==': operator.eq,
-    '!=': operator.ne,
-    '>=': operator.ge,
-    '<=': operator.le,
+    "=": operator.ge,  # Nova: "= 4" means "at least 4"
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
 }
 _STRING_OPS: dict[str, t.Callable[[str, str], bool]] = {
-    's==': operator.eq,
-    's!=': operator.ne,
-    's<': operator.lt,
-    's<=': operator.le,
-    's>': operator.gt,
-    's>=': operator.ge,
+    "s==": operator.eq,
+    "s!=": operator.ne,
+    "s<": operator.lt,
+    "s<=": operator.le,
+    "s>": operator.gt,
+    "s>=": operator.ge,
 }
-EXTRA_SPEC_OPERATORS = tuple(_NUMERIC_OPS) + tuple(_STRING_OPS) + ('<in>', '<all-in>', '<or>')
+EXTRA_SPEC_OPERATORS = tuple(_NUMERIC_OPS) + tuple(_STRING_OPS) + ("<in>", "<all-in>", "<or>")
 
 
 def check_requirement(req: str, where: str) -> None:
@@ -191,7 +192,7 @@ def check_requirement(req: str, where: str) -> None:
             float(args[0])
         except ValueError:
             _fail(f"{where} = {req!r}: operator {op} compares numbers, {args[0]!r} is not a number")
-    if op == '<or>' and (len(args) % 2 == 0 or any(w != '<or>' for w in args[1::2])):
+    if op == "<or>" and (len(args) % 2 == 0 or any(w != "<or>" for w in args[1::2])):
         _fail(f"{where} = {req!r}: write '<or> a <or> b ...'")
 
 
@@ -208,11 +209,11 @@ def match_requirement(value: str | None, req: str) -> bool:
     if value is None or len(words) < 2:
         return False
     args = words[1:]
-    if op == '<or>':
+    if op == "<or>":
         return value in args[0::2]
-    if op == '<in>':
+    if op == "<in>":
         return args[0] in value
-    if op == '<all-in>':
+    if op == "<all-in>":
         return all(word in value for word in args)
     if op in _STRING_OPS:
         return _STRING_OPS[op](value, args[0])
@@ -226,20 +227,24 @@ def match_requirement(value: str | None, req: str) -> bool:
 # Image properties (nova/objects/fields.py canonicalisation)
 # --------------------------------------------------------------------------
 
-_ARCH_ALIASES = {'i386': 'i686', 'i486': 'i686', 'i586': 'i686', 'x86_32': 'i686', 'amd64': 'x86_64'}
-_HV_ALIASES = {'xapi': 'xen'}
-_VM_MODE_ALIASES = {'pv': 'xen', 'hv': 'hvm', 'baremetal': 'hvm'}
+_ARCH_ALIASES = {"i386": "i686", "i486": "i686", "i586": "i686", "x86_32": "i686", "amd64": "x86_64"}
+_HV_ALIASES = {"xapi": "xen"}
+_VM_MODE_ALIASES = {"pv": "xen", "hv": "hvm", "baremetal": "hvm"}
 # Current property name first, then the legacy name Nova still maps onto it.
 _IMAGE_PROPERTY_NAMES = {
-    'arch': ('hw_architecture', 'architecture'),
-    'hv_type': ('img_hv_type', 'hypervisor_type'),
-    'vm_mode': ('hw_vm_mode', 'vm_mode'),
-    'hv_version': ('img_hv_requested_version', 'hypervisor_version_requires'),
+    "arch": ("hw_architecture", "architecture"),
+    "hv_type": ("img_hv_type", "hypervisor_type"),
+    "vm_mode": ("hw_vm_mode", "vm_mode"),
+    "hv_version": ("img_hv_requested_version", "hypervisor_version_requires"),
 }
-_VERSION_CLAUSE = re.compile(r'^\s*(<=|>=|==|!=|<|>)\s*(\d+(?:\.\d+){0,2})\s*$')
+_VERSION_CLAUSE = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(\d+(?:\.\d+){0,2})\s*$")
 _VERSION_OPS: dict[str, t.Callable[[t.Any, t.Any], bool]] = {
-    '<': operator.lt, '<=': operator.le, '==': operator.eq,
-    '!=': operator.ne, '>': operator.gt, '>=': operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 
@@ -270,17 +275,17 @@ def version_tuple(version: int) -> tuple[int, int, int]:
 
 
 def version_text(version: int) -> str:
-    return '.'.join(str(part) for part in version_tuple(version))
+    return ".".join(str(part) for part in version_tuple(version))
 
 
 def parse_version_predicate(text: str, where: str) -> list[tuple[str, tuple[int, int, int]]]:
     """'>= 6.0, < 9' -> [('>=', (6, 0, 0)), ('<', (9, 0, 0))]."""
     clauses = []
-    for part in text.split(','):
+    for part in text.split(","):
         found = _VERSION_CLAUSE.match(part)
         if not found:
             _fail(f"{where} = {text!r} is not a version predicate such as '>= 6.2' or '>= 6.0, < 9.0'")
-        numbers = [int(n) for n in found.group(2).split('.')] + [0, 0]
+        numbers = [int(n) for n in found.group(2).split(".")] + [0, 0]
         clauses.append((found.group(1), (numbers[0], numbers[1], numbers[2])))
     return clauses
 
@@ -290,9 +295,18 @@ def parse_version_predicate(text: str, where: str) -> list[tuple[str, tuple[int,
 # --------------------------------------------------------------------------
 
 HOST_REQUIRED = (
-    'host', 'free_ram_mb', 'total_usable_ram_mb', 'vcpus_total', 'vcpus_used',
-    'total_usable_disk_gb', 'free_disk_mb', 'ram_allocation_ratio', 'cpu_allocation_ratio',
-    'disk_allocation_ratio', 'num_instances', 'num_io_ops',
+    "host",
+    "free_ram_mb",
+    "total_usable_ram_mb",
+    "vcpus_total",
+    "vcpus_used",
+    "total_usable_disk_gb",
+    "free_disk_mb",
+    "ram_allocation_ratio",
+    "cpu_allocation_ratio",
+    "disk_allocation_ratio",
+    "num_instances",
+    "num_io_ops",
 )
 
 
@@ -317,7 +331,7 @@ class HostState:
     disk_allocation_ratio: float
     num_instances: int
     num_io_ops: int
-    hypervisor_type: str = ''
+    hypervisor_type: str = ""
     hypervisor_version: int = 0
     supported_instances: tuple[tuple[str | None, str | None, str | None], ...] = ()
     cpu_info: dict = field(default_factory=dict)
@@ -326,7 +340,7 @@ class HostState:
     aggregate_metadata: t.Mapping[str, set[str]] = field(default_factory=lambda: _EMPTY)
     multiplier_overrides: t.Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     enabled: bool = True
-    disabled_reason: str = ''
+    disabled_reason: str = ""
     up: bool = True
     instance_uuids: frozenset[str] = frozenset()
     failed_builds: int = 0
@@ -365,13 +379,13 @@ def _aggregates(raw: t.Any, where: str) -> tuple[tuple[str, ...], t.Mapping[str,
     names: list[str] = []
     metadata: dict[str, set[str]] = {}
     raw_values: dict[str, list[str]] = {}
-    for index, aggregate in enumerate(_want_list(raw, where, key='aggregates')):
+    for index, aggregate in enumerate(_want_list(raw, where, key="aggregates")):
         here = f"{where}.aggregates[{index}]"
         aggregate = _want_dict(aggregate, here)
-        names.append(_want_str(aggregate.get('name'), f"{here}.name"))
-        for key, value in _want_dict(aggregate.get('metadata') or {}, f"{here}.metadata").items():
+        names.append(_want_str(aggregate.get("name"), f"{here}.name"))
+        for key, value in _want_dict(aggregate.get("metadata") or {}, f"{here}.metadata").items():
             text = _want_scalar_text(value, f"{here}.metadata.{key}")
-            metadata.setdefault(str(key), set()).update(part.strip() for part in text.split(','))
+            metadata.setdefault(str(key), set()).update(part.strip() for part in text.split(","))
             raw_values.setdefault(str(key), []).append(text)
     return tuple(names), metadata, raw_values
 
@@ -389,8 +403,7 @@ def _multiplier_overrides(raw_values: dict[str, list[str]], host: str, warnings:
         try:
             values = [float(v) for v in raw_values[option]]
         except ValueError:
-            warnings.append(f"host {host}: aggregate metadata {option}={raw_values[option]} is not a number; "
-                            "the configured multiplier is used")
+            warnings.append(f"host {host}: aggregate metadata {option}={raw_values[option]} is not a number; the configured multiplier is used")
             continue
         overrides[option] = min(values)
     return overrides or _EMPTY
@@ -398,13 +411,13 @@ def _multiplier_overrides(raw_values: dict[str, list[str]], host: str, warnings:
 
 def _service(raw: t.Any, where: str) -> tuple[bool, str, bool]:
     if raw is None:
-        return True, '', True
-    raw = _want_dict(raw, where, key='service')
-    enabled = raw.get('enabled', True)
-    up = raw.get('up', True)
+        return True, "", True
+    raw = _want_dict(raw, where, key="service")
+    enabled = raw.get("enabled", True)
+    up = raw.get("up", True)
     if not isinstance(enabled, bool) or not isinstance(up, bool):
         _fail(f"{where}.service.enabled and .up must be booleans, got {enabled!r} and {up!r}")
-    reason = raw.get('disabled_reason') or ''
+    reason = raw.get("disabled_reason") or ""
     return enabled, str(reason), up
 
 
@@ -415,7 +428,7 @@ def _canonical_supported(arch: str, hv_type: str, vm_mode: str) -> tuple[str | N
 
 def _supported_instances(raw: t.Any, where: str) -> tuple[tuple[str | None, str | None, str | None], ...]:
     result = []
-    for index, item in enumerate(_want_list(raw, where, key='supported_instances')):
+    for index, item in enumerate(_want_list(raw, where, key="supported_instances")):
         if not isinstance(item, (list, tuple)) or len(item) != 3 or not all(isinstance(v, str) for v in item):
             _fail(f"{where}.supported_instances[{index}] must be [architecture, hypervisor type, vm mode], got {item!r}")
         result.append(_canonical_supported(str(item[0]), str(item[1]), str(item[2])))
@@ -433,9 +446,9 @@ def _zone_set(*zones: str) -> frozenset[str]:
 
 
 def _instances(raw: t.Any, where: str) -> list[dict]:
-    instances = _want_list(raw, where, key='instances')
+    instances = _want_list(raw, where, key="instances")
     for index, instance in enumerate(instances):
-        if not isinstance(instance, dict) or not isinstance(instance.get('uuid'), str) or not instance['uuid']:
+        if not isinstance(instance, dict) or not isinstance(instance.get("uuid"), str) or not instance["uuid"]:
             _fail(f"{where}.instances[{index}] must be a dictionary with a uuid, got {instance!r}")
     return instances
 
@@ -447,24 +460,24 @@ def _cpu_info(raw: t.Any, where: str) -> dict:
             raw = json.loads(raw)
         except ValueError:
             _fail(f"{where}.cpu_info is a string but not JSON")
-    return _want_dict(raw, where, key='cpu_info')
+    return _want_dict(raw, where, key="cpu_info")
 
 
 # Numeric host facts: (key, must be an integer, minimum, must be positive, default when optional).
 _HOST_NUMBERS: tuple[tuple[str, bool, float | None, bool, int | None], ...] = (
-    ('free_ram_mb', False, None, False, None),
-    ('total_usable_ram_mb', False, 0, False, None),
-    ('vcpus_total', True, 0, False, None),
-    ('vcpus_used', False, 0, False, None),
-    ('total_usable_disk_gb', False, 0, False, None),
-    ('free_disk_mb', False, None, False, None),
-    ('ram_allocation_ratio', False, None, True, None),
-    ('cpu_allocation_ratio', False, None, True, None),
-    ('disk_allocation_ratio', False, None, True, None),
-    ('num_instances', True, 0, False, None),
-    ('num_io_ops', True, 0, False, None),
-    ('hypervisor_version', True, 0, False, 0),
-    ('failed_builds', True, 0, False, 0),
+    ("free_ram_mb", False, None, False, None),
+    ("total_usable_ram_mb", False, 0, False, None),
+    ("vcpus_total", True, 0, False, None),
+    ("vcpus_used", False, 0, False, None),
+    ("total_usable_disk_gb", False, 0, False, None),
+    ("free_disk_mb", False, None, False, None),
+    ("ram_allocation_ratio", False, None, True, None),
+    ("cpu_allocation_ratio", False, None, True, None),
+    ("disk_allocation_ratio", False, None, True, None),
+    ("num_instances", True, 0, False, None),
+    ("num_io_ops", True, 0, False, None),
+    ("hypervisor_version", True, 0, False, 0),
+    ("failed_builds", True, 0, False, 0),
 )
 
 
@@ -489,36 +502,36 @@ def _host_numbers(facts: dict, where: str) -> dict[str, t.Any]:
 def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warnings: list[str]) -> HostState:
     """Validate one host's facts and build its HostState (the input is not modified)."""
     facts = _want_dict(facts, f"hosts[{index}]")
-    name = _want_str(facts.get('host'), f"hosts[{index}]", key='host')
+    name = _want_str(facts.get("host"), f"hosts[{index}]", key="host")
     where = f"host {name}"
     missing = [key for key in HOST_REQUIRED if facts.get(key) is None]
     if missing:
         _fail(f"{where} is missing {', '.join(missing)} (host facts come from virtcloud.compute.compute_facts)")
     numbers = _host_numbers(facts, where)
-    least = facts.get('disk_available_least')
+    least = facts.get("disk_available_least")
     if least is not None:
         # Nova: with qcow2 overlays the virtual sizes may all be consumed; trust the smaller figure.
-        numbers['free_disk_mb'] = min(numbers['free_disk_mb'], _want_number(least, where, key='disk_available_least') * 1024)
-    names, metadata, raw_values = _aggregates(facts.get('aggregates') or [], where)
+        numbers["free_disk_mb"] = min(numbers["free_disk_mb"], _want_number(least, where, key="disk_available_least") * 1024)
+    names, metadata, raw_values = _aggregates(facts.get("aggregates") or [], where)
 
-    zone = facts.get('availability_zone')
+    zone = facts.get("availability_zone")
     if zone:
-        zones = _zone_set(_want_str(zone, where, key='availability_zone'))
-    elif 'availability_zone' in metadata:
-        zones = _zone_set(*sorted(metadata['availability_zone']))
+        zones = _zone_set(_want_str(zone, where, key="availability_zone"))
+    elif "availability_zone" in metadata:
+        zones = _zone_set(*sorted(metadata["availability_zone"]))
     else:
-        zones = _zone_set(options['default_availability_zone'])
-    enabled, disabled_reason, up = _service(facts.get('service'), where)
-    instances = _instances(facts.get('instances') or [], where)
-    hypervisor_type = facts.get('hypervisor_type') or ''
+        zones = _zone_set(options["default_availability_zone"])
+    enabled, disabled_reason, up = _service(facts.get("service"), where)
+    instances = _instances(facts.get("instances") or [], where)
+    hypervisor_type = facts.get("hypervisor_type") or ""
     if not isinstance(hypervisor_type, str):
         _fail(f"{where}.hypervisor_type must be a string, got {_type_name(hypervisor_type)}")
 
     return HostState(
         host=name,
         hypervisor_type=hypervisor_type,
-        supported_instances=_supported_instances(facts.get('supported_instances') or [], where),
-        cpu_info=_cpu_info(facts.get('cpu_info') or {}, where),
+        supported_instances=_supported_instances(facts.get("supported_instances") or [], where),
+        cpu_info=_cpu_info(facts.get("cpu_info") or {}, where),
         availability_zones=zones,
         aggregate_names=names,
         aggregate_metadata=metadata,
@@ -526,7 +539,7 @@ def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warning
         enabled=enabled,
         disabled_reason=disabled_reason,
         up=up,
-        instance_uuids=frozenset(i['uuid'] for i in instances) if instances else frozenset(),
+        instance_uuids=frozenset(i["uuid"] for i in instances) if instances else frozenset(),
         facts=facts,
         **numbers,
     )
@@ -536,11 +549,11 @@ def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warning
 # Request spec
 # --------------------------------------------------------------------------
 
-REQUEST_KEYS = ('flavor', 'image', 'availability_zone', 'group', 'hints', 'retry_hosts', 'num_instances')
-FLAVOR_KEYS = ('name', 'vcpus', 'ram_mb', 'disk_gb', 'ephemeral_gb', 'swap_mb', 'extra_specs')
-GROUP_KEYS = ('name', 'policy', 'rules', 'hosts')
-HINT_KEYS = ('same_host', 'different_host')
-AGGREGATE_SPEC_SCOPE = 'aggregate_instance_extra_specs'
+REQUEST_KEYS = ("flavor", "image", "availability_zone", "group", "hints", "retry_hosts", "num_instances")
+FLAVOR_KEYS = ("name", "vcpus", "ram_mb", "disk_gb", "ephemeral_gb", "swap_mb", "extra_specs")
+GROUP_KEYS = ("name", "policy", "rules", "hosts")
+HINT_KEYS = ("same_host", "different_host")
+AGGREGATE_SPEC_SCOPE = "aggregate_instance_extra_specs"
 
 
 @dataclass(slots=True, eq=False)
@@ -574,7 +587,7 @@ class RequestSpec:
     image_hv_type: str | None = None
     image_vm_mode: str | None = None
     image_hv_version: list[tuple[str, tuple[int, int, int]]] = field(default_factory=list)
-    image_hv_version_text: str = ''
+    image_hv_version_text: str = ""
     # server group members per host, kept up to date while instances are placed
     group_members: dict[str, int] = field(default_factory=dict)
 
@@ -591,56 +604,56 @@ def _uuid_list(value: t.Any, where: str) -> frozenset[str]:
 
 
 def _flavor(raw: t.Any) -> dict[str, t.Any]:
-    raw = _want_dict(raw, 'request.flavor')
-    _check_keys(raw, FLAVOR_KEYS, 'request.flavor')
+    raw = _want_dict(raw, "request.flavor")
+    _check_keys(raw, FLAVOR_KEYS, "request.flavor")
     flavor = {
-        'name': _want_str(raw.get('name', 'unnamed'), 'request.flavor.name'),
-        'vcpus': _want_int(raw.get('vcpus'), 'request.flavor.vcpus', minimum=1),
-        'ram_mb': _want_int(raw.get('ram_mb'), 'request.flavor.ram_mb', minimum=1),
-        'disk_gb': _want_int(raw.get('disk_gb', 0), 'request.flavor.disk_gb', minimum=0),
-        'ephemeral_gb': _want_int(raw.get('ephemeral_gb', 0), 'request.flavor.ephemeral_gb', minimum=0),
-        'swap_mb': _want_int(raw.get('swap_mb', 0), 'request.flavor.swap_mb', minimum=0),
+        "name": _want_str(raw.get("name", "unnamed"), "request.flavor.name"),
+        "vcpus": _want_int(raw.get("vcpus"), "request.flavor.vcpus", minimum=1),
+        "ram_mb": _want_int(raw.get("ram_mb"), "request.flavor.ram_mb", minimum=1),
+        "disk_gb": _want_int(raw.get("disk_gb", 0), "request.flavor.disk_gb", minimum=0),
+        "ephemeral_gb": _want_int(raw.get("ephemeral_gb", 0), "request.flavor.ephemeral_gb", minimum=0),
+        "swap_mb": _want_int(raw.get("swap_mb", 0), "request.flavor.swap_mb", minimum=0),
     }
     specs = {}
-    for key, value in _want_dict(raw.get('extra_specs') or {}, 'request.flavor.extra_specs').items():
-        key = _want_str(key, 'request.flavor.extra_specs key')
+    for key, value in _want_dict(raw.get("extra_specs") or {}, "request.flavor.extra_specs").items():
+        key = _want_str(key, "request.flavor.extra_specs key")
         where = f"request.flavor.extra_specs[{key!r}]"
         specs[key] = _want_scalar_text(value, where)
         check_requirement(specs[key], where)
-    flavor['extra_specs'] = specs
+    flavor["extra_specs"] = specs
     return flavor
 
 
 def _group(raw: t.Any) -> tuple[str | None, str | None, int, list[str]]:
     if raw is None:
         return None, None, 1, []
-    raw = _want_dict(raw, 'request.group')
-    _check_keys(raw, GROUP_KEYS, 'request.group')
-    name = _want_str(raw.get('name'), 'request.group.name')
-    policy = raw.get('policy')
+    raw = _want_dict(raw, "request.group")
+    _check_keys(raw, GROUP_KEYS, "request.group")
+    name = _want_str(raw.get("name"), "request.group.name")
+    policy = raw.get("policy")
     if policy not in GROUP_POLICIES:
         _fail(f"request.group.policy must be one of {', '.join(GROUP_POLICIES)}, got {policy!r}")
-    rules = _want_dict(raw.get('rules') or {}, 'request.group.rules')
-    _check_keys(rules, ('max_server_per_host',), 'request.group.rules')
+    rules = _want_dict(raw.get("rules") or {}, "request.group.rules")
+    _check_keys(rules, ("max_server_per_host",), "request.group.rules")
     max_per_host = 1
-    if 'max_server_per_host' in rules:
-        if policy != 'anti-affinity':
+    if "max_server_per_host" in rules:
+        if policy != "anti-affinity":
             _fail(f"request.group.rules.max_server_per_host only applies to the anti-affinity policy, not {policy}")
-        max_per_host = _want_int(rules['max_server_per_host'], 'request.group.rules.max_server_per_host', minimum=1)
-    hosts = [_want_str(h, f"request.group.hosts[{i}]") for i, h in enumerate(_want_list(raw.get('hosts') or [], 'request.group.hosts'))]
+        max_per_host = _want_int(rules["max_server_per_host"], "request.group.rules.max_server_per_host", minimum=1)
+    hosts = [_want_str(h, f"request.group.hosts[{i}]") for i, h in enumerate(_want_list(raw.get("hosts") or [], "request.group.hosts"))]
     return name, str(policy), max_per_host, hosts
 
 
 def _image(raw: t.Any) -> tuple[str, dict[str, str]]:
     if raw is None:
-        return '', {}
-    raw = _want_dict(raw, 'request.image')
-    _check_keys(raw, ('id', 'name', 'properties'), 'request.image')
-    image_id = raw.get('id') or ''
+        return "", {}
+    raw = _want_dict(raw, "request.image")
+    _check_keys(raw, ("id", "name", "properties"), "request.image")
+    image_id = raw.get("id") or ""
     if not isinstance(image_id, str):
         _fail(f"request.image.id must be a string, got {_type_name(image_id)}")
     properties = {}
-    for key, value in _want_dict(raw.get('properties') or {}, 'request.image.properties').items():
+    for key, value in _want_dict(raw.get("properties") or {}, "request.image.properties").items():
         if value is not None:
             properties[str(key)] = _want_scalar_text(value, f"request.image.properties.{key}")
     return image_id, properties
@@ -655,53 +668,63 @@ def _image_property(properties: dict[str, str], what: str) -> tuple[str, str | N
 
 def make_request_spec(request: t.Any, options: dict[str, t.Any]) -> RequestSpec:
     """Validate the request and derive what the filters need once, not once per host."""
-    request = _want_dict(request, 'request')
-    _check_keys(request, REQUEST_KEYS, 'request')
-    if 'flavor' not in request:
-        _fail('request.flavor is required')
-    flavor = _flavor(request['flavor'])
-    image_id, properties = _image(request.get('image'))
-    zone = request.get('availability_zone') or None
+    request = _want_dict(request, "request")
+    _check_keys(request, REQUEST_KEYS, "request")
+    if "flavor" not in request:
+        _fail("request.flavor is required")
+    flavor = _flavor(request["flavor"])
+    image_id, properties = _image(request.get("image"))
+    zone = request.get("availability_zone") or None
     if zone is not None:
-        zone = _want_str(zone, 'request.availability_zone')
-        if ':' in zone:
+        zone = _want_str(zone, "request.availability_zone")
+        if ":" in zone:
             _fail(f"request.availability_zone {zone!r} names a host: forced hosts are not supported, every placement goes through the filters")
-    group_name, policy, max_per_host, group_hosts = _group(request.get('group'))
-    hints = _want_dict(request.get('hints') or {}, 'request.hints')
-    _check_keys(hints, HINT_KEYS, 'request.hints')
+    group_name, policy, max_per_host, group_hosts = _group(request.get("group"))
+    hints = _want_dict(request.get("hints") or {}, "request.hints")
+    _check_keys(hints, HINT_KEYS, "request.hints")
 
     spec = RequestSpec(
-        flavor_name=flavor['name'], vcpus=flavor['vcpus'], ram_mb=flavor['ram_mb'],
-        disk_gb=flavor['disk_gb'], ephemeral_gb=flavor['ephemeral_gb'], swap_mb=flavor['swap_mb'],
-        extra_specs=flavor['extra_specs'], image_id=image_id, image_properties=properties,
-        availability_zone=zone, group_name=group_name, group_policy=policy,
-        max_server_per_host=max_per_host, group_hosts=group_hosts,
-        same_host=_uuid_list(hints.get('same_host'), 'request.hints.same_host'),
-        different_host=_uuid_list(hints.get('different_host'), 'request.hints.different_host'),
-        retry_hosts=frozenset(_want_str(h, f"request.retry_hosts[{i}]")
-                              for i, h in enumerate(_want_list(request.get('retry_hosts') or [], 'request.retry_hosts'))),
-        num_instances=_want_int(request.get('num_instances', 1), 'request.num_instances', minimum=1),
+        flavor_name=flavor["name"],
+        vcpus=flavor["vcpus"],
+        ram_mb=flavor["ram_mb"],
+        disk_gb=flavor["disk_gb"],
+        ephemeral_gb=flavor["ephemeral_gb"],
+        swap_mb=flavor["swap_mb"],
+        extra_specs=flavor["extra_specs"],
+        image_id=image_id,
+        image_properties=properties,
+        availability_zone=zone,
+        group_name=group_name,
+        group_policy=policy,
+        max_server_per_host=max_per_host,
+        group_hosts=group_hosts,
+        same_host=_uuid_list(hints.get("same_host"), "request.hints.same_host"),
+        different_host=_uuid_list(hints.get("different_host"), "request.hints.different_host"),
+        retry_hosts=frozenset(
+            _want_str(h, f"request.retry_hosts[{i}]") for i, h in enumerate(_want_list(request.get("retry_hosts") or [], "request.retry_hosts"))
+        ),
+        num_instances=_want_int(request.get("num_instances", 1), "request.num_instances", minimum=1),
         options=options,
     )
     spec.disk_mb = 1024 * (spec.disk_gb + spec.ephemeral_gb) + spec.swap_mb
 
     for key, req in spec.extra_specs.items():
-        scope = key.split(':')
+        scope = key.split(":")
         if len(scope) == 1:
             # Nova: an unscoped key counts only when the host has such an attribute.
             spec.capability_reqs.append((key, (key,), req, True))
-        elif scope[0] == 'capabilities' and all(scope[1:]):
+        elif scope[0] == "capabilities" and all(scope[1:]):
             spec.capability_reqs.append((key, tuple(scope[1:]), req, False))
-        agg_scope = key.split(':', 1)
+        agg_scope = key.split(":", 1)
         if len(agg_scope) == 1:
             spec.aggregate_reqs.append((key, key, req))
         elif agg_scope[0] == AGGREGATE_SPEC_SCOPE:
             spec.aggregate_reqs.append((key, agg_scope[1], req))
 
-    spec.image_arch = canonical_arch(_image_property(properties, 'arch')[1])
-    spec.image_hv_type = canonical_hv_type(_image_property(properties, 'hv_type')[1])
-    spec.image_vm_mode = canonical_vm_mode(_image_property(properties, 'vm_mode')[1])
-    version_name, version_req = _image_property(properties, 'hv_version')
+    spec.image_arch = canonical_arch(_image_property(properties, "arch")[1])
+    spec.image_hv_type = canonical_hv_type(_image_property(properties, "hv_type")[1])
+    spec.image_vm_mode = canonical_vm_mode(_image_property(properties, "vm_mode")[1])
+    version_name, version_req = _image_property(properties, "hv_version")
     if version_req:
         spec.image_hv_version = parse_version_predicate(version_req, f"request.image.properties.{version_name}")
         spec.image_hv_version_text = version_req
@@ -723,10 +746,10 @@ def count_group_members(spec: RequestSpec, hosts: list[HostState]) -> None:
     members = dict(from_request)
     for host in hosts:
         tagged = 0
-        for instance in host.facts.get('instances') or []:
-            group = instance.get('server_group')
+        for instance in host.facts.get("instances") or []:
+            group = instance.get("server_group")
             if isinstance(group, dict):
-                group = group.get('name')
+                group = group.get("name")
             if group == spec.group_name:
                 tagged += 1
         if tagged > members.get(host.host, 0):
@@ -738,6 +761,7 @@ def count_group_members(spec: RequestSpec, hosts: list[HostState]) -> None:
 # Filters
 # --------------------------------------------------------------------------
 
+
 class BaseFilter:
     """A filter keeps the hosts for which ``host_passes`` is True.
 
@@ -747,7 +771,7 @@ class BaseFilter:
     numbers.
     """
 
-    name = 'BaseFilter'
+    name = "BaseFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:  # pylint: disable=unused-argument
         return True
@@ -762,7 +786,7 @@ class BaseFilter:
 class RetryFilter(BaseFilter):
     """Skip the hosts already tried for this request (a failed claim or spawn)."""
 
-    name = 'RetryFilter'
+    name = "RetryFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return bool(spec.retry_hosts)
@@ -777,7 +801,7 @@ class RetryFilter(BaseFilter):
 class ComputeFilter(BaseFilter):
     """Only enabled hosts whose libvirt answers."""
 
-    name = 'ComputeFilter'
+    name = "ComputeFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return host.enabled and host.up
@@ -791,7 +815,7 @@ class ComputeFilter(BaseFilter):
 class AvailabilityZoneFilter(BaseFilter):
     """Only hosts in the requested availability zone."""
 
-    name = 'AvailabilityZoneFilter'
+    name = "AvailabilityZoneFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return spec.availability_zone is not None
@@ -820,60 +844,71 @@ def free_vcpus(host: HostState) -> float:
 class RamFilter(BaseFilter):
     """Enough RAM, with ram_allocation_ratio, but never more than the host's total for one instance."""
 
-    name = 'RamFilter'
+    name = "RamFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return host.total_usable_ram_mb >= spec.ram_mb and usable_ram_mb(host) >= spec.ram_mb
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
         if host.total_usable_ram_mb < spec.ram_mb:
-            return (f"{host.host} has {_num(host.total_usable_ram_mb)} MB RAM in total, {spec.ram_mb} MB requested "
-                    "(an instance never overcommits against one host's physical total)")
-        return (f"{host.host} has {_num(usable_ram_mb(host))} MB usable, {spec.ram_mb} MB requested "
-                f"({_num(host.total_usable_ram_mb)} MB x {_num(host.ram_allocation_ratio)} ratio, "
-                f"{_num(host.free_ram_mb)} MB free)")
+            return (
+                f"{host.host} has {_num(host.total_usable_ram_mb)} MB RAM in total, {spec.ram_mb} MB requested "
+                "(an instance never overcommits against one host's physical total)"
+            )
+        return (
+            f"{host.host} has {_num(usable_ram_mb(host))} MB usable, {spec.ram_mb} MB requested "
+            f"({_num(host.total_usable_ram_mb)} MB x {_num(host.ram_allocation_ratio)} ratio, "
+            f"{_num(host.free_ram_mb)} MB free)"
+        )
 
 
 class DiskFilter(BaseFilter):
     """Enough disk for root + ephemeral + swap, with disk_allocation_ratio, within the host's total."""
 
-    name = 'DiskFilter'
+    name = "DiskFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return host.total_usable_disk_gb * 1024 >= spec.disk_mb and usable_disk_mb(host) >= spec.disk_mb
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
         if host.total_usable_disk_gb * 1024 < spec.disk_mb:
-            return (f"{host.host} has {_num(host.total_usable_disk_gb * 1024)} MB disk in total, {spec.disk_mb} MB requested "
-                    "(an instance never overcommits against one host's physical total)")
-        return (f"{host.host} has {_num(usable_disk_mb(host))} MB usable disk, {spec.disk_mb} MB requested "
-                f"({_num(host.total_usable_disk_gb)} GB x {_num(host.disk_allocation_ratio)} ratio, "
-                f"{_num(host.free_disk_mb)} MB free)")
+            return (
+                f"{host.host} has {_num(host.total_usable_disk_gb * 1024)} MB disk in total, {spec.disk_mb} MB requested "
+                "(an instance never overcommits against one host's physical total)"
+            )
+        return (
+            f"{host.host} has {_num(usable_disk_mb(host))} MB usable disk, {spec.disk_mb} MB requested "
+            f"({_num(host.total_usable_disk_gb)} GB x {_num(host.disk_allocation_ratio)} ratio, "
+            f"{_num(host.free_disk_mb)} MB free)"
+        )
 
 
 class CoreFilter(BaseFilter):
     """Enough vCPUs with cpu_allocation_ratio; never more vCPUs than the host's physical CPUs."""
 
-    name = 'CoreFilter'
+    name = "CoreFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return host.vcpus_total >= spec.vcpus and free_vcpus(host) >= spec.vcpus
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
         if host.vcpus_total < spec.vcpus:
-            return (f"{host.host} has {host.vcpus_total} physical vcpus, {spec.vcpus} requested "
-                    "(an instance never overcommits against one host's physical total)")
-        return (f"{host.host} has {_num(free_vcpus(host))} vcpus free ({host.vcpus_total} x "
-                f"{_num(host.cpu_allocation_ratio)} ratio - {_num(host.vcpus_used)} used), {spec.vcpus} requested")
+            return (
+                f"{host.host} has {host.vcpus_total} physical vcpus, {spec.vcpus} requested (an instance never overcommits against one host's physical total)"
+            )
+        return (
+            f"{host.host} has {_num(free_vcpus(host))} vcpus free ({host.vcpus_total} x "
+            f"{_num(host.cpu_allocation_ratio)} ratio - {_num(host.vcpus_used)} used), {spec.vcpus} requested"
+        )
 
 
 class NumInstancesFilter(BaseFilter):
     """Fewer than max_instances_per_host instances."""
 
-    name = 'NumInstancesFilter'
+    name = "NumInstancesFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return host.num_instances < spec.options['max_instances_per_host']
+        return host.num_instances < spec.options["max_instances_per_host"]
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
         return f"{host.host} has {host.num_instances} instances, max_instances_per_host is {spec.options['max_instances_per_host']}"
@@ -882,10 +917,10 @@ class NumInstancesFilter(BaseFilter):
 class IoOpsFilter(BaseFilter):
     """Fewer than max_io_ops_per_host instances building, resizing, snapshotting..."""
 
-    name = 'IoOpsFilter'
+    name = "IoOpsFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return host.num_io_ops < spec.options['max_io_ops_per_host']
+        return host.num_io_ops < spec.options["max_io_ops_per_host"]
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
         return f"{host.host} has {host.num_io_ops} I/O-heavy operations in progress, max_io_ops_per_host is {spec.options['max_io_ops_per_host']}"
@@ -894,7 +929,7 @@ class IoOpsFilter(BaseFilter):
 class ComputeCapabilitiesFilter(BaseFilter):
     """Flavor extra specs ``capabilities:<path>`` (and unscoped host attributes) against the host."""
 
-    name = 'ComputeCapabilitiesFilter'
+    name = "ComputeCapabilitiesFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return bool(spec.capability_reqs)
@@ -916,7 +951,7 @@ class ComputeCapabilitiesFilter(BaseFilter):
         return self._failure(host, spec) is None
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        return self._failure(host, spec) or ''
+        return self._failure(host, spec) or ""
 
 
 class ImagePropertiesFilter(BaseFilter):
@@ -927,7 +962,7 @@ class ImagePropertiesFilter(BaseFilter):
     when the image sets none of the other three.
     """
 
-    name = 'ImagePropertiesFilter'
+    name = "ImagePropertiesFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return bool(spec.image_arch or spec.image_hv_type or spec.image_vm_mode or spec.image_hv_version)
@@ -951,18 +986,23 @@ class ImagePropertiesFilter(BaseFilter):
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
         if not self._props_ok(host, spec):
-            wanted = [f"{name}={value}" for name, value in
-                      (('architecture', spec.image_arch), ('hypervisor type', spec.image_hv_type), ('vm mode', spec.image_vm_mode)) if value]
-            offers = ', '.join('/'.join(str(v) for v in s) for s in host.supported_instances) or 'nothing'
+            wanted = [
+                f"{name}={value}"
+                for name, value in (("architecture", spec.image_arch), ("hypervisor type", spec.image_hv_type), ("vm mode", spec.image_vm_mode))
+                if value
+            ]
+            offers = ", ".join("/".join(str(v) for v in s) for s in host.supported_instances) or "nothing"
             return f"{host.host} supports {offers}; image {spec.image_id or '(no id)'} requires {', '.join(wanted)}"
-        return (f"{host.host} runs hypervisor version {version_text(host.hypervisor_version)}, "
-                f"image {spec.image_id or '(no id)'} requires {spec.image_hv_version_text}")
+        return (
+            f"{host.host} runs hypervisor version {version_text(host.hypervisor_version)}, "
+            f"image {spec.image_id or '(no id)'} requires {spec.image_hv_version_text}"
+        )
 
 
 class AggregateInstanceExtraSpecsFilter(BaseFilter):
     """Flavor extra specs ``aggregate_instance_extra_specs:<key>`` (and unscoped keys) against aggregate metadata."""
 
-    name = 'AggregateInstanceExtraSpecsFilter'
+    name = "AggregateInstanceExtraSpecsFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return bool(spec.aggregate_reqs)
@@ -972,7 +1012,7 @@ class AggregateInstanceExtraSpecsFilter(BaseFilter):
         for full_key, key, req in spec.aggregate_reqs:
             values = host.aggregate_metadata.get(key)
             if not values:
-                aggregates = ', '.join(host.aggregate_names) or 'none'
+                aggregates = ", ".join(host.aggregate_names) or "none"
                 return f"{host.host} has no aggregate with metadata {key} (aggregates: {aggregates}), flavor {spec.flavor_name} requires {full_key}={req!r}"
             if not any(match_requirement(value, req) for value in values):
                 return f"{host.host} aggregates have {key} in {sorted(values)}, flavor {spec.flavor_name} requires {req!r}"
@@ -982,45 +1022,47 @@ class AggregateInstanceExtraSpecsFilter(BaseFilter):
         return self._failure(host, spec) is None
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        return self._failure(host, spec) or ''
+        return self._failure(host, spec) or ""
 
 
 class ServerGroupAffinityFilter(BaseFilter):
     """Policy affinity: once the group has a member, only that member's host."""
 
-    name = 'ServerGroupAffinityFilter'
+    name = "ServerGroupAffinityFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
-        return spec.group_policy == 'affinity' and any(spec.group_members.values())
+        return spec.group_policy == "affinity" and any(spec.group_members.values())
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
         return not self.relevant(spec) or spec.members_on(host.host) > 0
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        where = ', '.join(sorted(h for h, n in spec.group_members.items() if n))
+        where = ", ".join(sorted(h for h, n in spec.group_members.items() if n))
         return f"{host.host} has no member of affinity group {spec.group_name} (members on {where})"
 
 
 class ServerGroupAntiAffinityFilter(BaseFilter):
     """Policy anti-affinity: fewer than max_server_per_host (default 1) members on the host."""
 
-    name = 'ServerGroupAntiAffinityFilter'
+    name = "ServerGroupAntiAffinityFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
-        return spec.group_policy == 'anti-affinity'
+        return spec.group_policy == "anti-affinity"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return spec.group_policy != 'anti-affinity' or spec.members_on(host.host) < spec.max_server_per_host
+        return spec.group_policy != "anti-affinity" or spec.members_on(host.host) < spec.max_server_per_host
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        return (f"{host.host} already has {spec.members_on(host.host)} member(s) of anti-affinity group "
-                f"{spec.group_name}, max_server_per_host is {spec.max_server_per_host}")
+        return (
+            f"{host.host} already has {spec.members_on(host.host)} member(s) of anti-affinity group "
+            f"{spec.group_name}, max_server_per_host is {spec.max_server_per_host}"
+        )
 
 
 class SameHostFilter(BaseFilter):
     """Hint same_host: only hosts running at least one of the listed instances."""
 
-    name = 'SameHostFilter'
+    name = "SameHostFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return bool(spec.same_host)
@@ -1035,7 +1077,7 @@ class SameHostFilter(BaseFilter):
 class DifferentHostFilter(BaseFilter):
     """Hint different_host: only hosts running none of the listed instances."""
 
-    name = 'DifferentHostFilter'
+    name = "DifferentHostFilter"
 
     def relevant(self, spec: RequestSpec) -> bool:
         return bool(spec.different_host)
@@ -1048,46 +1090,47 @@ class DifferentHostFilter(BaseFilter):
 
 
 FILTERS: dict[str, type[BaseFilter]] = {
-    'RetryFilter': RetryFilter,
-    'ComputeFilter': ComputeFilter,
-    'AvailabilityZoneFilter': AvailabilityZoneFilter,
-    'RamFilter': RamFilter,
-    'DiskFilter': DiskFilter,
-    'CoreFilter': CoreFilter,
-    'NumInstancesFilter': NumInstancesFilter,
-    'IoOpsFilter': IoOpsFilter,
-    'ComputeCapabilitiesFilter': ComputeCapabilitiesFilter,
-    'ImagePropertiesFilter': ImagePropertiesFilter,
-    'AggregateInstanceExtraSpecsFilter': AggregateInstanceExtraSpecsFilter,
-    'ServerGroupAffinityFilter': ServerGroupAffinityFilter,
-    'ServerGroupAntiAffinityFilter': ServerGroupAntiAffinityFilter,
-    'SameHostFilter': SameHostFilter,
-    'DifferentHostFilter': DifferentHostFilter,
+    "RetryFilter": RetryFilter,
+    "ComputeFilter": ComputeFilter,
+    "AvailabilityZoneFilter": AvailabilityZoneFilter,
+    "RamFilter": RamFilter,
+    "DiskFilter": DiskFilter,
+    "CoreFilter": CoreFilter,
+    "NumInstancesFilter": NumInstancesFilter,
+    "IoOpsFilter": IoOpsFilter,
+    "ComputeCapabilitiesFilter": ComputeCapabilitiesFilter,
+    "ImagePropertiesFilter": ImagePropertiesFilter,
+    "AggregateInstanceExtraSpecsFilter": AggregateInstanceExtraSpecsFilter,
+    "ServerGroupAffinityFilter": ServerGroupAffinityFilter,
+    "ServerGroupAntiAffinityFilter": ServerGroupAntiAffinityFilter,
+    "SameHostFilter": SameHostFilter,
+    "DifferentHostFilter": DifferentHostFilter,
 }
 
 # Nova's defaults plus what placement does for Nova (RAM, disk, vCPUs, zones) and the
 # hint filters, so that a hint is always honoured. NumInstancesFilter and IoOpsFilter
 # are available but, as in Nova, not enabled by default. Cheap filters run first.
 DEFAULT_FILTERS: tuple[str, ...] = (
-    'RetryFilter',
-    'ComputeFilter',
-    'AvailabilityZoneFilter',
-    'RamFilter',
-    'DiskFilter',
-    'CoreFilter',
-    'ComputeCapabilitiesFilter',
-    'ImagePropertiesFilter',
-    'AggregateInstanceExtraSpecsFilter',
-    'ServerGroupAntiAffinityFilter',
-    'ServerGroupAffinityFilter',
-    'SameHostFilter',
-    'DifferentHostFilter',
+    "RetryFilter",
+    "ComputeFilter",
+    "AvailabilityZoneFilter",
+    "RamFilter",
+    "DiskFilter",
+    "CoreFilter",
+    "ComputeCapabilitiesFilter",
+    "ImagePropertiesFilter",
+    "AggregateInstanceExtraSpecsFilter",
+    "ServerGroupAntiAffinityFilter",
+    "ServerGroupAffinityFilter",
+    "SameHostFilter",
+    "DifferentHostFilter",
 )
 
 
 # --------------------------------------------------------------------------
 # Weighers
 # --------------------------------------------------------------------------
+
 
 def normalise(values: t.Sequence[float], minval: float | None = None, maxval: float | None = None) -> list[float]:
     """Nova's weight normalisation.
@@ -1120,8 +1163,8 @@ class BaseWeigher:
     BuildFailureWeigher).
     """
 
-    name = 'BaseWeigher'
-    option = ''
+    name = "BaseWeigher"
+    option = ""
     minval: float | None = None
     maxval: float | None = None
     negated = False
@@ -1133,8 +1176,8 @@ class BaseWeigher:
 class RAMWeigher(BaseWeigher):
     """Free RAM: spread by default, stack with a negative multiplier."""
 
-    name = 'RAMWeigher'
-    option = 'ram_weight_multiplier'
+    name = "RAMWeigher"
+    option = "ram_weight_multiplier"
     minval = 0
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
@@ -1144,8 +1187,8 @@ class RAMWeigher(BaseWeigher):
 class CPUWeigher(BaseWeigher):
     """Free vCPUs (total x ratio - used)."""
 
-    name = 'CPUWeigher'
-    option = 'cpu_weight_multiplier'
+    name = "CPUWeigher"
+    option = "cpu_weight_multiplier"
     minval = 0
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
@@ -1155,8 +1198,8 @@ class CPUWeigher(BaseWeigher):
 class DiskWeigher(BaseWeigher):
     """Free disk."""
 
-    name = 'DiskWeigher'
-    option = 'disk_weight_multiplier'
+    name = "DiskWeigher"
+    option = "disk_weight_multiplier"
     minval = 0
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
@@ -1166,8 +1209,8 @@ class DiskWeigher(BaseWeigher):
 class IoOpsWeigher(BaseWeigher):
     """Operations in progress; the default negative multiplier prefers quiet hosts."""
 
-    name = 'IoOpsWeigher'
-    option = 'io_ops_weight_multiplier'
+    name = "IoOpsWeigher"
+    option = "io_ops_weight_multiplier"
     minval = 0
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
@@ -1177,8 +1220,8 @@ class IoOpsWeigher(BaseWeigher):
 class NumInstancesWeigher(BaseWeigher):
     """Number of instances; off by default (multiplier 0), negative spreads, positive packs."""
 
-    name = 'NumInstancesWeigher'
-    option = 'num_instances_weight_multiplier'
+    name = "NumInstancesWeigher"
+    option = "num_instances_weight_multiplier"
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
         return host.num_instances
@@ -1187,28 +1230,28 @@ class NumInstancesWeigher(BaseWeigher):
 class ServerGroupSoftAffinityWeigher(BaseWeigher):
     """Policy soft-affinity: more members of the group on the host is better."""
 
-    name = 'ServerGroupSoftAffinityWeigher'
-    option = 'soft_affinity_weight_multiplier'
+    name = "ServerGroupSoftAffinityWeigher"
+    option = "soft_affinity_weight_multiplier"
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return spec.members_on(host.host) if spec.group_policy == 'soft-affinity' else 0
+        return spec.members_on(host.host) if spec.group_policy == "soft-affinity" else 0
 
 
 class ServerGroupSoftAntiAffinityWeigher(BaseWeigher):
     """Policy soft-anti-affinity: fewer members of the group on the host is better."""
 
-    name = 'ServerGroupSoftAntiAffinityWeigher'
-    option = 'soft_anti_affinity_weight_multiplier'
+    name = "ServerGroupSoftAntiAffinityWeigher"
+    option = "soft_anti_affinity_weight_multiplier"
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
-        return -spec.members_on(host.host) if spec.group_policy == 'soft-anti-affinity' else 0
+        return -spec.members_on(host.host) if spec.group_policy == "soft-anti-affinity" else 0
 
 
 class BuildFailureWeigher(BaseWeigher):
     """Recent failed builds push a host down (the multiplier is negated, as in Nova)."""
 
-    name = 'BuildFailureWeigher'
-    option = 'build_failure_weight_multiplier'
+    name = "BuildFailureWeigher"
+    option = "build_failure_weight_multiplier"
     negated = True
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
@@ -1218,23 +1261,23 @@ class BuildFailureWeigher(BaseWeigher):
 class HypervisorVersionWeigher(BaseWeigher):
     """Newer hypervisors first."""
 
-    name = 'HypervisorVersionWeigher'
-    option = 'hypervisor_version_weight_multiplier'
+    name = "HypervisorVersionWeigher"
+    option = "hypervisor_version_weight_multiplier"
 
     def weigh(self, host: HostState, spec: RequestSpec) -> float:
         return host.hypervisor_version
 
 
 WEIGHERS: dict[str, type[BaseWeigher]] = {
-    'RAMWeigher': RAMWeigher,
-    'CPUWeigher': CPUWeigher,
-    'DiskWeigher': DiskWeigher,
-    'IoOpsWeigher': IoOpsWeigher,
-    'NumInstancesWeigher': NumInstancesWeigher,
-    'ServerGroupSoftAffinityWeigher': ServerGroupSoftAffinityWeigher,
-    'ServerGroupSoftAntiAffinityWeigher': ServerGroupSoftAntiAffinityWeigher,
-    'BuildFailureWeigher': BuildFailureWeigher,
-    'HypervisorVersionWeigher': HypervisorVersionWeigher,
+    "RAMWeigher": RAMWeigher,
+    "CPUWeigher": CPUWeigher,
+    "DiskWeigher": DiskWeigher,
+    "IoOpsWeigher": IoOpsWeigher,
+    "NumInstancesWeigher": NumInstancesWeigher,
+    "ServerGroupSoftAffinityWeigher": ServerGroupSoftAffinityWeigher,
+    "ServerGroupSoftAntiAffinityWeigher": ServerGroupSoftAntiAffinityWeigher,
+    "BuildFailureWeigher": BuildFailureWeigher,
+    "HypervisorVersionWeigher": HypervisorVersionWeigher,
 }
 
 # All weighers, as Nova's default weight_classes (nova.scheduler.weights.all_weighers).
@@ -1242,21 +1285,22 @@ DEFAULT_WEIGHERS: tuple[str, ...] = tuple(WEIGHERS)
 
 # Nova's [filter_scheduler] *_weight_multiplier defaults.
 MULTIPLIER_DEFAULTS: dict[str, float] = {
-    'ram_weight_multiplier': 1.0,
-    'cpu_weight_multiplier': 1.0,
-    'disk_weight_multiplier': 1.0,
-    'io_ops_weight_multiplier': -1.0,
-    'num_instances_weight_multiplier': 0.0,
-    'soft_affinity_weight_multiplier': 1.0,
-    'soft_anti_affinity_weight_multiplier': 1.0,
-    'build_failure_weight_multiplier': 1000000.0,
-    'hypervisor_version_weight_multiplier': 1.0,
+    "ram_weight_multiplier": 1.0,
+    "cpu_weight_multiplier": 1.0,
+    "disk_weight_multiplier": 1.0,
+    "io_ops_weight_multiplier": -1.0,
+    "num_instances_weight_multiplier": 0.0,
+    "soft_affinity_weight_multiplier": 1.0,
+    "soft_anti_affinity_weight_multiplier": 1.0,
+    "build_failure_weight_multiplier": 1000000.0,
+    "hypervisor_version_weight_multiplier": 1.0,
 }
 
 
 # --------------------------------------------------------------------------
 # The scheduler
 # --------------------------------------------------------------------------
+
 
 def _names(value: t.Any, registry: dict[str, type], what: str, default: tuple[str, ...]) -> list[str]:
     if value is None:
@@ -1275,8 +1319,8 @@ def _multipliers(value: t.Any) -> dict[str, float]:
     result = dict(MULTIPLIER_DEFAULTS)
     if value is None:
         return result
-    value = _want_dict(value, 'weigher_multipliers')
-    _check_keys(value, MULTIPLIER_DEFAULTS, 'weigher_multipliers')
+    value = _want_dict(value, "weigher_multipliers")
+    _check_keys(value, MULTIPLIER_DEFAULTS, "weigher_multipliers")
     for key, number in value.items():
         result[key] = float(_want_number(number, f"weigher_multipliers.{key}"))
     return result
@@ -1286,13 +1330,13 @@ def _filter_options(value: t.Any) -> dict[str, t.Any]:
     result = dict(FILTER_OPTION_DEFAULTS)
     if value is None:
         return result
-    value = _want_dict(value, 'filter_options')
-    _check_keys(value, FILTER_OPTION_DEFAULTS, 'filter_options')
-    for key in ('max_instances_per_host', 'max_io_ops_per_host'):
+    value = _want_dict(value, "filter_options")
+    _check_keys(value, FILTER_OPTION_DEFAULTS, "filter_options")
+    for key in ("max_instances_per_host", "max_io_ops_per_host"):
         if key in value:
             result[key] = _want_int(value[key], f"filter_options.{key}", minimum=1)
-    if 'default_availability_zone' in value:
-        result['default_availability_zone'] = _want_str(value['default_availability_zone'], 'filter_options.default_availability_zone')
+    if "default_availability_zone" in value:
+        result["default_availability_zone"] = _want_str(value["default_availability_zone"], "filter_options.default_availability_zone")
     return result
 
 
@@ -1305,24 +1349,24 @@ def _run_filters(hosts: list[HostState], spec: RequestSpec, filters: list[BaseFi
         rejected = []
         if len(passed) != len(hosts):
             kept = {id(h) for h in passed}
-            rejected = [{'host': h.host, 'filter': flt.name, 'reason': f"{flt.name}: {flt.reason(h, spec)}"}
-                        for h in hosts if id(h) not in kept]
+            rejected = [{"host": h.host, "filter": flt.name, "reason": f"{flt.name}: {flt.reason(h, spec)}"} for h in hosts if id(h) not in kept]
             names = [h.host for h in passed]
-        steps.append({
-            'filter': flt.name,
-            'applied': applied,
-            'hosts_left': len(passed),
-            'hosts': list(names),  # a copy: shared lists would show up as YAML aliases
-            'rejected': rejected,
-        })
+        steps.append(
+            {
+                "filter": flt.name,
+                "applied": applied,
+                "hosts_left": len(passed),
+                "hosts": list(names),  # a copy: shared lists would show up as YAML aliases
+                "rejected": rejected,
+            }
+        )
         hosts = passed
     return hosts, steps
 
 
-def _weigh(hosts: list[HostState], spec: RequestSpec, weighers: list[BaseWeigher],
-           multipliers: dict[str, float]) -> list[tuple[HostState, dict[str, t.Any]]]:
+def _weigh(hosts: list[HostState], spec: RequestSpec, weighers: list[BaseWeigher], multipliers: dict[str, float]) -> list[tuple[HostState, dict[str, t.Any]]]:
     """Weigh the hosts: (host, trace row) pairs, best first, ties broken by host name."""
-    rows: list[dict[str, t.Any]] = [{'host': h.host, 'total': 0.0, 'weighers': {}} for h in hosts]
+    rows: list[dict[str, t.Any]] = [{"host": h.host, "total": 0.0, "weighers": {}} for h in hosts]
     if len(hosts) > 1:  # Nova does not weigh a single host
         for weigher in weighers:
             raw = [weigher.weigh(h, spec) for h in hosts]
@@ -1333,9 +1377,9 @@ def _weigh(hosts: list[HostState], spec: RequestSpec, weighers: list[BaseWeigher
                 if weigher.negated:
                     multiplier = -multiplier
                 weighted = multiplier * norm + 0.0  # no -0.0 in the trace
-                row['total'] += weighted
-                row['weighers'][weigher.name] = {'raw': raw_value, 'normalised': norm, 'multiplier': multiplier, 'weighted': weighted}
-    order = sorted(range(len(hosts)), key=lambda i: (-rows[i]['total'], hosts[i].host))
+                row["total"] += weighted
+                row["weighers"][weigher.name] = {"raw": raw_value, "normalised": norm, "multiplier": multiplier, "weighted": weighted}
+    order = sorted(range(len(hosts)), key=lambda i: (-rows[i]["total"], hosts[i].host))
     return [(hosts[i], rows[i]) for i in order]
 
 
@@ -1351,16 +1395,15 @@ def _consume(host: HostState, spec: RequestSpec) -> None:
 
 
 def _no_valid_host_message(spec: RequestSpec, number: int, considered: int, steps: list[dict[str, t.Any]], limit: int = 10) -> str:
-    flavor = (f"flavor {spec.flavor_name}: {spec.vcpus} vcpus, {spec.ram_mb} MB RAM, "
-              f"{spec.disk_gb + spec.ephemeral_gb} GB disk, {spec.swap_mb} MB swap")
+    flavor = f"flavor {spec.flavor_name}: {spec.vcpus} vcpus, {spec.ram_mb} MB RAM, {spec.disk_gb + spec.ephemeral_gb} GB disk, {spec.swap_mb} MB swap"
     counts = []
     reasons = []
     left = considered
     for step in steps:
-        if step['hosts_left'] != left:
+        if step["hosts_left"] != left:
             counts.append(f"{step['filter']} {left} -> {step['hosts_left']}")
-            left = step['hosts_left']
-        reasons.extend(r['reason'] for r in step['rejected'])
+            left = step["hosts_left"]
+        reasons.extend(r["reason"] for r in step["rejected"])
     text = f"No valid host was found for instance {number} of {spec.num_instances} ({flavor}): {considered} host(s) considered"
     if counts:
         text += f"; hosts left after each filter: {', '.join(counts)}"
@@ -1371,9 +1414,17 @@ def _no_valid_host_message(spec: RequestSpec, number: int, considered: int, step
     return text
 
 
-def schedule(hosts: t.Any, request: t.Any, filters: t.Any = None, weighers: t.Any = None,
-             weigher_multipliers: t.Any = None, filter_options: t.Any = None, max_attempts: t.Any = 3,
-             host_subset_size: t.Any = 1, seed: t.Any = None) -> dict[str, t.Any]:
+def schedule(
+    hosts: t.Any,
+    request: t.Any,
+    filters: t.Any = None,
+    weighers: t.Any = None,
+    weigher_multipliers: t.Any = None,
+    filter_options: t.Any = None,
+    max_attempts: t.Any = 3,
+    host_subset_size: t.Any = 1,
+    seed: t.Any = None,
+) -> dict[str, t.Any]:
     """Choose a host for each instance of the request.
 
     Returns ``{"selected": [host, ...], "alternates": [[host, ...], ...], "trace": {...}}``;
@@ -1382,18 +1433,18 @@ def schedule(hosts: t.Any, request: t.Any, filters: t.Any = None, weighers: t.An
     request (Nova: a claimed host is a poor alternate). Raises SchedulerError for
     bad input and NoValidHost, carrying the trace, when an instance has no host.
     """
-    filter_names = _names(filters, FILTERS, 'filters', DEFAULT_FILTERS)
-    weigher_names = _names(weighers, WEIGHERS, 'weighers', DEFAULT_WEIGHERS)
+    filter_names = _names(filters, FILTERS, "filters", DEFAULT_FILTERS)
+    weigher_names = _names(weighers, WEIGHERS, "weighers", DEFAULT_WEIGHERS)
     multipliers = _multipliers(weigher_multipliers)
     options = _filter_options(filter_options)
-    attempts = _want_int(max_attempts, 'max_attempts', minimum=1)
-    subset_size = _want_int(host_subset_size, 'host_subset_size', minimum=1)
+    attempts = _want_int(max_attempts, "max_attempts", minimum=1)
+    subset_size = _want_int(host_subset_size, "host_subset_size", minimum=1)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, str))):
         _fail(f"seed must be an integer or a string, got {_type_name(seed)}")
 
     spec = make_request_spec(request, options)
     warnings: list[str] = []
-    states = [make_host_state(facts, i, options, warnings) for i, facts in enumerate(_want_list(hosts, 'hosts'))]
+    states = [make_host_state(facts, i, options, warnings) for i, facts in enumerate(_want_list(hosts, "hosts"))]
     seen: set[str] = set()
     for state in states:
         if state.host in seen:
@@ -1405,24 +1456,24 @@ def schedule(hosts: t.Any, request: t.Any, filters: t.Any = None, weighers: t.An
     weigher_objs = [WEIGHERS[n]() for n in weigher_names]
     rng = random.Random(0 if seed is None else seed)
     trace: dict[str, t.Any] = {
-        'filters': filter_names,
-        'weighers': weigher_names,
-        'multipliers': multipliers,
-        'filter_options': options,
-        'host_subset_size': subset_size,
-        'max_attempts': attempts,
-        'hosts': len(states),
-        'instances': [],
-        'warnings': warnings,
+        "filters": filter_names,
+        "weighers": weigher_names,
+        "multipliers": multipliers,
+        "filter_options": options,
+        "host_subset_size": subset_size,
+        "max_attempts": attempts,
+        "hosts": len(states),
+        "instances": [],
+        "warnings": warnings,
     }
     chosen: list[HostState] = []
     ranked_per_instance: list[list[str]] = []
     for index in range(spec.num_instances):
         passed, steps = _run_filters(states, spec, filter_objs)
-        record: dict[str, t.Any] = {'instance': index + 1, 'hosts': len(states), 'filters': steps}
-        trace['instances'].append(record)
+        record: dict[str, t.Any] = {"instance": index + 1, "hosts": len(states), "filters": steps}
+        trace["instances"].append(record)
         if not passed:
-            record['selected'] = None
+            record["selected"] = None
             raise NoValidHost(_no_valid_host_message(spec, index + 1, len(states), steps), trace)
         ranked = _weigh(passed, spec, weigher_objs, multipliers)
         subset = ranked[:subset_size]
@@ -1430,12 +1481,12 @@ def schedule(hosts: t.Any, request: t.Any, filters: t.Any = None, weighers: t.An
         _consume(pick, spec)
         chosen.append(pick)
         ranked_per_instance.append([state.host for state, _row in ranked])
-        record['weights'] = [row for _state, row in ranked]
-        record['subset'] = [state.host for state, _row in subset]
-        record['selected'] = pick.host
+        record["weights"] = [row for _state, row in ranked]
+        record["subset"] = [state.host for state, _row in subset]
+        record["selected"] = pick.host
 
     selected_names = {h.host for h in chosen}
-    alternates = [[name for name in ranked if name not in selected_names][:attempts - 1] for ranked in ranked_per_instance]
-    for record, alts in zip(trace['instances'], alternates):
-        record['alternates'] = alts
-    return {'selected': [h.host for h in chosen], 'alternates': alternates, 'trace': trace}
+    alternates = [[name for name in ranked if name not in selected_names][: attempts - 1] for ranked in ranked_per_instance]
+    for record, alts in zip(trace["instances"], alternates):
+        record["alternates"] = alts
+    return {"selected": [h.host for h in chosen], "alternates": alternates, "trace": trace}

@@ -16,8 +16,8 @@ _NAME = os.environ.get("VIRTCLOUD_TEST_LAB", "vctest")
 LAB = LabHandle(
     name=_NAME,
     network=os.environ.get("VIRTCLOUD_TEST_LAB_NETWORK", "10.252.0.0/24"),
-    state_dir="/var/lib/virtcloud-lab-%s" % _NAME,
-    run_dir="/run/virtcloud-lab-%s" % _NAME,
+    state_dir=f"/var/lib/virtcloud-lab-{_NAME}",
+    run_dir=f"/run/virtcloud-lab-{_NAME}",
     hosts=3,
     non_shared=["node3"],
 )
@@ -27,10 +27,10 @@ LAB = LabHandle(
 def lab():
     """The test lab: up once per session, always removed at the end."""
     if not os.path.exists(GUEST_IMAGE):
-        pytest.fail("the test guest image %s is missing: run tools/build-test-image (make image)" % GUEST_IMAGE)
+        pytest.fail(f"the test guest image {GUEST_IMAGE} is missing: run tools/build-test-image (make image)")
     result = run_playbook("lab_up.yml", LAB.vars)
     try:
-        assert result.rc == 0, "lab_up failed:\n%s\n%s" % (result.stdout[-3000:], result.stderr[-2000:])
+        assert result.rc == 0, f"lab_up failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
         yield LAB
     finally:
         run_playbook("lab_down.yml", LAB.vars)
@@ -43,9 +43,11 @@ def cloud(lab):
     assert prep.rc == 0, prep.stdout[-4000:]
     again = run_playbook("compute_node.yml", inventory=lab.inventory)
     assert again.rc == 0 and again.changed == 0, again.stdout[-4000:]
-    image = run_playbook("image_import.yml", dict(image_name="vctest", image_src=GUEST_IMAGE,
-                                                  image_properties={"hw_architecture": "x86_64", "min_ram": "128"}),
-                         inventory=lab.inventory)
+    image = run_playbook(
+        "image_import.yml",
+        dict(image_name="vctest", image_src=GUEST_IMAGE, image_properties={"hw_architecture": "x86_64", "min_ram": "128"}),
+        inventory=lab.inventory,
+    )
     assert image.rc == 0, image.stdout[-3000:]
     yield lab
 

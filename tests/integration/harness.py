@@ -17,6 +17,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TOP, ".collections"))
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._lab import plan  # noqa: E402  pylint: disable=wrong-import-position
+
 VENV_BIN = os.path.join(TOP, ".venv", "bin")
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 GUEST_IMAGE = os.path.join(TOP, "build", "guest", "vctest.qcow2")
@@ -49,13 +50,17 @@ def parse_recap(stdout: str) -> dict:
 
 def ansible_env() -> dict:
     env = dict(os.environ)
-    env.update(ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
-               PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), ANSIBLE_DEPRECATION_WARNINGS="0")
+    env.update(
+        ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+        PATH=VENV_BIN + os.pathsep + env.get("PATH", ""),
+        ANSIBLE_DEPRECATION_WARNINGS="0",
+    )
     return env
 
 
-def run_playbook(playbook: str, extra_vars: dict | None = None, inventory: str | None = None,
-                 check: bool = False, timeout: int = 900) -> PlaybookResult:
+def run_playbook(playbook: str, extra_vars: dict | None = None, inventory: str | None = None, check: bool = False, timeout: int = 900) -> PlaybookResult:
     """Run ansible-playbook from the checkout; returns rc, output and the parsed recap."""
     argv = [os.path.join(VENV_BIN, "ansible-playbook"), os.path.join(TOP, "playbooks", playbook)]
     if inventory:
@@ -82,21 +87,19 @@ class LabHandle:
         self.ssh_config = self.spec.ssh_config
         self.ssh_wrapper = self.spec.ssh_wrapper
         self.inventory = os.path.join(self.state_dir, "inventory.yml")
-        self.vars = dict(lab_name=name, lab_network=network, lab_state_dir=state_dir, lab_run_dir=run_dir,
-                         lab_hosts=hosts, lab_non_shared=non_shared)
+        self.vars = dict(lab_name=name, lab_network=network, lab_state_dir=state_dir, lab_run_dir=run_dir, lab_hosts=hosts, lab_non_shared=non_shared)
 
     def address(self, host: str) -> str:
         return next(h.address for h in self.spec.hosts if h.name == host)
 
     def ssh(self, host: str, command: str, check: bool = True, timeout: int = 120, data: str | None = None) -> str:
-        proc = subprocess.run(["ssh", "-F", self.ssh_config, host, command], capture_output=True, text=True,
-                              timeout=timeout, input=data, check=False)
+        proc = subprocess.run(["ssh", "-F", self.ssh_config, host, command], capture_output=True, text=True, timeout=timeout, input=data, check=False)
         if check and proc.returncode != 0:
-            raise AssertionError("on %s: %s failed (rc=%d): %s" % (host, command, proc.returncode, proc.stderr.strip()))
+            raise AssertionError(f"on {host}: {command} failed (rc={proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
 
     def uri(self, host: str) -> str:
-        return "qemu+ssh://%s/system?command=%s" % (host, self.ssh_wrapper)
+        return f"qemu+ssh://{host}/system?command={self.ssh_wrapper}"
 
     def instances_dir(self, host: str) -> str:
         """The host's instances directory as seen from the machine running the tests."""
@@ -134,8 +137,8 @@ class Console:
                 if i >= after and k == kind and (rx is None or rx.search(text)):
                     return i, text
             if time.monotonic() > deadline:
-                tail = "\n".join("%s %s" % kv for kv in self.lines()[-8:])
-                raise AssertionError("no VCGUEST %s line in %s within %ss; last lines:\n%s" % (kind, self.path, timeout, tail))
+                tail = "\n".join("{} {}".format(*kv) for kv in self.lines()[-8:])
+                raise AssertionError(f"no VCGUEST {kind} line in {self.path} within {timeout}s; last lines:\n{tail}")
             time.sleep(0.25)
 
     def ticks(self) -> list[int]:
@@ -145,26 +148,43 @@ class Console:
 def domain_xml(name: str, disk: str, console_log: str, network: str, memory_mb: int = 256, disks: tuple = ()) -> str:
     """A minimal domain for the test guest: boots its virtio disk under SeaBIOS, serial log, ACPI."""
     extra = "".join(
-        "<disk type='file' device='disk'><driver name='qemu' type='%s' cache='none'/><source file='%s'/>"
-        "<target dev='%s' bus='virtio'/></disk>" % (fmt, path, dev) for path, fmt, dev in disks)
+        f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none'/><source file='{path}'/><target dev='{dev}' bus='virtio'/></disk>"
+        for path, fmt, dev in disks
+    )
     return (
-        "<domain type='qemu'><name>%s</name><memory unit='MiB'>%d</memory><vcpu>1</vcpu>"
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>{memory_mb}</memory><vcpu>1</vcpu>"
         "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/></features>"
         "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
-        "<source file='%s'/><target dev='vda' bus='virtio'/></disk>%s"
-        "<interface type='network'><source network='%s'/><model type='virtio'/></interface>"
-        "<serial type='pty'><log file='%s' append='on'/><target port='0'/></serial>"
-        "</devices></domain>" % (name, memory_mb, disk, extra, network, console_log))
+        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>{extra}"
+        f"<interface type='network'><source network='{network}'/><model type='virtio'/></interface>"
+        f"<serial type='pty'><log file='{console_log}' append='on'/><target port='0'/></serial>"
+        "</devices></domain>"
+    )
 
 
 def start_bare_qemu(disk: str, console_log: str) -> subprocess.Popen:
     """The test guest under a bare qemu-system-x86_64 (TCG, no libvirt, no NIC), its serial to a file."""
-    return subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none",
-                             "-no-user-config", "-serial", "file:%s" % console_log,
-                             "-drive", "file=%s,if=virtio,format=qcow2,cache=none" % disk])
+    return subprocess.Popen(
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-serial",
+            f"file:{console_log}",
+            "-drive",
+            f"file={disk},if=virtio,format=qcow2,cache=none",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- the cloud workflows
+
 
 def launch(lab, **extra) -> PlaybookResult:
     return run_playbook("launch.yml", extra, inventory=lab.inventory)

@@ -43,16 +43,23 @@ def gather(lab, host, **extra):
 
 
 def set_service(lab, host, state, reason="", check=False, diff=False):
-    rc, output, recap = playbook(lab, "compute_facts_service.yml",
-                                 dict(target=host, service_state=state, service_reason=reason, service_file=SERVICE_FILE),
-                                 check=check, diff=diff)
+    rc, output, recap = playbook(
+        lab, "compute_facts_service.yml", dict(target=host, service_state=state, service_reason=reason, service_file=SERVICE_FILE), check=check, diff=diff
+    )
     assert rc == 0, output[-3000:]
     return recap[host]["changed"], output
 
 
 def adhoc(lab, host, module, args):
-    proc = subprocess.run([os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, host, "-m", module, "-a", args],
-                          capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=120, check=False)
+    proc = subprocess.run(
+        [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, host, "-m", module, "-a", args],
+        capture_output=True,
+        text=True,
+        cwd=TOP,
+        env=ansible_env(),
+        timeout=120,
+        check=False,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -81,8 +88,8 @@ def test_node1_facts_match_the_host(lab):
     assert facts["total_usable_ram_mb"] == facts["memory_mb_total"] - 512
     code = "import os, json; s = os.statvfs(%r); print(json.dumps([s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize]))"
     stat = json.loads(host_python(lab, "node1", code % lab.instances_path))
-    assert facts["total_usable_disk_gb"] == stat[0] // 1024 ** 3
-    assert abs(facts["disk_available_least"] - stat[1] // 1024 ** 3) <= 1  # no qcow2 overcommit on an empty host
+    assert facts["total_usable_disk_gb"] == stat[0] // 1024**3
+    assert abs(facts["disk_available_least"] - stat[1] // 1024**3) <= 1  # no qcow2 overcommit on an empty host
     assert facts["num_instances"] == 0 and facts["instances"] == [] and facts["vcpus_used"] == 0
     assert facts["free_ram_mb"] == facts["total_usable_ram_mb"]
     assert facts["free_disk_mb"] == facts["total_usable_disk_gb"] * 1024
@@ -93,8 +100,16 @@ def test_node1_facts_match_the_host(lab):
     # zone and aggregates from the inventory (az1 group var, node1's ssd aggregate)
     assert facts["availability_zone"] == "az1"
     assert facts["aggregates"] == [{"name": "ssd", "metadata": {"ssd": "true"}}]
-    assert facts["service"] == {"host": "node1", "binary": "nova-compute", "enabled": True, "disabled_reason": None,
-                                "updated_at": None, "forced_down": False, "up": True, "down_reason": None}
+    assert facts["service"] == {
+        "host": "node1",
+        "binary": "nova-compute",
+        "enabled": True,
+        "disabled_reason": None,
+        "updated_at": None,
+        "forced_down": False,
+        "up": True,
+        "down_reason": None,
+    }
 
 
 def test_node3_zone_and_no_aggregates(lab):
@@ -103,23 +118,30 @@ def test_node3_zone_and_no_aggregates(lab):
 
 
 def _record(vm_state="active", task_state=None, inst_uuid=None):
-    return Instance.new(uuid=inst_uuid, name="facts-%s" % uuid.uuid4().hex[:6], project="demo",
-                        flavor={"name": "m1.facts", "vcpus": 2, "ram_mb": 512, "disk_gb": 1},
-                        image={"id": "vctest"}, vm_state=vm_state, task_state=task_state, host="node2",
-                        availability_zone="az1", server_group="facts-group")
+    return Instance.new(
+        uuid=inst_uuid,
+        name=f"facts-{uuid.uuid4().hex[:6]}",
+        project="demo",
+        flavor={"name": "m1.facts", "vcpus": 2, "ram_mb": 512, "disk_gb": 1},
+        image={"id": "vctest"},
+        vm_state=vm_state,
+        task_state=task_state,
+        host="node2",
+        availability_zone="az1",
+        server_group="facts-group",
+    )
 
 
 @pytest.fixture()
 def node2_domains(lab):
     """An instance (record in its metadata, flavor 2 vCPUs / 512 MB, shut off) and a foreign domain on node2."""
     rec = _record()
-    xml = build_domain(rec, instance_dir="%s/%s" % (lab.instances_path, rec.uuid), domain_type="qemu", networks={})
-    foreign = "facts-foreign-%s" % uuid.uuid4().hex[:6]
-    foreign_xml = ("<domain type='qemu'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
-                   "<os><type arch='x86_64'>hvm</type></os></domain>" % foreign)
+    xml = build_domain(rec, instance_dir=f"{lab.instances_path}/{rec.uuid}", domain_type="qemu", networks={})
+    foreign = f"facts-foreign-{uuid.uuid4().hex[:6]}"
+    foreign_xml = f"<domain type='qemu'><name>{foreign}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"
     yield rec, xml, foreign, foreign_xml
     for name in (domain_name(rec.uuid), foreign):
-        lab.ssh("node2", "virsh undefine %s" % name, check=False)
+        lab.ssh("node2", f"virsh undefine {name}", check=False)
 
 
 def test_node2_counts_instances_and_foreign_domains(lab, node2_domains):
@@ -137,10 +159,18 @@ def test_node2_counts_instances_and_foreign_domains(lab, node2_domains):
     assert after["num_io_ops"] == 0
     [inst] = after["instances"]
     assert inst == {
-        "uuid": rec.uuid, "name": rec.name, "domain": domain_name(rec.uuid), "project": "demo",
+        "uuid": rec.uuid,
+        "name": rec.name,
+        "domain": domain_name(rec.uuid),
+        "project": "demo",
         "flavor": {"name": "m1.facts", "vcpus": 2, "ram_mb": 512, "disk_gb": 1, "ephemeral_gb": 0, "swap_mb": 0, "extra_specs": {}},
-        "vm_state": "active", "task_state": None, "power_state": 4, "domain_state": "shut off",
-        "server_group": "facts-group", "availability_zone": "az1", "host": "node2",
+        "vm_state": "active",
+        "task_state": None,
+        "power_state": 4,
+        "domain_state": "shut off",
+        "server_group": "facts-group",
+        "availability_zone": "az1",
+        "host": "node2",
     }
     # node1 has its own libvirtd: it does not see node2's instance
     assert gather(lab, "node1")["num_instances"] == 0
@@ -149,16 +179,22 @@ def test_node2_counts_instances_and_foreign_domains(lab, node2_domains):
     lab.ssh("node2", "virsh define /dev/stdin", data=foreign_xml)
     with_foreign = gather(lab, "node2")
     assert with_foreign["num_instances"] == 1
-    assert with_foreign["other_domains"] == [{"name": foreign, "uuid": with_foreign["other_domains"][0]["uuid"],
-                                              "domain_state": "shut off", "vcpus": 1, "memory_mb": 128,
-                                              "reason": "no virtcloud record in its metadata"}]
+    assert with_foreign["other_domains"] == [
+        {
+            "name": foreign,
+            "uuid": with_foreign["other_domains"][0]["uuid"],
+            "domain_state": "shut off",
+            "vcpus": 1,
+            "memory_mb": 128,
+            "reason": "no virtcloud record in its metadata",
+        }
+    ]
     assert with_foreign["vcpus_used"] == 3
     assert with_foreign["free_ram_mb"] == before["free_ram_mb"] - 512 - 128
 
     # the same instance while it builds: one I/O-heavy operation (Nova's io_workload)
     building = Instance.from_dict(dict(rec.to_dict(), vm_state="building", task_state="spawning"))
-    lab.ssh("node2", "virsh define /dev/stdin",
-            data=build_domain(building, instance_dir="%s/%s" % (lab.instances_path, rec.uuid), domain_type="qemu", networks={}))
+    lab.ssh("node2", "virsh define /dev/stdin", data=build_domain(building, instance_dir=f"{lab.instances_path}/{rec.uuid}", domain_type="qemu", networks={}))
     io = gather(lab, "node2")
     assert io["num_io_ops"] == 1 and io["instances"][0]["vm_state"] == "building"
     assert io["instances"][0]["task_state"] == "spawning"
@@ -166,11 +202,19 @@ def test_node2_counts_instances_and_foreign_domains(lab, node2_domains):
 
 def test_disk_available_least_counts_qcow2_overcommit(lab):
     """Nova's disk_available_least: free space minus what the qcow2 disks may still grow into."""
-    rec = Instance.new(name="facts-big", project="demo", flavor={"name": "m1.big", "vcpus": 1, "ram_mb": 256, "disk_gb": 10},
-                       image={"id": "vctest"}, vm_state="active", task_state=None, host="node2", config_drive=False)
-    inst_dir = "%s/%s" % (lab.instances_path, rec.uuid)
+    rec = Instance.new(
+        name="facts-big",
+        project="demo",
+        flavor={"name": "m1.big", "vcpus": 1, "ram_mb": 256, "disk_gb": 10},
+        image={"id": "vctest"},
+        vm_state="active",
+        task_state=None,
+        host="node2",
+        config_drive=False,
+    )
+    inst_dir = f"{lab.instances_path}/{rec.uuid}"
     before = gather(lab, "node2")
-    lab.ssh("node2", "mkdir -p %s && qemu-img create -q -f qcow2 -F qcow2 -b %s %s/disk 10G" % (inst_dir, GUEST_IMAGE, inst_dir))
+    lab.ssh("node2", f"mkdir -p {inst_dir} && qemu-img create -q -f qcow2 -F qcow2 -b {GUEST_IMAGE} {inst_dir}/disk 10G")
     try:
         lab.ssh("node2", "virsh define /dev/stdin", data=build_domain(rec, instance_dir=inst_dir, domain_type="qemu", networks={}))
         after = gather(lab, "node2")
@@ -178,30 +222,30 @@ def test_disk_available_least_counts_qcow2_overcommit(lab):
         # 10 GiB virtual, a few hundred KiB allocated: about 10 GiB less (+-1 for other writes on the filesystem)
         assert 9 <= before["disk_available_least"] - after["disk_available_least"] <= 11
     finally:
-        lab.ssh("node2", "virsh undefine %s" % domain_name(rec.uuid), check=False)
-        lab.ssh("node2", "rm -rf %s" % inst_dir, check=False)
+        lab.ssh("node2", f"virsh undefine {domain_name(rec.uuid)}", check=False)
+        lab.ssh("node2", f"rm -rf {inst_dir}", check=False)
 
 
 def test_service_disable_and_enable(lab):
-    lab.ssh("node2", "rm -f %s" % SERVICE_FILE)
+    lab.ssh("node2", f"rm -f {SERVICE_FILE}")
     try:
         reason = "maintenance: facts test"
         # check mode reports the change and writes nothing
         changed, _out = set_service(lab, "node2", "disabled", reason, check=True)
         assert changed == 1
-        assert lab.ssh("node2", "test -e %s && echo yes || echo no" % SERVICE_FILE).strip() == "no"
+        assert lab.ssh("node2", f"test -e {SERVICE_FILE} && echo yes || echo no").strip() == "no"
         assert gather(lab, "node2")["service"]["enabled"] is True
         # the real run, with its diff
         changed, out = set_service(lab, "node2", "disabled", reason, diff=True)
         assert changed == 1
         assert re.search(r'^\+\s+"disabled_reason": "maintenance: facts test"', out, re.M), out
-        record = json.loads(lab.ssh("node2", "cat %s" % SERVICE_FILE))
+        record = json.loads(lab.ssh("node2", f"cat {SERVICE_FILE}"))
         assert (record["enabled"], record["disabled_reason"], record["host"]) == (False, reason, "node2")
         assert set(record) == {"enabled", "disabled_reason", "updated_at", "host"}
         # both again: no change, record untouched
         assert set_service(lab, "node2", "disabled", reason, check=True)[0] == 0
         assert set_service(lab, "node2", "disabled", reason)[0] == 0
-        assert json.loads(lab.ssh("node2", "cat %s" % SERVICE_FILE)) == record
+        assert json.loads(lab.ssh("node2", f"cat {SERVICE_FILE}")) == record
         facts = gather(lab, "node2")
         assert facts["service"]["enabled"] is False and facts["service"]["disabled_reason"] == reason
         assert facts["service"]["up"] is True and facts["service"]["updated_at"] == record["updated_at"]
@@ -209,14 +253,14 @@ def test_service_disable_and_enable(lab):
 
         # enable: check mode, real, both again
         assert set_service(lab, "node2", "enabled", check=True)[0] == 1
-        assert json.loads(lab.ssh("node2", "cat %s" % SERVICE_FILE))["enabled"] is False
+        assert json.loads(lab.ssh("node2", f"cat {SERVICE_FILE}"))["enabled"] is False
         assert set_service(lab, "node2", "enabled")[0] == 1
         assert set_service(lab, "node2", "enabled", check=True)[0] == 0
         assert set_service(lab, "node2", "enabled")[0] == 0
         facts = gather(lab, "node2")
         assert facts["service"]["enabled"] is True and facts["service"]["disabled_reason"] is None
     finally:
-        lab.ssh("node2", "rm -f %s" % SERVICE_FILE, check=False)
+        lab.ssh("node2", f"rm -f {SERVICE_FILE}", check=False)
 
 
 def test_libvirt_not_answering_marks_the_service_down(lab):
@@ -226,23 +270,30 @@ def test_libvirt_not_answering_marks_the_service_down(lab):
     assert facts["vcpus_total"] == 0 and facts["supported_instances"] == []
 
 
-@pytest.mark.parametrize("host, module, args, message", [
-    ("node1", "virtcloud.compute.compute_service", "state=disabled service_file=%s" % SERVICE_FILE,
-     "disabled_reason is required with state=disabled"),
-    ("node1", "virtcloud.compute.compute_service", "state=enabled disabled_reason=why service_file=%s" % SERVICE_FILE,
-     "disabled_reason is only used with state=disabled"),
-    ("node1", "virtcloud.compute.compute_facts", "uri=qemu+tcp://node2/system instances_path=/tmp",
-     "without authentication or encryption"),
-    ("node1", "virtcloud.compute.compute_facts", "instances_path=/nonexistent/instances service_file=%s" % SERVICE_FILE,
-     "instances_path /nonexistent/instances does not exist"),
-    ("node1", "virtcloud.compute.compute_facts", "instances_path=/tmp cpu_allocation_ratio=0",
-     "cpu_allocation_ratio must be a number above 0"),
-    ("node1", "virtcloud.compute.compute_facts", "instances_path=/tmp request_id=nope",
-     "request_id 'nope' is not of the form req-<uuid>"),
-])
+@pytest.mark.parametrize(
+    "host, module, args, message",
+    [
+        ("node1", "virtcloud.compute.compute_service", f"state=disabled service_file={SERVICE_FILE}", "disabled_reason is required with state=disabled"),
+        (
+            "node1",
+            "virtcloud.compute.compute_service",
+            f"state=enabled disabled_reason=why service_file={SERVICE_FILE}",
+            "disabled_reason is only used with state=disabled",
+        ),
+        ("node1", "virtcloud.compute.compute_facts", "uri=qemu+tcp://node2/system instances_path=/tmp", "without authentication or encryption"),
+        (
+            "node1",
+            "virtcloud.compute.compute_facts",
+            f"instances_path=/nonexistent/instances service_file={SERVICE_FILE}",
+            "instances_path /nonexistent/instances does not exist",
+        ),
+        ("node1", "virtcloud.compute.compute_facts", "instances_path=/tmp cpu_allocation_ratio=0", "cpu_allocation_ratio must be a number above 0"),
+        ("node1", "virtcloud.compute.compute_facts", "instances_path=/tmp request_id=nope", "request_id 'nope' is not of the form req-<uuid>"),
+    ],
+)
 def test_bad_input_fails_clearly(lab, host, module, args, message):
     rc, out = adhoc(lab, host, module, args)
     assert rc != 0
     assert "FAILED!" in out and message in out, out
     assert "Traceback" not in out and "MODULE FAILURE" not in out, out
-    assert lab.ssh(host, "test -e %s && echo yes || echo no" % SERVICE_FILE).strip() == "no"
+    assert lab.ssh(host, f"test -e {SERVICE_FILE} && echo yes || echo no").strip() == "no"

@@ -22,11 +22,11 @@ def test_boot_count_survives_a_hard_kill(tmp_path):
     disk = str(tmp_path / "disk")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", GUEST_IMAGE, disk], check=True)
     for count in (1, 2):
-        log = str(tmp_path / ("console-%d.log" % count))
+        log = str(tmp_path / (f"console-{count}.log"))
         proc = start_bare_qemu(disk, log)
         try:
             _i, boot = Console(log).wait("BOOT", timeout=120)
         finally:
             proc.kill()
             proc.wait()
-        assert boot.startswith("count=%d " % count), boot
+        assert boot.startswith(f"count={count} "), boot

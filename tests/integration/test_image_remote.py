@@ -27,8 +27,15 @@ EMPTY_KNOWN_HOSTS = "/var/lib/virtcloud/empty_known_hosts"  # on the controller
 BAD = SNAPSHOTS + "/backing.qcow2"
 INSTANCE = str(uuid.uuid4())
 BASE_IMAGE = str(uuid.uuid4())
-PROPERTIES = {"hw_architecture": "x86_64", "min_ram": "128", "base_image_ref": BASE_IMAGE, "image_location": "snapshot",
-              "image_state": "available", "owner_id": "demo", "user_id": "alice"}
+PROPERTIES = {
+    "hw_architecture": "x86_64",
+    "min_ram": "128",
+    "base_image_ref": BASE_IMAGE,
+    "image_location": "snapshot",
+    "image_state": "available",
+    "owner_id": "demo",
+    "user_id": "alice",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +44,39 @@ def remote(cloud):
     lab = cloud
     env = Images(lab, own_store=False)
     env.node1 = lab.address("node1")
-    lab.ssh("node1", "mkdir -p %s && qemu-img convert -q -f qcow2 -O qcow2 %s %s && "
-                     "qemu-img create -q -f qcow2 -u -F raw -b /etc/hostname %s 1M" % (SNAPSHOTS, GUEST_IMAGE, SNAP, BAD))
-    env.snap_sha256 = lab.ssh("node1", "sha256sum %s" % SNAP).split()[0]
-    env.snap_size = int(lab.ssh("node1", "stat -c %%s %s" % SNAP))
+    lab.ssh(
+        "node1",
+        f"mkdir -p {SNAPSHOTS} && qemu-img convert -q -f qcow2 -O qcow2 {GUEST_IMAGE} {SNAP} && "
+        f"qemu-img create -q -f qcow2 -u -F raw -b /etc/hostname {BAD} 1M",
+    )
+    env.snap_sha256 = lab.ssh("node1", f"sha256sum {SNAP}").split()[0]
+    env.snap_size = int(lab.ssh("node1", f"stat -c %s {SNAP}"))
     # the controller cannot read the file itself: it must come over scp
-    assert lab.ssh("controller", "test -e %s && echo present || echo absent" % SNAP).strip() == "absent"
+    assert lab.ssh("controller", f"test -e {SNAP} && echo present || echo absent").strip() == "absent"
     env.others = images_in_store(env)  # images other tests put in the store
     env.snapshot = None
     try:
         yield env
     finally:
         env.ok("controller", "image", env.image_args(name="web1-snap", state="absent"), venv=False)
-        lab.ssh("node1", "rm -rf %s" % SNAPSHOTS)
-        lab.ssh("controller", "rm -f %s" % EMPTY_KNOWN_HOSTS)
+        lab.ssh("node1", f"rm -rf {SNAPSHOTS}")
+        lab.ssh("controller", f"rm -f {EMPTY_KNOWN_HOSTS}")
 
 
 def snapshot_args(env, **extra):
-    args = env.image_args(name="web1-snap", src=SNAP, src_host=env.node1, ssh_key="/root/.ssh/id_ed25519",
-                          known_hosts="/root/.ssh/known_hosts", image_type="snapshot", instance_uuid=INSTANCE,
-                          properties=PROPERTIES, owner="demo", visibility="private", request_id="req-%s" % uuid.uuid4())
+    args = env.image_args(
+        name="web1-snap",
+        src=SNAP,
+        src_host=env.node1,
+        ssh_key="/root/.ssh/id_ed25519",
+        known_hosts="/root/.ssh/known_hosts",
+        image_type="snapshot",
+        instance_uuid=INSTANCE,
+        properties=PROPERTIES,
+        owner="demo",
+        visibility="private",
+        request_id=f"req-{uuid.uuid4()}",
+    )
     args.update(extra)
     return args
 
@@ -79,7 +99,7 @@ def assert_store_unchanged(env):
 def test_check_mode_plans_the_import_without_contacting_the_host(remote):
     planned = remote.ok("controller", "image", snapshot_args(remote), check=True)
     assert planned["changed"], planned
-    assert planned["changes"] == ["import root@%s:%s as image web1-snap (%s)" % (remote.node1, SNAP, planned["image"]["id"])]
+    assert planned["changes"] == [f"import root@{remote.node1}:{SNAP} as image web1-snap ({planned['image']['id']})"]
     assert (planned["image"]["image_type"], planned["image"]["instance_uuid"], planned["image"]["sha256"]) == ("snapshot", INSTANCE, None)
     assert_store_unchanged(remote)
     assert remote.ok("controller", "image_info", remote.image_args(name="web1-snap"))["images"] == []
@@ -93,17 +113,27 @@ def test_the_image_host_pulls_the_snapshot_then_changes_nothing(remote):
     made, out = remote.module("controller", "image", args, diff=True)
     assert made["changed"] and not made.get("failed"), made
     rec = made["image"]
-    assert rec == dict(rec, name="web1-snap", status="active", disk_format="qcow2", sha256=remote.snap_sha256,
-                       size=remote.snap_size, image_type="snapshot", instance_uuid=INSTANCE, owner="demo",
-                       visibility="private", properties=PROPERTIES)
+    assert rec == dict(
+        rec,
+        name="web1-snap",
+        status="active",
+        disk_format="qcow2",
+        sha256=remote.snap_sha256,
+        size=remote.snap_size,
+        image_type="snapshot",
+        instance_uuid=INSTANCE,
+        owner="demo",
+        visibility="private",
+        properties=PROPERTIES,
+    )
     assert "+++ after" in out and '"image_type": "snapshot"' in out
-    assert made["changes"] == ["import root@%s:%s as image web1-snap (%s)" % (remote.node1, SNAP, rec["id"])]
+    assert made["changes"] == [f"import root@{remote.node1}:{SNAP} as image web1-snap ({rec['id']})"]
     assert sorted(images_in_store(remote)) == sorted(remote.others + [rec["id"]]) and leftovers(remote) == []
     stored = os.path.join(remote.store_on_machine, rec["id"], "image")
-    assert remote.lab.ssh("controller", "sha256sum %s" % os.path.join(remote.store, rec["id"], "image")).split()[0] == remote.snap_sha256
+    assert remote.lab.ssh("controller", f"sha256sum {os.path.join(remote.store, rec['id'], 'image')}").split()[0] == remote.snap_sha256
     assert os.path.getsize(stored) == remote.snap_size
-    log = remote.lab.ssh("controller", "grep -F '[%s]' /var/log/virtcloud/virtcloud.log" % args["request_id"])
-    assert "imported root@%s:%s as image %s" % (remote.node1, SNAP, rec["id"]) in log, log
+    log = remote.lab.ssh("controller", f"grep -F '[{args['request_id']}]' /var/log/virtcloud/virtcloud.log")
+    assert f"imported root@{remote.node1}:{SNAP} as image {rec['id']}" in log, log
     remote.snapshot = rec
 
     again = remote.ok("controller", "image", snapshot_args(remote))
@@ -126,7 +156,7 @@ def test_a_snapshot_with_a_backing_file_is_rejected_and_leaves_nothing(remote, c
     else:
         msg = remote.fails("controller", "image", args)
         print(msg)
-        assert "rejected" in msg and "backing" in msg and "root@%s:%s" % (remote.node1, BAD) in msg, msg
+        assert "rejected" in msg and "backing" in msg and f"root@{remote.node1}:{BAD}" in msg, msg
     assert_store_unchanged(remote)
 
 
@@ -134,24 +164,24 @@ def test_a_missing_remote_file_fails_clearly(remote):
     missing = SNAPSHOTS + "/missing.qcow2"
     msg = remote.fails("controller", "image", snapshot_args(remote, name="missing", src=missing))
     print(msg)
-    assert "fetching root@%s:%s to this host failed" % (remote.node1, missing) in msg, msg
+    assert f"fetching root@{remote.node1}:{missing} to this host failed" in msg, msg
     assert "No such file or directory" in msg and "known_hosts" in msg and "nothing was imported" in msg, msg
     assert_store_unchanged(remote)
 
 
 def test_an_unknown_host_key_fails_clearly(remote):
-    remote.lab.ssh("controller", "install -m 0600 /dev/null %s" % EMPTY_KNOWN_HOSTS)
+    remote.lab.ssh("controller", f"install -m 0600 /dev/null {EMPTY_KNOWN_HOSTS}")
     msg = remote.fails("controller", "image", snapshot_args(remote, name="untrusted", known_hosts=EMPTY_KNOWN_HOSTS))
     print(msg)
-    assert "Host key verification failed" in msg and "host key is in known_hosts (%s;" % EMPTY_KNOWN_HOSTS in msg, msg
-    assert "root@%s:%s" % (remote.node1, SNAP) in msg
+    assert "Host key verification failed" in msg and f"host key is in known_hosts ({EMPTY_KNOWN_HOSTS};" in msg, msg
+    assert f"root@{remote.node1}:{SNAP}" in msg
     assert_store_unchanged(remote)
 
 
 def test_the_size_cap_stops_the_transfer(remote):
     msg = remote.fails("controller", "image", snapshot_args(remote, name="too-big", size_cap=65536))
     print(msg)
-    assert "root@%s:%s is larger than the size cap of 65536 bytes" % (remote.node1, SNAP) in msg, msg
+    assert f"root@{remote.node1}:{SNAP} is larger than the size cap of 65536 bytes" in msg, msg
     assert_store_unchanged(remote)
 
 

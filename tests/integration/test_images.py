@@ -31,8 +31,10 @@ CONSTRAINTS = os.path.join(TOP, "constraints.txt")
 MIB = 1024 * 1024
 GUEST_VIRTUAL_SIZE = 64 * MIB
 PROPERTIES = {"hw_architecture": "amd64", "img_hv_type": "qemu", "min_ram": 128, "min_disk": 1, "os_type": "linux"}
-NET_XML = ("<network><name>imgtest</name><bridge name='vcimgt0'/><ip address='192.168.151.1' netmask='255.255.255.0'>"
-           "<dhcp><range start='192.168.151.10' end='192.168.151.50'/></dhcp></ip></network>")
+NET_XML = (
+    "<network><name>imgtest</name><bridge name='vcimgt0'/><ip address='192.168.151.1' netmask='255.255.255.0'>"
+    "<dhcp><range start='192.168.151.10' end='192.168.151.50'/></dhcp></ip></network>"
+)
 
 
 def sha256(path):
@@ -55,7 +57,7 @@ class Images:
         # state folder, which the controller sees at the same path as the machine (removed by lab_down)
         self.store = os.path.join(lab.state_dir, "images-test")
         self.store_on_machine = self.store
-        if not own_store:   # the lab's store, as the controller sees it and where it lies on the machine
+        if not own_store:  # the lab's store, as the controller sees it and where it lies on the machine
             self.store = os.path.join(lab.state_dir, "images")
             self.store_on_machine = os.path.join(lab.state_dir, "hosts", "controller", "images")
         self.key = lab.spec.key_file
@@ -67,10 +69,20 @@ class Images:
     def module(self, host, module, args, check=False, diff=False, venv=True, hosts=None):
         """Run virtcloud.compute.MODULE on HOST (or the pattern HOSTS) ad hoc; returns ({host: result}, stdout)."""
         with tempfile.TemporaryDirectory(prefix="vcimg-tree-") as tree:
-            argv = [os.path.join(VENV_BIN, "ansible"), "-i", self.lab.inventory, hosts or host, "-m", "virtcloud.compute.%s" % module,
-                    "-a", json.dumps(args), "--tree", tree]
+            argv = [
+                os.path.join(VENV_BIN, "ansible"),
+                "-i",
+                self.lab.inventory,
+                hosts or host,
+                "-m",
+                f"virtcloud.compute.{module}",
+                "-a",
+                json.dumps(args),
+                "--tree",
+                tree,
+            ]
             if venv:
-                argv += ["-e", "ansible_python_interpreter=%s/bin/python" % self.venv]
+                argv += ["-e", f"ansible_python_interpreter={self.venv}/bin/python"]
             if check:
                 argv.append("--check")
             if diff:
@@ -84,7 +96,7 @@ class Images:
         for name, status in re.findall(r"^(\S+) \| (FAILED!|UNREACHABLE!|SUCCESS|CHANGED) ", proc.stdout, re.M):
             if name in results:
                 results[name]["failed"] = status in ("FAILED!", "UNREACHABLE!")
-        assert results, "no result from %s on %s: %s %s" % (module, hosts or host, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert results, f"no result from {module} on {hosts or host}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
         for result in results.values():
             assert "Traceback" not in json.dumps(result), result
         return (results if hosts else results[host]), proc.stdout
@@ -105,9 +117,17 @@ class Images:
         return args
 
     def cache_args(self, **extra):
-        args = dict(image_id=self.image["id"], sha256=self.image["sha256"], size=self.image["size"], disk_format="qcow2",
-                    instances_path=self.lab.instances_path, source_host=self.controller, source_path=self.store,
-                    ssh_key=self.key, known_hosts=self.known_hosts)
+        args = dict(
+            image_id=self.image["id"],
+            sha256=self.image["sha256"],
+            size=self.image["size"],
+            disk_format="qcow2",
+            instances_path=self.lab.instances_path,
+            source_host=self.controller,
+            source_path=self.store,
+            ssh_key=self.key,
+            known_hosts=self.known_hosts,
+        )
         args.update(extra)
         return args
 
@@ -124,8 +144,13 @@ def images(lab):
     env = Images(lab)
     os.makedirs(env.incoming, exist_ok=True)
     # lab hosts reach no package index: fill a wheel folder from the machine, pip installs offline from it
-    proc = subprocess.run([os.path.join(VENV_BIN, "python"), "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", env.wheels,
-                           "oslo.utils==10.2.0", "-c", CONSTRAINTS], capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [os.path.join(VENV_BIN, "python"), "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", env.wheels, "oslo.utils==10.2.0", "-c", CONSTRAINTS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     extra = dict(images_venv=env.venv, images_wheels=env.wheels, images_store_path=env.store)
     first = run_playbook(os.path.join(PLAYBOOKS, "images_store.yml"), extra, inventory=lab.inventory)
@@ -139,16 +164,19 @@ def test_role_makes_the_store_and_the_venv(images):
     assert first.recap["controller"]["failed"] == 0
     assert second.rc == 0 and second.changed == 0, second.stdout[-3000:]
     assert os.path.isdir(images.store_on_machine)
-    assert images.lab.ssh("controller", "stat -c %%a %s" % images.store).strip() == "755"
-    out = images.lab.ssh("controller", "%s/bin/python -c 'import oslo_utils.version as v, libvirt, lxml; from oslo_utils.imageutils "
-                                       "import format_inspector; print(v.version_info.version_string())'" % images.venv)
+    assert images.lab.ssh("controller", f"stat -c %a {images.store}").strip() == "755"
+    out = images.lab.ssh(
+        "controller",
+        f"{images.venv}/bin/python -c 'import oslo_utils.version as v, libvirt, lxml; from oslo_utils.imageutils "
+        "import format_inspector; print(v.version_info.version_string())'",
+    )
     assert out.strip() == "10.2.0"
 
 
 def test_import_with_properties(images):
     src = os.path.join(images.incoming, "vctest.qcow2")
     shutil.copy(GUEST_IMAGE, src)
-    args = images.image_args(name="vctest", src=src, disk_format="qcow2", properties=PROPERTIES, request_id="req-%s" % uuid.uuid4())
+    args = images.image_args(name="vctest", src=src, disk_format="qcow2", properties=PROPERTIES, request_id=f"req-{uuid.uuid4()}")
 
     planned = images.ok("controller", "image", args, check=True)
     assert planned["changed"] and planned["image"]["sha256"] == sha256(GUEST_IMAGE)
@@ -159,10 +187,21 @@ def test_import_with_properties(images):
     assert made["changed"], made
     rec = made["image"]
     assert "+++ after" in out and '"name": "vctest"' in out
-    assert rec == dict(rec, name="vctest", status="active", disk_format="qcow2", container_format="bare", size=os.path.getsize(GUEST_IMAGE),
-                       virtual_size=GUEST_VIRTUAL_SIZE, sha256=sha256(GUEST_IMAGE), visibility="public", image_type="image",
-                       instance_uuid=None, owner=None,
-                       properties={"hw_architecture": "x86_64", "img_hv_type": "qemu", "min_disk": "1", "min_ram": "128", "os_type": "linux"})
+    assert rec == dict(
+        rec,
+        name="vctest",
+        status="active",
+        disk_format="qcow2",
+        container_format="bare",
+        size=os.path.getsize(GUEST_IMAGE),
+        virtual_size=GUEST_VIRTUAL_SIZE,
+        sha256=sha256(GUEST_IMAGE),
+        visibility="public",
+        image_type="image",
+        instance_uuid=None,
+        owner=None,
+        properties={"hw_architecture": "x86_64", "img_hv_type": "qemu", "min_disk": "1", "min_ram": "128", "os_type": "linux"},
+    )
     assert made["path"] == os.path.join(images.store, rec["id"], "image")
     assert sha256(os.path.join(images.store_on_machine, rec["id"], "image")) == sha256(GUEST_IMAGE)
     images.image = rec
@@ -187,7 +226,7 @@ def test_properties_update(images):
     assert planned["changed"] and planned["image"]["properties"]["os_distro"] == "busybox"
     assert "os_distro" not in images.ok("controller", "image_info", images.image_args(name="vctest"))["images"][0]["properties"]
     done = images.ok("controller", "image", args)
-    assert done["changed"] and done["changes"] == ["update properties of image %s (vctest)" % images.image["id"]]
+    assert done["changed"] and done["changes"] == [f"update properties of image {images.image['id']} (vctest)"]
     assert not images.ok("controller", "image", args)["changed"]
     assert not images.ok("controller", "image", args, check=True)["changed"]
     images.image = done["image"]
@@ -205,8 +244,10 @@ def unsafe_sources(incoming):
     backing = os.path.join(incoming, "backing.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", "/etc/shadow", backing, "64M"], check=True)
     descriptor = os.path.join(incoming, "descriptor.vmdk")
-    text = ('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
-            '# Extent description\nRW 2048 FLAT "/etc/shadow" 0\n\n# The Disk Data Base\n#DDB\n')
+    text = (
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
+        '# Extent description\nRW 2048 FLAT "/etc/shadow" 0\n\n# The Disk Data Base\n#DDB\n'
+    )
     with open(descriptor, "w", encoding="ascii") as f:
         f.write(text + "\n" * (MIB - len(text)))
     return [
@@ -233,14 +274,30 @@ def test_import_from_a_url_checks_the_checksum(images):
     os.makedirs(www, exist_ok=True)
     shutil.copy(GUEST_IMAGE, os.path.join(www, "guest.qcow2"))
     address = images.lab.address("node2")
-    server = subprocess.Popen(["ip", "netns", "exec", "%s-node2" % images.lab.name, "python3", "-m", "http.server", "--bind", address,
-                               "--directory", www, "8099"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", f"{images.lab.name}-node2", "python3", "-m", "http.server", "--bind", address, "--directory", www, "8099"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        url = "http://%s:8099/guest.qcow2" % address
+        url = f"http://{address}:8099/guest.qcow2"
         deadline = time.monotonic() + 20
-        while subprocess.run(["ip", "netns", "exec", "%s-controller" % images.lab.name, "python3", "-c",
-                              "import urllib.request; urllib.request.urlopen(%r, timeout=2)" % url],
-                             capture_output=True, check=False).returncode != 0:
+        while (
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    f"{images.lab.name}-controller",
+                    "python3",
+                    "-c",
+                    f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)",
+                ],
+                capture_output=True,
+                check=False,
+            ).returncode
+            != 0
+        ):
             assert time.monotonic() < deadline, "the web server on node2 did not answer"
             time.sleep(0.2)
         msg = images.fails("controller", "image", images.image_args(name="from-url", url=url, checksum="0" * 64))
@@ -258,7 +315,7 @@ def test_import_from_a_url_checks_the_checksum(images):
 
 
 def test_cache_fills_base_from_the_image_host_directly(images):
-    args = images.cache_args(request_id="req-%s" % uuid.uuid4())
+    args = images.cache_args(request_id=f"req-{uuid.uuid4()}")
     base = images.base_on_machine("node1")
     planned = images.ok("node1", "image_cache", args, check=True)
     assert planned["changed"] and planned["fetched"] and not os.path.exists(base)
@@ -267,13 +324,13 @@ def test_cache_fills_base_from_the_image_host_directly(images):
     assert fetched["changed"] and fetched["fetched"]
     # the compute host ran the transfer itself, from the image host, over SSH
     assert fetched["transport"] == "scp"
-    assert fetched["source"] == "root@%s:%s/%s" % (images.controller, images.store, images.image["id"])
+    assert fetched["source"] == f"root@{images.controller}:{images.store}/{images.image['id']}"
     assert fetched["fetched_on"] == "node1"
     assert fetched["bytes"] == images.image["size"]
     assert fetched["path"] == os.path.join(images.lab.instances_path, "_base", os.path.basename(base))
     assert (fetched["format"], fetched["sha256"], fetched["virtual_size"]) == ("qcow2", images.image["sha256"], GUEST_VIRTUAL_SIZE)
     assert sha256(base) == images.image["sha256"]
-    print("fetch of %d bytes from the controller to node1: %.3f s" % (fetched["bytes"], fetched["seconds"]))
+    print(f"fetch of {fetched['bytes']} bytes from the controller to node1: {fetched['seconds']:.3f} s")
 
     again = images.ok("node1", "image_cache", args)
     assert not again["changed"] and not again["fetched"] and not again["hashed"] and again["transport"] is None
@@ -285,7 +342,7 @@ def test_cache_transfer_checks_the_image_host_key(images):
     empty = os.path.join(images.incoming, "empty_known_hosts")
     open(empty, "w", encoding="ascii").close()
     msg = images.fails("node3", "image_cache", images.cache_args(known_hosts=empty))
-    assert "Host key verification failed" in msg and "root@%s" % images.controller in msg
+    assert "Host key verification failed" in msg and f"root@{images.controller}" in msg
     assert not os.path.exists(images.base_on_machine("node3"))
     assert not [e for e in os.listdir(os.path.dirname(images.base_on_machine("node3"))) if e.startswith(".fetch-")]
 
@@ -311,7 +368,7 @@ def test_cache_reverifies_and_repairs_a_corrupted_base(images):
     assert planned["changed"] and "sha256 of" in planned["repaired"]
     assert sha256(base) != images.image["sha256"]
     repaired = images.ok("node1", "image_cache", images.cache_args())
-    assert repaired["changed"] and repaired["fetched"] and "sha256 of %s" % repaired["path"] in repaired["repaired"]
+    assert repaired["changed"] and repaired["fetched"] and f"sha256 of {repaired['path']}" in repaired["repaired"]
     assert sha256(base) == images.image["sha256"]
     assert not images.ok("node1", "image_cache", images.cache_args())["changed"]
 
@@ -352,7 +409,7 @@ def disk_steps(images, host, args, expect_changed=True):
 
 def test_disk_overlay_grow_shrink_info(images):
     inst = os.path.join(images.lab.instances_path, images.instance)
-    images.lab.ssh("node1", "mkdir -p %s" % inst)
+    images.lab.ssh("node1", f"mkdir -p {inst}")
     disk = inst + "/disk"
     base = os.path.join(images.lab.instances_path, "_base", os.path.basename(images.base_on_machine("node1")))
 
@@ -370,8 +427,9 @@ def test_disk_overlay_grow_shrink_info(images):
     info = images.ok("node1", "disk_info", dict(path=disk), venv=False)
     assert info["exists"] and info["disk"]["virtual_size"] == 96 * MIB and info["disk"]["backing_filename"] == base
     assert [(b["filename"], b["format"], b["virtual_size"]) for b in info["disk"]["backing_chain"]] == [(base, "qcow2", GUEST_VIRTUAL_SIZE)]
-    assert images.ok("node1", "disk_info", dict(path=inst + "/none"), venv=False) == dict(images.ok(
-        "node1", "disk_info", dict(path=inst + "/none"), venv=False), exists=False, disk={})
+    assert images.ok("node1", "disk_info", dict(path=inst + "/none"), venv=False) == dict(
+        images.ok("node1", "disk_info", dict(path=inst + "/none"), venv=False), exists=False, disk={}
+    )
 
     # a flat copy (what a snapshot does), and an ephemeral disk that is then removed
     flat = disk_steps(images, "node1", dict(path=inst + "/flat.qcow2", state="converted", src=disk, src_format="qcow2", compress=True))
@@ -385,28 +443,27 @@ def test_guest_boots_from_the_overlay_on_the_cached_images(images):
     """Proof that the cached image is good: the test guest boots from an overlay on it (qcow2 base on node1, raw on node3)."""
     raw_base = os.path.join(images.lab.instances_path, "_base", os.path.basename(images.base_on_machine("node3")))
     inst3 = os.path.join(images.lab.instances_path, images.instance + "-raw")
-    images.lab.ssh("node3", "mkdir -p %s" % inst3)
+    images.lab.ssh("node3", f"mkdir -p {inst3}")
     images.ok("node3", "disk", dict(path=inst3 + "/disk", backing=raw_base, backing_format="raw", size="80M"), venv=False)
 
-    guests = [("node1", os.path.join(images.lab.instances_path, images.instance), 96 * MIB),
-              ("node3", inst3, 80 * MIB)]
+    guests = [("node1", os.path.join(images.lab.instances_path, images.instance), 96 * MIB), ("node3", inst3, 80 * MIB)]
     names = {}
     try:
         for host, inst, _size in guests:
-            name = "img-%s-%s" % (host, images.instance[:8])
+            name = f"img-{host}-{images.instance[:8]}"
             names[host] = name
             images.lab.ssh(host, "virsh net-info imgtest >/dev/null 2>&1 || virsh net-create /dev/stdin", data=NET_XML)
             images.lab.ssh(host, "virsh define /dev/stdin", data=domain_xml(name, inst + "/disk", inst + "/console.log", "imgtest"))
-            images.lab.ssh(host, "virsh start %s" % name)
+            images.lab.ssh(host, f"virsh start {name}")
         for host, inst, size in guests:
             console = Console(os.path.join(images.lab.instances_dir(host), os.path.basename(inst), "console.log"))
             _i, boot = console.wait("BOOT", timeout=120)
             assert boot.startswith("count=1 variant=normal"), (host, boot)
             _i, disks = console.wait("DISKS", timeout=30)
-            assert disks == "vda=%d" % size, (host, disks)
+            assert disks == f"vda={size}", (host, disks)
     finally:
         for host, name in names.items():
-            images.lab.ssh(host, "virsh destroy %s; virsh undefine %s; virsh net-destroy imgtest" % (name, name), check=False)
+            images.lab.ssh(host, f"virsh destroy {name}; virsh undefine {name}; virsh net-destroy imgtest", check=False)
     # the base files are untouched by the guests: still what was verified
     assert not images.ok("node1", "image_cache", images.cache_args(verify="full"))["changed"]
     assert not images.ok("node3", "image_cache", images.cache_args(force_raw=True, verify="full"))["changed"]
@@ -417,7 +474,7 @@ def test_delete_keeps_the_cached_bases(images):
     planned = images.ok("controller", "image", args, check=True)
     assert planned["changed"] and images.ok("controller", "image_info", images.image_args(name="vctest"))["images"] == [images.image]
     gone = images.ok("controller", "image", args)
-    assert gone["changed"] and gone["changes"] == ["delete image %s (vctest)" % images.image["id"]]
+    assert gone["changed"] and gone["changes"] == [f"delete image {images.image['id']} (vctest)"]
     assert images.ok("controller", "image_info", images.image_args())["images"] == []
     assert [e for e in images.store_entries() if not e.startswith(".")] == []
     assert not images.ok("controller", "image", args)["changed"]

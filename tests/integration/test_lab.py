@@ -15,14 +15,17 @@ import pytest
 from harness import GUEST_IMAGE, VENV_BIN, Console, ansible_env, domain_xml, run_playbook
 
 COMPUTE = ["node1", "node2", "node3"]
-NET_XML = ("<network><name>labtest</name><bridge name='vcltest0'/><ip address='192.168.150.1' netmask='255.255.255.0'>"
-           "<dhcp><range start='192.168.150.10' end='192.168.150.50'/></dhcp></ip></network>")
+NET_XML = (
+    "<network><name>labtest</name><bridge name='vcltest0'/><ip address='192.168.150.1' netmask='255.255.255.0'>"
+    "<dhcp><range start='192.168.150.10' end='192.168.150.50'/></dhcp></ip></network>"
+)
 
 
 def test_ansible_reaches_every_host_over_ssh(lab):
     def adhoc(*args):
-        proc = subprocess.run([os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, "all"] + list(args),
-                              capture_output=True, text=True, env=ansible_env(), check=False)
+        proc = subprocess.run(
+            [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, "all"] + list(args), capture_output=True, text=True, env=ansible_env(), check=False
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
@@ -38,53 +41,53 @@ def test_hosts_are_separate(lab):
     assert len(set(uuids.values())) == 3 and all(uuids.values()), uuids
     for h in COMPUTE:
         assert lab.ssh(h, "hostname").strip() == h
-        assert lab.ssh(h, "ip -o -4 addr show eth0").split()[3] == "%s/24" % lab.address(h)
+        assert lab.ssh(h, "ip -o -4 addr show eth0").split()[3] == f"{lab.address(h)}/24"
     # the collection's own state and log folders are each host's own
     lab.ssh("node1", "echo node1 > /var/lib/virtcloud/whoami && echo node1 > /var/log/virtcloud/whoami")
     for h in ("node2", "controller"):
         assert lab.ssh(h, "cat /var/lib/virtcloud/whoami /var/log/virtcloud/whoami 2>/dev/null || true").strip() == ""
     lab.ssh("node1", "rm /var/lib/virtcloud/whoami /var/log/virtcloud/whoami")
     # node3 does not share storage; node1 and node2 do
-    marker = "share-%s" % uuid.uuid4().hex[:8]
-    lab.ssh("node1", "touch %s/%s" % (lab.instances_path, marker))
+    marker = f"share-{uuid.uuid4().hex[:8]}"
+    lab.ssh("node1", f"touch {lab.instances_path}/{marker}")
     try:
-        assert lab.ssh("node2", "ls %s/" % lab.instances_path).split().count(marker) == 1
-        assert marker not in lab.ssh("node3", "ls %s/" % lab.instances_path).split()
+        assert lab.ssh("node2", f"ls {lab.instances_path}/").split().count(marker) == 1
+        assert marker not in lab.ssh("node3", f"ls {lab.instances_path}/").split()
     finally:
-        lab.ssh("node1", "rm -f %s/%s" % (lab.instances_path, marker))
+        lab.ssh("node1", f"rm -f {lab.instances_path}/{marker}")
 
 
 def test_each_libvirtd_sees_only_its_own_domains(lab):
     for h in COMPUTE:
-        xml = "<domain type='qemu'><name>only-%s</name><memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>" % h
+        xml = f"<domain type='qemu'><name>only-{h}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"
         lab.ssh(h, "virsh define /dev/stdin", data=xml)
     try:
         for h in COMPUTE:
             names = lab.ssh(h, "virsh list --all --name").split()
-            assert [n for n in names if n.startswith("only-")] == ["only-%s" % h]
+            assert [n for n in names if n.startswith("only-")] == [f"only-{h}"]
     finally:
         for h in COMPUTE:
-            lab.ssh(h, "virsh undefine only-%s" % h, check=False)
+            lab.ssh(h, f"virsh undefine only-{h}", check=False)
 
 
 @pytest.fixture()
 def guest(lab):
     """The test guest defined with plain virsh calls on node1, its network on node1 and node2."""
-    name = "lab-guest-%s" % uuid.uuid4().hex[:6]
-    inst = lab.instances_path + "/%s" % name
+    name = f"lab-guest-{uuid.uuid4().hex[:6]}"
+    inst = lab.instances_path + f"/{name}"
     for h in ("node1", "node2"):
         lab.ssh(h, "virsh net-info labtest >/dev/null 2>&1 || virsh net-create /dev/stdin", data=NET_XML)
-    lab.ssh("node1", "mkdir -p %s && qemu-img create -q -f qcow2 -F qcow2 -b %s %s/disk" % (inst, GUEST_IMAGE, inst))
+    lab.ssh("node1", f"mkdir -p {inst} && qemu-img create -q -f qcow2 -F qcow2 -b {GUEST_IMAGE} {inst}/disk")
     lab.ssh("node1", "virsh define /dev/stdin", data=domain_xml(name, inst + "/disk", inst + "/console.log", "labtest"))
     yield name, Console(os.path.join(lab.instances_dir("node1"), name, "console.log"))
     for h in ("node1", "node2"):
-        lab.ssh(h, "virsh destroy %s; virsh undefine %s" % (name, name), check=False)
-    lab.ssh("node1", "rm -rf %s" % inst)
+        lab.ssh(h, f"virsh destroy {name}; virsh undefine {name}", check=False)
+    lab.ssh("node1", f"rm -rf {inst}")
 
 
 def test_guest_boots_and_live_migrates_without_losing_memory(lab, guest):
     name, console = guest
-    lab.ssh("node1", "virsh start %s" % name)
+    lab.ssh("node1", f"virsh start {name}")
     _i, boot = console.wait("BOOT", timeout=90)
     assert boot.startswith("count=1 variant=normal"), boot
     _i, ip = console.wait("IP", timeout=60, pattern=r"^eth0 192\.168\.150\.\d+/24")
@@ -92,23 +95,40 @@ def test_guest_boots_and_live_migrates_without_losing_memory(lab, guest):
     last_before = console.ticks()[-1]
 
     # Nova's shared-storage check: a file made on the destination is seen on the source.
-    probe = lab.instances_path + "/.probe-%s" % uuid.uuid4().hex[:8]
-    lab.ssh("node2", "touch %s" % probe)
-    shared = lab.ssh("node1", "test -e %s && echo shared || echo local" % probe).strip()
-    lab.ssh("node2", "rm -f %s" % probe)
+    probe = lab.instances_path + f"/.probe-{uuid.uuid4().hex[:8]}"
+    lab.ssh("node2", f"touch {probe}")
+    shared = lab.ssh("node1", f"test -e {probe} && echo shared || echo local").strip()
+    lab.ssh("node2", f"rm -f {probe}")
     assert shared == "shared"
     # The storage is verified shared (one filesystem bind-mounted into both hosts), which
     # libvirt cannot know for a local filesystem: so --unsafe here, for this migration only.
-    proc = subprocess.run(["virsh", "-c", lab.uri("node1"), "migrate", "--live", "--unsafe", "--persistent", "--undefinesource",
-                           name, lab.uri("node2"), "--migrateuri", "tcp://%s" % lab.address("node2")],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            "virsh",
+            "-c",
+            lab.uri("node1"),
+            "migrate",
+            "--live",
+            "--unsafe",
+            "--persistent",
+            "--undefinesource",
+            name,
+            lab.uri("node2"),
+            "--migrateuri",
+            f"tcp://{lab.address('node2')}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert name in lab.ssh("node2", "virsh list --name").split()
     assert name not in lab.ssh("node1", "virsh list --all --name").split()
     # ticks go on from where they were: the RAM counter survived the move
-    console.wait("TICK", timeout=30, after=before + 1, pattern=r"^%d$" % (last_before + 3))
+    console.wait("TICK", timeout=30, after=before + 1, pattern=f"^{last_before + 3}$")
     ticks = console.ticks()
-    assert ticks == list(range(1, len(ticks) + 1)), "tick counter reset or skipped: %s" % ticks[-20:]
+    assert ticks == list(range(1, len(ticks) + 1)), f"tick counter reset or skipped: {ticks[-20:]}"
     assert not [text for kind, text in console.lines() if kind == "BOOT" and not text.startswith("count=1 ")]
 
 
@@ -131,14 +151,17 @@ def test_lab_up_repairs_a_host_whose_daemons_died(lab):
     assert run_playbook("lab_up.yml", lab.vars).changed == 0
 
 
-@pytest.mark.parametrize("extra, message", [
-    (dict(lab_hosts=0), "lab_hosts must be a whole number from 1 to 16"),
-    (dict(lab_hosts=17), "lab_hosts must be a whole number from 1 to 16"),
-    (dict(lab_name="Bad_Name"), "lab name 'Bad_Name' is not valid"),
-    (dict(lab_network="8.8.8.0/24"), "is not a private range"),
-    (dict(lab_network="10.252.0.0/24", lab_name="other"), "already in use on this machine"),
-    (dict(lab_non_shared=["node9"]), "lab_non_shared names hosts that the lab does not have: node9"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (dict(lab_hosts=0), "lab_hosts must be a whole number from 1 to 16"),
+        (dict(lab_hosts=17), "lab_hosts must be a whole number from 1 to 16"),
+        (dict(lab_name="Bad_Name"), "lab name 'Bad_Name' is not valid"),
+        (dict(lab_network="8.8.8.0/24"), "is not a private range"),
+        (dict(lab_network="10.252.0.0/24", lab_name="other"), "already in use on this machine"),
+        (dict(lab_non_shared=["node9"]), "lab_non_shared names hosts that the lab does not have: node9"),
+    ],
+)
 def test_bad_input_fails_clearly_and_changes_nothing(lab, extra, message):
     vars_ = dict(lab.vars, lab_state_dir="/var/lib/virtcloud-lab-bad", lab_run_dir="/run/virtcloud-lab-bad")
     vars_.update(extra)
@@ -146,5 +169,8 @@ def test_bad_input_fails_clearly_and_changes_nothing(lab, extra, message):
     assert result.rc != 0 and message in result.stdout, result.stdout[-1500:]
     assert "Traceback" not in result.stdout + result.stderr
     assert not os.path.exists("/var/lib/virtcloud-lab-bad")
-    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
-                if n.startswith(vars_["lab_name"] + "-") and vars_["lab_name"] != lab.name]
+    assert not [
+        n
+        for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+        if n.startswith(vars_["lab_name"] + "-") and vars_["lab_name"] != lab.name
+    ]

@@ -15,11 +15,12 @@ from harness import TOP, VENV_BIN, ansible_env, run_playbook
 
 def lab_footprint(name: str, state_dir: str, run_dir: str) -> dict:
     """Everything of a lab that the machine shows: namespaces, links, mounts, processes, folders."""
-    netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
-             if n.startswith(name + "-")]
-    links = [line.split(":")[1].strip().split("@")[0]
-             for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
-             if line.split(":")[1].strip().startswith(name + "-")]
+    netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split() if n.startswith(name + "-")]
+    links = [
+        line.split(":")[1].strip().split("@")[0]
+        for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
+        if line.split(":")[1].strip().startswith(name + "-")
+    ]
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         mounts = [line.split()[4] for line in f if line.split()[4].startswith((state_dir, run_dir))]
     pids = []
@@ -38,17 +39,18 @@ def test_lab_down_leaves_nothing(lab):
     assert lab_footprint(lab.name, lab.state_dir, lab.run_dir) == before, "check mode changed the lab"
     result = run_playbook("lab_down.yml", lab.vars)
     assert result.rc == 0 and result.changed == 1, result.stdout[-2000:]
-    assert "delete netns %s-node1" % lab.name in result.stdout
+    assert f"delete netns {lab.name}-node1" in result.stdout
     after = lab_footprint(lab.name, lab.state_dir, lab.run_dir)
     assert after == dict(netns=[], links=[], mounts=[], pids=[], folders=[]), after
-    assert not [p for p in daemons if os.path.exists("/proc/%d" % p) and "Z" not in open("/proc/%d/stat" % p, encoding="ascii").read().split(")")[1][:3]]
+    assert not [p for p in daemons if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat", encoding="ascii").read().split(")")[1][:3]]
     again = run_playbook("lab_down.yml", lab.vars)
     assert again.rc == 0 and again.changed == 0
 
 
 def test_lab_down_after_an_interrupted_lab_up():
-    vars_ = dict(lab_name="vchalf", lab_network="10.253.0.0/24", lab_state_dir="/var/lib/virtcloud-lab-vchalf",
-                 lab_run_dir="/run/virtcloud-lab-vchalf", lab_hosts=2)
+    vars_ = dict(
+        lab_name="vchalf", lab_network="10.253.0.0/24", lab_state_dir="/var/lib/virtcloud-lab-vchalf", lab_run_dir="/run/virtcloud-lab-vchalf", lab_hosts=2
+    )
     argv = [os.path.join(VENV_BIN, "ansible-playbook"), os.path.join(TOP, "playbooks", "lab_up.yml"), "-e", str(vars_).replace("'", '"')]
     proc = subprocess.Popen(argv, cwd=TOP, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -63,9 +65,9 @@ def test_lab_down_after_an_interrupted_lab_up():
     finally:
         proc.wait()
     half = lab_footprint("vchalf", vars_["lab_state_dir"], vars_["lab_run_dir"])
-    assert half["netns"] and "vchalf-node2" not in half["netns"] or not os.path.exists(
-        os.path.join(vars_["lab_state_dir"], "hosts", "node2", "pids", "sshd.pid")), half
+    assert (
+        half["netns"] and "vchalf-node2" not in half["netns"] or not os.path.exists(os.path.join(vars_["lab_state_dir"], "hosts", "node2", "pids", "sshd.pid"))
+    ), half
     result = run_playbook("lab_down.yml", vars_)
     assert result.rc == 0 and result.changed == 1, result.stdout[-2000:]
-    assert lab_footprint("vchalf", vars_["lab_state_dir"], vars_["lab_run_dir"]) == dict(
-        netns=[], links=[], mounts=[], pids=[], folders=[])
+    assert lab_footprint("vchalf", vars_["lab_state_dir"], vars_["lab_run_dir"]) == dict(netns=[], links=[], mounts=[], pids=[], folders=[])

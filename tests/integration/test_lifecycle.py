@@ -23,9 +23,11 @@ from harness import GUEST_IMAGE, VENV_BIN, Console, ansible_env
 
 HOST = "node1"
 NET = "vclifecycle"
-NET_XML = ("<network><name>%s</name><bridge name='vclc0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
-           "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>" % NET)
-RESULT_RE = re.compile(r"^%s \| (SUCCESS|CHANGED|FAILED!)(?: \| rc=-?\d+)? => " % HOST, re.M)
+NET_XML = (
+    f"<network><name>{NET}</name><bridge name='vclc0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
+    "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>"
+)
+RESULT_RE = re.compile(rf"^{HOST} \| (SUCCESS|CHANGED|FAILED!)(?: \| rc=-?\d+)? => ", re.M)
 
 
 class Run:
@@ -35,16 +37,16 @@ class Run:
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         match = RESULT_RE.search(proc.stdout)
-        assert match, "no result line for %s in:\n%s\n%s" % (HOST, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert match, f"no result line for {HOST} in:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         self.status = match.group(1)
-        self.result, _end = json.JSONDecoder().raw_decode(proc.stdout[match.end():])
+        self.result, _end = json.JSONDecoder().raw_decode(proc.stdout[match.end() :])
         self.ok = self.status != "FAILED!"
         self.changed = bool(self.result.get("changed"))
         self.msg = self.result.get("msg", "")
         assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
     def __repr__(self):
-        return "%s %s" % (self.status, json.dumps({k: v for k, v in self.result.items() if k != "instance"})[:1500])
+        return f"{self.status} {json.dumps({k: v for k, v in self.result.items() if k != 'instance'})[:1500]}"
 
 
 def module(lab, name, args, check=False, diff=False) -> Run:
@@ -62,27 +64,34 @@ class Instance:
     def __init__(self, lab):
         self.lab = lab
         self.uuid = str(uuid.uuid4())
-        self.name = "lc-%s" % self.uuid[:6]
-        self.domain = "instance-%s" % self.uuid
-        self.dir = "%s/%s" % (lab.instances_path, self.uuid)
+        self.name = f"lc-{self.uuid[:6]}"
+        self.domain = f"instance-{self.uuid}"
+        self.dir = f"{lab.instances_path}/{self.uuid}"
         self.local_dir = os.path.join(lab.instances_dir(HOST), self.uuid)
         self.console = Console(os.path.join(self.local_dir, "console.log"))
         self.record = {
-            "uuid": self.uuid, "name": self.name, "project": "demo",
+            "uuid": self.uuid,
+            "name": self.name,
+            "project": "demo",
             "flavor": {"name": "m1.nano", "vcpus": 1, "ram_mb": 256, "disk_gb": 1},
             "image": {"id": "vctest"},
-            "ports": [{"network": "private", "mac": "fa:16:3e:%02x:%02x:%02x" % tuple(uuid.UUID(self.uuid).bytes[:3]),
-                       "ip": None}],
-            "vm_state": "active", "task_state": None, "power_state": 1, "host": HOST,
-            "availability_zone": "az1", "meta": {"purpose": "lifecycle"},
+            "ports": [{"network": "private", "mac": "fa:16:3e:{:02x}:{:02x}:{:02x}".format(*tuple(uuid.UUID(self.uuid).bytes[:3])), "ip": None}],
+            "vm_state": "active",
+            "task_state": None,
+            "power_state": 1,
+            "host": HOST,
+            "availability_zone": "az1",
+            "meta": {"purpose": "lifecycle"},
             "user_data": "#!/bin/sh\necho lifecycle\n",
-            "created_at": "2024-05-01T12:00:00Z", "updated_at": "2024-05-01T12:00:00Z",
+            "created_at": "2024-05-01T12:00:00Z",
+            "updated_at": "2024-05-01T12:00:00Z",
             "launched_at": "2024-05-01T12:00:00Z",
         }
 
     def domain_args(self, state, **extra):
-        args = dict(instance=self.record, instances_path=self.lab.instances_path, domain_type="qemu", state=state,
-                    networks={"private": {"libvirt_network": NET}})
+        args = dict(
+            instance=self.record, instances_path=self.lab.instances_path, domain_type="qemu", state=state, networks={"private": {"libvirt_network": NET}}
+        )
         args.update(extra)
         return args
 
@@ -98,7 +107,7 @@ class Instance:
         return run.result["instances"][0]
 
     def virsh(self, command: str) -> str:
-        return self.lab.ssh(HOST, "virsh %s" % command, check=False).strip()
+        return self.lab.ssh(HOST, f"virsh {command}", check=False).strip()
 
     def boots(self) -> list:
         return [text for kind, text in self.console.lines() if kind == "BOOT"]
@@ -111,11 +120,14 @@ class Instance:
 def inst(lab):
     """The instance directory with a qcow2 overlay on the test image, and a libvirt network with DHCP."""
     instance = Instance(lab)
-    lab.ssh(HOST, "virsh net-info %s >/dev/null 2>&1 || virsh net-create /dev/stdin" % NET, data=NET_XML)
-    lab.ssh(HOST, "mkdir -p %s && qemu-img create -q -f qcow2 -F qcow2 -b %s %s/disk" % (instance.dir, GUEST_IMAGE, instance.dir))
+    lab.ssh(HOST, f"virsh net-info {NET} >/dev/null 2>&1 || virsh net-create /dev/stdin", data=NET_XML)
+    lab.ssh(HOST, f"mkdir -p {instance.dir} && qemu-img create -q -f qcow2 -F qcow2 -b {GUEST_IMAGE} {instance.dir}/disk")
     yield instance
-    lab.ssh(HOST, "virsh destroy %s; virsh undefine --managed-save %s; rm -rf %s; virsh net-destroy %s" % (
-        instance.domain, instance.domain, instance.dir, NET), check=False)
+    lab.ssh(
+        HOST,
+        f"virsh destroy {instance.domain}; virsh undefine --managed-save {instance.domain}; rm -rf {instance.dir}; virsh net-destroy {NET}",
+        check=False,
+    )
 
 
 def assert_idempotent(inst, action, **extra):
@@ -129,13 +141,13 @@ def assert_idempotent(inst, action, **extra):
 def test_domain_running_defines_starts_and_the_guest_reads_its_config_drive(lab, inst):
     check = module(lab, "domain", inst.domain_args("running"), check=True, diff=True)
     assert check.ok and check.changed and check.result["actions"] == ["config_drive", "define", "start"], check
-    assert "+  <name>%s</name>" % inst.domain in check.stdout          # the diff shows the domain to be
+    assert f"+  <name>{inst.domain}</name>" in check.stdout  # the diff shows the domain to be
     assert inst.domain not in inst.virsh("list --all --name").split()
     assert sorted(os.listdir(inst.local_dir)) == ["disk"]
 
     real = module(lab, "domain", inst.domain_args("running"))
     assert real.ok and real.changed and real.result["state"] == "running", real
-    assert inst.virsh("domstate %s" % inst.domain) == "running"
+    assert inst.virsh(f"domstate {inst.domain}") == "running"
     assert sorted(os.listdir(inst.local_dir)) == ["console.log", "disk", "disk.config", "instance.json", "libvirt.xml"]
     with open(os.path.join(inst.local_dir, "instance.json"), encoding="ascii") as f:
         assert json.load(f)["uuid"] == inst.uuid
@@ -145,10 +157,16 @@ def test_domain_running_defines_starts_and_the_guest_reads_its_config_drive(lab,
     _i, metadata = inst.console.wait("METADATA", timeout=30)
     meta = json.loads(metadata)
     assert (meta["uuid"], meta["name"], meta["hostname"], meta["availability_zone"], meta["project_id"], meta["meta"]) == (
-        inst.uuid, inst.name, inst.name, "az1", "demo", {"purpose": "lifecycle"})
+        inst.uuid,
+        inst.name,
+        inst.name,
+        "az1",
+        "demo",
+        {"purpose": "lifecycle"},
+    )
     assert inst.console.wait("USERDATA", timeout=10)[1] == "#!/bin/sh"
-    assert inst.console.wait("HOSTNAME", timeout=10)[1] == "%s source=metadata" % inst.name
-    assert inst.console.wait("IP", timeout=30, pattern=r"^eth0 192\.168\.152\.\d+/24 mac=%s$" % inst.record["ports"][0]["mac"])
+    assert inst.console.wait("HOSTNAME", timeout=10)[1] == f"{inst.name} source=metadata"
+    assert inst.console.wait("IP", timeout=30, pattern=r"^eth0 192\.168\.152\.\d+/24 mac={}$".format(inst.record["ports"][0]["mac"]))
     inst.console.wait("TICK", timeout=30, pattern=r"^2$")
 
     for check_mode in (True, False):
@@ -161,21 +179,21 @@ def _ticks_frozen(inst, seconds=3.0) -> int:
     time.sleep(0.5)
     frozen = inst.console.ticks()
     time.sleep(seconds)
-    assert inst.console.ticks() == frozen, "ticks went on: %s" % inst.console.ticks()[-5:]
+    assert inst.console.ticks() == frozen, f"ticks went on: {inst.console.ticks()[-5:]}"
     return frozen[-1]
 
 
 def _ticks_continue(inst, last: int):
     start = len(inst.console.lines())
-    inst.console.wait("TICK", timeout=20, after=start - 1, pattern=r"^%d$" % (last + 2))
+    inst.console.wait("TICK", timeout=20, after=start - 1, pattern=f"^{last + 2}$")
     ticks = inst.console.ticks()
-    assert ticks == list(range(1, len(ticks) + 1)), "tick counter reset or skipped: %s" % ticks[-10:]
+    assert ticks == list(range(1, len(ticks) + 1)), f"tick counter reset or skipped: {ticks[-10:]}"
 
 
 def test_pause_stops_the_ticks(inst):
     check = inst.action("pause", check=True)
     assert check.ok and check.changed and check.result["vm_state"] == "paused", check
-    assert inst.virsh("domstate %s" % inst.domain) == "running" and inst.info()["vm_state"] == "active"
+    assert inst.virsh(f"domstate {inst.domain}") == "running" and inst.info()["vm_state"] == "active"
 
     real = inst.action("pause")
     assert real.ok and real.changed and real.result["state"] == "paused", real
@@ -188,7 +206,7 @@ def test_pause_stops_the_ticks(inst):
 def test_unpause_goes_on_from_the_same_tick(inst):
     check = inst.action("unpause", check=True)
     assert check.ok and check.changed, check
-    assert inst.virsh("domstate %s" % inst.domain) == "paused"
+    assert inst.virsh(f"domstate {inst.domain}") == "paused"
     real = inst.action("unpause")
     assert real.ok and real.changed and real.result["vm_state"] == "active", real
     _ticks_continue(inst, inst.last_tick)
@@ -199,11 +217,11 @@ def test_unpause_goes_on_from_the_same_tick(inst):
 def test_suspend_saves_the_memory(inst):
     check = inst.action("suspend", check=True)
     assert check.ok and check.changed, check
-    assert inst.virsh("domstate %s" % inst.domain) == "running"
+    assert inst.virsh(f"domstate {inst.domain}") == "running"
     real = inst.action("suspend")
     assert real.ok and real.changed and real.result["state"] == "suspended", real
-    assert inst.virsh("domstate %s" % inst.domain) == "shut off"
-    assert re.search(r"Managed save:\s+yes", inst.virsh("dominfo %s" % inst.domain))
+    assert inst.virsh(f"domstate {inst.domain}") == "shut off"
+    assert re.search(r"Managed save:\s+yes", inst.virsh(f"dominfo {inst.domain}"))
     info = inst.info()
     assert (info["vm_state"], info["state"], info["power_state"]) == ("suspended", "suspended", 4)
     inst.last_tick = _ticks_frozen(inst, 2.0)
@@ -213,13 +231,13 @@ def test_suspend_saves_the_memory(inst):
 def test_resume_restores_the_memory(inst):
     check = inst.action("resume", check=True)
     assert check.ok and check.changed, check
-    assert inst.virsh("domstate %s" % inst.domain) == "shut off"
+    assert inst.virsh(f"domstate {inst.domain}") == "shut off"
     real = inst.action("resume")
     assert real.ok and real.changed and real.result["vm_state"] == "active", real
-    assert re.search(r"Managed save:\s+no", inst.virsh("dominfo %s" % inst.domain))
+    assert re.search(r"Managed save:\s+no", inst.virsh(f"dominfo {inst.domain}"))
     # the restored domain's live metadata is the current record, not the one in the save image
     for where in ("--live", "--config"):
-        element = inst.virsh("metadata %s %s %s" % (inst.domain, "https://virtcloud.invalid/xmlns/compute/1", where))
+        element = inst.virsh(f"metadata {inst.domain} {'https://virtcloud.invalid/xmlns/compute/1'} {where}")
         assert 'vm_state="active"' in element and 'task_state=""' in element, (where, element[:300])
     _ticks_continue(inst, inst.last_tick)
     assert_idempotent(inst, "resume")
@@ -227,7 +245,7 @@ def test_resume_restores_the_memory(inst):
 
 
 def test_soft_reboot_goes_through_acpi(inst):
-    for _round in range(2):      # an action that always runs: check mode says so every time
+    for _round in range(2):  # an action that always runs: check mode says so every time
         check = inst.action("reboot", check=True)
         assert check.ok and check.changed, check
     assert "SHUTDOWN" not in inst.kinds()
@@ -244,7 +262,7 @@ def test_soft_reboot_goes_through_acpi(inst):
 def test_stop_is_a_clean_shutdown(inst):
     check = inst.action("stop", check=True)
     assert check.ok and check.changed, check
-    assert inst.virsh("domstate %s" % inst.domain) == "running"
+    assert inst.virsh(f"domstate {inst.domain}") == "running"
     before = len(inst.console.lines())
     started = time.monotonic()
     real = inst.action("stop")
@@ -253,7 +271,7 @@ def test_stop_is_a_clean_shutdown(inst):
     power_off = real.result["power_off"]
     assert power_off["clean"] and not power_off["destroyed"] and power_off["acpi_presses"] >= 1, power_off
     assert inst.console.wait("SHUTDOWN", timeout=5, after=before)
-    assert inst.virsh("domstate %s" % inst.domain) == "shut off"
+    assert inst.virsh(f"domstate {inst.domain}") == "shut off"
     info = inst.info()
     assert (info["vm_state"], info["task_state"], info["power_state"]) == ("stopped", None, 4)
     assert_idempotent(inst, "stop")
@@ -264,7 +282,7 @@ def test_pause_of_a_stopped_instance_is_refused_and_changes_nothing(inst):
     for check_mode in (True, False):
         run = inst.action("pause", check=check_mode)
         assert not run.ok, run
-        assert run.msg == "Cannot pause instance %s (%s) while it is stopped: pause needs vm_state active" % (inst.name, inst.uuid)
+        assert run.msg == f"Cannot pause instance {inst.name} ({inst.uuid}) while it is stopped: pause needs vm_state active"
         assert run.result["refused"] == "vm_state"
     after = inst.info()
     assert after["record"] == before["record"] and after["state"] == "shutoff"
@@ -281,9 +299,10 @@ def test_lock_refuses_start_until_unlocked(inst):
     assert_idempotent(inst, "lock")
 
     refused = inst.action("start")
-    assert not refused.ok and refused.msg == (
-        "Cannot start instance %s (%s): it is locked (reason: lifecycle test); unlock it first" % (inst.name, inst.uuid)), refused
-    assert inst.virsh("domstate %s" % inst.domain) == "shut off"
+    assert not refused.ok and refused.msg == (f"Cannot start instance {inst.name} ({inst.uuid}): it is locked (reason: lifecycle test); unlock it first"), (
+        refused
+    )
+    assert inst.virsh(f"domstate {inst.domain}") == "shut off"
 
     check = inst.action("unlock", check=True)
     assert check.ok and check.changed and inst.info()["locked"], check
@@ -293,7 +312,7 @@ def test_lock_refuses_start_until_unlocked(inst):
 
     before = len(inst.console.lines())
     check = inst.action("start", check=True)
-    assert check.ok and check.changed and inst.virsh("domstate %s" % inst.domain) == "shut off", check
+    assert check.ok and check.changed and inst.virsh(f"domstate {inst.domain}") == "shut off", check
     start = inst.action("start")
     assert start.ok and start.changed and start.result["vm_state"] == "active", start
     index, boot = inst.console.wait("BOOT", timeout=90, after=before)
@@ -312,9 +331,18 @@ def test_hard_reboot_boots_again_without_acpi(inst):
     assert boot.startswith("count=4 "), boot
     assert "SHUTDOWN" not in [kind for kind, _text in inst.console.lines()[before:index]]
     actions = [(a["action"], a["result"]) for a in inst.info()["actions"]]
-    assert actions == [("pause", "Success"), ("unpause", "Success"), ("suspend", "Success"), ("resume", "Success"),
-                       ("reboot", "Success"), ("stop", "Success"), ("lock", "Success"), ("unlock", "Success"),
-                       ("start", "Success"), ("reboot", "Success")]
+    assert actions == [
+        ("pause", "Success"),
+        ("unpause", "Success"),
+        ("suspend", "Success"),
+        ("resume", "Success"),
+        ("reboot", "Success"),
+        ("stop", "Success"),
+        ("lock", "Success"),
+        ("unlock", "Success"),
+        ("start", "Success"),
+        ("reboot", "Success"),
+    ]
 
 
 def test_delete_removes_the_domain_and_directory_but_not_the_base_image(inst):
@@ -337,8 +365,8 @@ def test_unknown_instance_fails_clearly(lab, inst):
     for ref in (str(uuid.uuid4()), "no-such-instance"):
         run = module(lab, "instance_action", dict(instance=ref, action="start", instances_path=lab.instances_path))
         assert not run.ok and run.msg == (
-            "cannot start instance %s: there is no such instance on this host "
-            "(instance_info lists the instances of a host)" % ref), run
+            f"cannot start instance {ref}: there is no such instance on this host (instance_info lists the instances of a host)"
+        ), run
     run = module(lab, "instance_info", dict(name=inst.name, instances_path=lab.instances_path))
     assert run.ok and run.result["instances"] == []
 

@@ -32,7 +32,7 @@ VNI = 101
 BRIDGE = "vcbr-" + NET
 VXLAN = "vcvx-" + NET
 HOSTS = ["controller", "node1", "node2", "node3"]
-UNUSED_IP = "10.101.0.250"          # nobody has it: the guests' negative control
+UNUSED_IP = "10.101.0.250"  # nobody has it: the guests' negative control
 LAB_NET = LAB.address("controller").rsplit(".", 1)[0]  # e.g. 10.252.0
 RESULT_RE = re.compile(r"^(\S+) \| (SUCCESS|CHANGED|FAILED!|UNREACHABLE!)(?: \| rc=-?\d+ \|)? => ", re.M)
 
@@ -43,6 +43,7 @@ SEEN: dict = {"guests": {}}
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+
 
 class Adhoc:
     def __init__(self, rc: int, stdout: str, stderr: str):
@@ -61,13 +62,12 @@ class Adhoc:
         return self.rc == 0 and all(r["_status"] in ("SUCCESS", "CHANGED") for r in self.results.values())
 
     def __repr__(self):
-        return "rc=%d\n%s\n%s" % (self.rc, self.stdout[-4000:], self.stderr[-2000:])
+        return f"rc={self.rc}\n{self.stdout[-4000:]}\n{self.stderr[-2000:]}"
 
 
 def adhoc(lab, pattern: str, module: str, args: dict, check: bool = False, diff: bool = False) -> Adhoc:
     """Run one of the collection's modules through real ansible (ad-hoc, over SSH)."""
-    argv = [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, pattern, "-m", "virtcloud.compute." + module,
-            "-a", json.dumps(args)]
+    argv = [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, pattern, "-m", "virtcloud.compute." + module, "-a", json.dumps(args)]
     if check:
         argv.append("--check")
     if diff:
@@ -83,9 +83,15 @@ def state_dir(lab) -> str:
 
 
 def net_args(lab, **extra) -> dict:
-    args = dict(name=NET, subnet=SUBNET, vni=VNI, local_ip="{{ ansible_host }}",
-                peers="{{ groups['all'] | map('extract', hostvars, 'ansible_host') | list }}",
-                dhcp="{{ inventory_hostname == 'controller' }}", state_dir=state_dir(lab))
+    args = dict(
+        name=NET,
+        subnet=SUBNET,
+        vni=VNI,
+        local_ip="{{ ansible_host }}",
+        peers="{{ groups['all'] | map('extract', hostvars, 'ansible_host') | list }}",
+        dhcp="{{ inventory_hostname == 'controller' }}",
+        state_dir=state_dir(lab),
+    )
     args.update(extra)
     return args
 
@@ -106,7 +112,7 @@ def read_ports(lab) -> dict:
 def running_dnsmasq(pid: int) -> bool:
     """PID is a dnsmasq that runs (a zombie has exited: this machine's init reaps late)."""
     try:
-        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as f:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             comm, rest = f.read().split(" (", 1)[1].rsplit(") ", 1)
     except (OSError, IndexError, ValueError):
         return False
@@ -125,15 +131,16 @@ def dnsmasq_pid(lab):
 
 def host_links(lab, host: str) -> dict:
     """What iproute2 shows of the network on HOST, read without the collection's own parsers."""
-    out = lab.ssh(host, "ip -d -o link show; echo ===; ip -o addr show dev %s 2>/dev/null; echo ===; "
-                        "bridge fdb show dev %s 2>/dev/null; true" % (BRIDGE, VXLAN))
+    out = lab.ssh(host, f"ip -d -o link show; echo ===; ip -o addr show dev {BRIDGE} 2>/dev/null; echo ===; bridge fdb show dev {VXLAN} 2>/dev/null; true")
     links, addrs, fdb = out.split("===\n")
-    vx = next((line for line in links.splitlines() if ": %s: " % VXLAN in line), None)
-    br = next((line for line in links.splitlines() if ": %s: " % BRIDGE in line), None)
+    vx = next((line for line in links.splitlines() if f": {VXLAN}: " in line), None)
+    br = next((line for line in links.splitlines() if f": {BRIDGE}: " in line), None)
     return dict(
-        bridge=br, vxlan=vx,
+        bridge=br,
+        vxlan=vx,
         addresses=sorted(line.split()[3] for line in addrs.splitlines() if line.split()[2] in ("inet", "inet6")),
-        peers=sorted(m.group(1) for m in re.finditer(r"^00:00:00:00:00:00 dst (\S+) ", fdb, re.M)))
+        peers=sorted(m.group(1) for m in re.finditer(r"^00:00:00:00:00:00 dst (\S+) ", fdb, re.M)),
+    )
 
 
 def lab_addresses(lab) -> dict:
@@ -142,8 +149,8 @@ def lab_addresses(lab) -> dict:
 
 def boot_guest(lab, host: str, name: str, mac: str, ping: list[str]) -> Console:
     """The test guest on HOST with plain virsh: overlay disk, vfat config drive (meta.ping), NIC on the network's bridge."""
-    local = os.path.join(lab.instances_dir(host), name)          # as the machine running the tests sees it
-    remote = os.path.join(lab.instances_path, name)              # as the host sees it
+    local = os.path.join(lab.instances_dir(host), name)  # as the machine running the tests sees it
+    remote = os.path.join(lab.instances_path, name)  # as the host sees it
     os.makedirs(local)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", GUEST_IMAGE, os.path.join(local, "disk")], check=True)
     meta = os.path.join(local, "meta_data.json")
@@ -177,7 +184,7 @@ def boot_guest(lab, host: str, name: str, mac: str, ping: list[str]) -> Console:
     ET.SubElement(serial, "target", port="0")
     lab.ssh(host, "virsh define /dev/stdin", data=ET.tostring(dom, encoding="unicode"))
     SEEN["guests"][name] = host
-    lab.ssh(host, "virsh start %s" % name)
+    lab.ssh(host, f"virsh start {name}")
     return Console(os.path.join(local, "console.log"))
 
 
@@ -185,13 +192,13 @@ def remove_guest(lab, name: str) -> None:
     host = SEEN["guests"].pop(name, None)
     if host is None:
         return
-    lab.ssh(host, "virsh destroy %s; virsh undefine %s" % (name, name), check=False)
+    lab.ssh(host, f"virsh destroy {name}; virsh undefine {name}", check=False)
     subprocess.run(["rm", "-rf", os.path.join(lab.instances_dir(host), name)], check=False)
 
 
 def figure(what: str, started: float) -> None:
     """A measured time, printed (pytest -s shows them)."""
-    print("FIGURE %-55s %6.1f s" % (what, time.monotonic() - started))
+    print(f"FIGURE {what:<55} {time.monotonic() - started:6.1f} s")
 
 
 def ip_of(console: Console, after: int = 0, timeout: float = 90) -> tuple[int, str]:
@@ -213,23 +220,26 @@ def cleanup(lab):
             os.kill(pid, signal.SIGTERM)
         subprocess.run(["rm", "-rf", folder], check=False)
     for host in HOSTS:
-        lab.ssh(host, "ip link del %s 2>/dev/null; ip link del %s 2>/dev/null; ip link del vcbr-tbad 2>/dev/null; true"
-                % (VXLAN, BRIDGE), check=False)
+        lab.ssh(host, f"ip link del {VXLAN} 2>/dev/null; ip link del {BRIDGE} 2>/dev/null; ip link del vcbr-tbad 2>/dev/null; true", check=False)
 
 
 # ---------------------------------------------------------------------------
 # the tests, in order
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("hosts, extra, message", [
-    ("controller:node1", dict(name="tbad", subnet=LAB_NET + ".0/24"), "subnet %s.0/24 overlaps the address %s." % (LAB_NET, LAB_NET)),
-    ("controller", dict(name="tbad", subnet=LAB_NET + ".128/25"), "overlaps the address %s.10/24 of eth0" % LAB_NET),
-    ("controller", dict(name="tbad", subnet="8.8.8.0/24"), "is not a private range"),
-    ("controller", dict(name="Bad_Net"), "network name 'Bad_Net' is not valid"),
-    ("controller", dict(name="tbad", vni=0), "vni 0 is not valid"),
-    ("controller", dict(name="tbad", local_ip=LAB_NET + ".99"), "local_ip %s.99 is not an address of this host" % LAB_NET),
-    ("controller", dict(name="tbad", state_dir="/tmp/x,y"), "state_dir '/tmp/x,y' is not valid"),
-])
+
+@pytest.mark.parametrize(
+    "hosts, extra, message",
+    [
+        ("controller:node1", dict(name="tbad", subnet=LAB_NET + ".0/24"), f"subnet {LAB_NET}.0/24 overlaps the address {LAB_NET}."),
+        ("controller", dict(name="tbad", subnet=LAB_NET + ".128/25"), f"overlaps the address {LAB_NET}.10/24 of eth0"),
+        ("controller", dict(name="tbad", subnet="8.8.8.0/24"), "is not a private range"),
+        ("controller", dict(name="Bad_Net"), "network name 'Bad_Net' is not valid"),
+        ("controller", dict(name="tbad", vni=0), "vni 0 is not valid"),
+        ("controller", dict(name="tbad", local_ip=LAB_NET + ".99"), f"local_ip {LAB_NET}.99 is not an address of this host"),
+        ("controller", dict(name="tbad", state_dir="/tmp/x,y"), "state_dir '/tmp/x,y' is not valid"),
+    ],
+)
 def test_bad_options_fail_clearly_and_change_nothing(lab, hosts, extra, message):
     run = adhoc(lab, hosts, "network", net_args(lab, **extra))
     assert run.rc != 0 and set(run.results) == set(hosts.split(":")), run
@@ -252,22 +262,22 @@ def test_network_check_mode_then_create_then_no_change(lab):
     real = adhoc(lab, "all", "network", net_args(lab), diff=True)
     figure("network made on 4 hosts (one ad-hoc run)", started)
     assert real.ok() and real.changed() == {h: True for h in HOSTS}, real
-    assert "--- before" in real.stdout and '"running": true' in real.stdout        # the diff
+    assert "--- before" in real.stdout and '"running": true' in real.stdout  # the diff
     addresses = lab_addresses(lab)
     for host in HOSTS:
         seen = host_links(lab, host)
         assert seen["bridge"] and " mtu 1450 " in seen["bridge"] and "bridge" in seen["bridge"], seen
         vx = seen["vxlan"]
-        assert vx and " mtu 1450 " in vx and " master %s " % BRIDGE in vx, seen
-        assert "vxlan id %d local %s " % (VNI, addresses[host]) in vx and " dstport 4789 " in vx and " nolearning " in vx, vx
+        assert vx and " mtu 1450 " in vx and f" master {BRIDGE} " in vx, seen
+        assert f"vxlan id {VNI} local {addresses[host]} " in vx and " dstport 4789 " in vx and " nolearning " in vx, vx
         assert seen["peers"] == sorted(a for h, a in addresses.items() if h != host), seen
         # the gateway on the DHCP host only, and no IPv6 (not even link-local) anywhere
         assert seen["addresses"] == (["10.101.0.1/24"] if host == "controller" else []), seen
         assert real.results[host]["bridge"] == BRIDGE and real.results[host]["network"]["gateway"] == "10.101.0.1"
     pid = dnsmasq_pid(lab)
     assert pid is not None and real.results["controller"]["dnsmasq_pid"] == pid
-    with open("/proc/%s/cmdline" % pid, "rb") as f:
-        assert f.read().split(b"\0")[1] == ("--conf-file=%s/dnsmasq.conf" % net_folder(lab)).encode()
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[1] == (f"--conf-file={net_folder(lab)}/dnsmasq.conf").encode()
     assert read_ports(lab) == {}
 
     started = time.monotonic()
@@ -278,13 +288,16 @@ def test_network_check_mode_then_create_then_no_change(lab):
 
 
 def test_network_repairs_flood_entries(lab):
-    lab.ssh("node2", "bridge fdb del 00:00:00:00:00:00 dev %s dst %s && "
-                     "bridge fdb append 00:00:00:00:00:00 dev %s dst %s.99" % (VXLAN, lab.address("node3"), VXLAN, LAB_NET))
+    lab.ssh(
+        "node2",
+        f"bridge fdb del 00:00:00:00:00:00 dev {VXLAN} dst {lab.address('node3')} && bridge fdb append 00:00:00:00:00:00 dev {VXLAN} dst {LAB_NET}.99",
+    )
     check = adhoc(lab, "all", "network", net_args(lab), check=True)
     assert check.ok() and check.changed() == dict({h: False for h in HOSTS}, node2=True), check
     assert sorted(check.results["node2"]["changes"]) == [
-        "add flood entry to peer %s on %s" % (lab.address("node3"), VXLAN),
-        "remove flood entry to %s.99 (not a peer) from %s" % (LAB_NET, VXLAN)]
+        f"add flood entry to peer {lab.address('node3')} on {VXLAN}",
+        f"remove flood entry to {LAB_NET}.99 (not a peer) from {VXLAN}",
+    ]
     assert LAB_NET + ".99" in host_links(lab, "node2")["peers"]
     real = adhoc(lab, "all", "network", net_args(lab))
     assert real.ok() and real.changed() == dict({h: False for h in HOSTS}, node2=True), real
@@ -305,7 +318,7 @@ def test_ports_allocate_idempotent_and_refuse_a_taken_address(lab):
     figure("port reserved (one ad-hoc run)", started)
     p1 = real.results["controller"]
     assert real.ok() and p1["changed"] and (p1["ip"], p1["mac"]) == (planned["ip"], planned["mac"]), real
-    assert p1["port"]["id"] == "%s-0" % u1 and p1["dhcp"] == "reloaded" and p1["port"]["bridge"] == BRIDGE
+    assert p1["port"]["id"] == f"{u1}-0" and p1["dhcp"] == "reloaded" and p1["port"]["bridge"] == BRIDGE
     for again in (port(lab, check=True, instance_uuid=u1, hostname="g1"), port(lab, instance_uuid=u1, hostname="g1")):
         assert again.ok() and again.changed() == {"controller": False}, again
         assert (again.results["controller"]["ip"], again.results["controller"]["mac"]) == (p1["ip"], p1["mac"])
@@ -313,12 +326,12 @@ def test_ports_allocate_idempotent_and_refuse_a_taken_address(lab):
     p2 = port(lab, port_id="g2-port", hostname="g2").results["controller"]
     assert p2["changed"] and p2["ip"] == "10.101.0.3" and p2["mac"] != p1["mac"], p2
     taken = port(lab, port_id="other", ip="10.101.0.2")
-    assert taken.rc != 0 and "ip 10.101.0.2 of network tnet is taken by port %s-0" % u1 in taken.results["controller"]["msg"], taken
+    assert taken.rc != 0 and f"ip 10.101.0.2 of network tnet is taken by port {u1}-0" in taken.results["controller"]["msg"], taken
     gateway = port(lab, port_id="other", ip="10.101.0.1")
     assert gateway.rc != 0 and "gateway" in gateway.results["controller"]["msg"], gateway
-    assert sorted(read_ports(lab)) == sorted(["%s-0" % u1, "g2-port"])
+    assert sorted(read_ports(lab)) == sorted([f"{u1}-0", "g2-port"])
     with open(os.path.join(net_folder(lab), "hosts"), encoding="utf-8") as f:
-        assert f.read() == "%s,10.101.0.2,g1\n%s,10.101.0.3,g2\n" % (p1["mac"], p2["mac"])
+        assert f.read() == f"{p1['mac']},10.101.0.2,g1\n{p2['mac']},10.101.0.3,g2\n"
     SEEN.update(p1=p1, p2=p2, u1=u1)
 
 
@@ -330,10 +343,10 @@ def test_guests_on_two_hosts_get_their_reservations_and_reach_each_other(lab):
     for console, p in ((g1, p1), (g2, p2)):
         _i, ip = ip_of(console)
         assert ip == p["ip"], (console.path, ip, p)
-        console.wait("IP", pattern=r"mac=%s$" % re.escape(p["mac"]), timeout=5)
+        console.wait("IP", pattern=r"mac={}$".format(re.escape(p["mac"])), timeout=5)
     figure("two guests defined and started to both IP lines", started)
-    g1.wait("PING", pattern=r"^%s ok$" % re.escape(p2["ip"]), timeout=90)
-    g2.wait("PING", pattern=r"^%s ok$" % re.escape(p1["ip"]), timeout=90)
+    g1.wait("PING", pattern=r"^{} ok$".format(re.escape(p2["ip"])), timeout=90)
+    g2.wait("PING", pattern=r"^{} ok$".format(re.escape(p1["ip"])), timeout=90)
     figure("... to both PING ok lines", started)
     SEEN.update(g1=g1, g2=g2)
     # the address a guest asks for is the reservation's, nothing else: dnsmasq has no free range
@@ -370,17 +383,17 @@ def test_dhcp_server_restart_and_guest_reboot_keep_the_address(lab):
     _j, ip = ip_of(g2, after=i)
     assert ip == p2["ip"]
     figure("cold reboot of a guest to its IP line", started)
-    g2.wait("PING", after=i, pattern=r"^%s ok$" % re.escape(p1["ip"]), timeout=90)
+    g2.wait("PING", after=i, pattern=r"^{} ok$".format(re.escape(p1["ip"])), timeout=90)
 
 
 def test_released_address_goes_to_the_next_port_and_its_guest(lab):
     g1, p1, p2 = SEEN["g1"], SEEN["p1"], SEEN["p2"]
     # the negative control: the address nobody has never answers
-    g1.wait("PING", pattern=r"^%s fail$" % re.escape(UNUSED_IP), timeout=120)
+    g1.wait("PING", pattern=rf"^{re.escape(UNUSED_IP)} fail$", timeout=120)
     remove_guest(lab, "g1")
     check = port(lab, check=True, instance_uuid=SEEN["u1"], state="absent")
     assert check.changed() == {"controller": True} and check.results["controller"]["released"]["ip"] == p1["ip"], check
-    assert "%s-0" % SEEN["u1"] in read_ports(lab)
+    assert f"{SEEN['u1']}-0" in read_ports(lab)
     started = time.monotonic()
     gone = port(lab, instance_uuid=SEEN["u1"], state="absent")
     figure("port released with a dnsmasq restart (one ad-hoc run)", started)
@@ -397,7 +410,7 @@ def test_released_address_goes_to_the_next_port_and_its_guest(lab):
     g3 = boot_guest(lab, "node2", "g3", p3["mac"], [p2["ip"]])
     _i, ip = ip_of(g3)
     assert ip == p1["ip"]
-    g3.wait("PING", pattern=r"^%s ok$" % re.escape(p2["ip"]), timeout=90)
+    g3.wait("PING", pattern=r"^{} ok$".format(re.escape(p2["ip"])), timeout=90)
     SEEN.update(p3=p3)
 
 

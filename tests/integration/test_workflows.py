@@ -30,15 +30,15 @@ def delete_image(lab, name) -> None:
 
 
 def info_of(lab, inst) -> dict:
-    out = lab.ssh(inst["host"], "cat %s/%s/instance.json" % (lab.instances_dir(inst["host"]), inst["uuid"]))
+    out = lab.ssh(inst["host"], f"cat {lab.instances_dir(inst['host'])}/{inst['uuid']}/instance.json")
     return json.loads(out)
 
 
 @pytest.fixture(scope="module")
 def rescue_image(cloud):
-    result = run_playbook("image_import.yml", dict(image_name="vctest-rescue", image_src=RESCUE_IMAGE,
-                                                   image_properties={"hw_architecture": "x86_64"}),
-                          inventory=cloud.inventory)
+    result = run_playbook(
+        "image_import.yml", dict(image_name="vctest-rescue", image_src=RESCUE_IMAGE, image_properties={"hw_architecture": "x86_64"}), inventory=cloud.inventory
+    )
     assert result.rc == 0, result.stdout[-3000:]
     return "vctest-rescue"
 
@@ -65,14 +65,14 @@ def test_snapshot_keeps_the_guest_running_and_a_launch_from_it_continues_the_boo
         [image] = images_named(cloud, "snapsrc-snap")
         assert image["image_type"] == "snapshot" and image["instance_uuid"] == src["uuid"], image
         assert image["properties"]["base_image_ref"] == info_of(cloud, src)["image"]["id"]
-        assert image["properties"]["hw_architecture"] == "x86_64"   # the instance image's properties came along
+        assert image["properties"]["hw_architecture"] == "x86_64"  # the instance image's properties came along
         # the guest was paused and resumed, never rebooted: one BOOT, ticks go on from where they were
-        con.wait("TICK", timeout=60, pattern=r"^%d$" % (ticks_before + 5))
+        con.wait("TICK", timeout=60, pattern=f"^{ticks_before + 5}$")
         assert [k for k, _t in con.lines()].count("BOOT") == 1
         ticks = con.ticks()
         assert ticks == list(range(1, len(ticks) + 1)), ticks[-20:]
         # no file left on the host; the action log has the snapshot
-        assert cloud.ssh(src["host"], "ls -A %s/snapshots" % cloud.instances_dir(src["host"])).split() == []
+        assert cloud.ssh(src["host"], f"ls -A {cloud.instances_dir(src['host'])}/snapshots").split() == []
         log = [(a["action"], a["result"]) for a in info_of(cloud, src)["actions"]]
         assert ("createImage", "Success") in log, log
         assert info_of(cloud, src)["vm_state"] == "active" and info_of(cloud, src)["task_state"] is None
@@ -109,8 +109,9 @@ def test_rebuild_gives_a_new_disk_with_the_same_address_and_resets_the_boot_coun
         before = info_of(cloud, inst)
 
         # an image the flavor is too small for is refused before anything happens
-        big = run_playbook("image_import.yml", dict(image_name="vctest-big", image_src=GUEST_IMAGE,
-                                                    image_properties={"min_ram": "65536"}), inventory=cloud.inventory)
+        big = run_playbook(
+            "image_import.yml", dict(image_name="vctest-big", image_src=GUEST_IMAGE, image_properties={"min_ram": "65536"}), inventory=cloud.inventory
+        )
         assert big.rc == 0, big.stdout[-3000:]
         refused = act(cloud, "rebld", "rebuild", image="vctest-big")
         assert refused.rc != 0 and "needs 65536 MB of RAM" in refused.stdout, refused.stdout[-3000:]
@@ -126,7 +127,7 @@ def test_rebuild_gives_a_new_disk_with_the_same_address_and_resets_the_boot_coun
         con.wait("SHUTDOWN", timeout=60, after=second)
         third, _t = con.wait("BOOT", timeout=240, after=second, pattern=r"^count=1 ")
         _i, ip = con.wait("IP", timeout=120, after=third, pattern=r"^eth0 ")
-        assert ip.split()[1] == "%s/24" % inst["ip"] and "mac=%s" % inst["mac"] in ip, ip
+        assert ip.split()[1] == f"{inst['ip']}/24" and f"mac={inst['mac']}" in ip, ip
         _i, meta = con.wait("METADATA", timeout=30, after=third)
         assert json.loads(meta)["uuid"] == inst["uuid"]
         after = info_of(cloud, inst)
@@ -157,8 +158,8 @@ def test_rescue_boots_the_rescue_image_with_the_disk_second_and_unrescue_boots_i
         assert rescue == "disk=vdb bootcount=1", rescue
         _i, disks = con.wait("DISKS", timeout=60, after=boot)
         assert sorted(d.split("=")[0] for d in disks.split()) == ["vda", "vdb", "vdc"], disks
-        blk = cloud.ssh(inst["host"], "virsh domblklist instance-%s" % inst["uuid"]).split()
-        on_host = "%s/%s" % (cloud.instances_path, inst["uuid"])
+        blk = cloud.ssh(inst["host"], f"virsh domblklist instance-{inst['uuid']}").split()
+        on_host = f"{cloud.instances_path}/{inst['uuid']}"
         assert blk[blk.index("vda") + 1] == on_host + "/disk.rescue" and blk[blk.index("vdb") + 1] == on_host + "/disk", blk
         assert info_of(cloud, inst)["vm_state"] == "rescued"
 
@@ -180,12 +181,15 @@ def test_rescue_boots_the_rescue_image_with_the_disk_second_and_unrescue_boots_i
         delete(cloud, "rscu")
 
 
-@pytest.mark.parametrize("action, extra, message", [
-    ("snapshot", dict(snapshot_name="bad name!"), "Bad request"),
-    ("rebuild", dict(), "Bad request"),
-    ("rescue", dict(), "No instance nobody on any compute host"),
-    ("unrescue", dict(request_id="req-1"), "Bad request"),
-])
+@pytest.mark.parametrize(
+    "action, extra, message",
+    [
+        ("snapshot", dict(snapshot_name="bad name!"), "Bad request"),
+        ("rebuild", dict(), "Bad request"),
+        ("rescue", dict(), "No instance nobody on any compute host"),
+        ("unrescue", dict(request_id="req-1"), "Bad request"),
+    ],
+)
 def test_bad_requests_fail_clearly(cloud, action, extra, message):
     result = act(cloud, "nobody", action, **extra)
     assert result.rc != 0 and message in result.stdout, result.stdout[-3000:]

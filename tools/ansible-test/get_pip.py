@@ -28,7 +28,7 @@ def main():
     args = [arg for arg in sys.argv[1:] if arg not in GET_PIP_ONLY]
     wheels = sorted(glob.glob(os.path.join(WHEEL_DIR, "pip-*.whl")))
     if not wheels:
-        sys.exit("no pip wheel in %s: run tools/ansible-test/setup first" % WHEEL_DIR)
+        sys.exit(f"no pip wheel in {WHEEL_DIR}: run tools/ansible-test/setup first")
     sys.path.insert(0, wheels[-1])
     sys.argv = ["pip", "install", "--find-links", WHEEL_DIR] + args
     runpy.run_module("pip", run_name="__main__", alter_sys=True)

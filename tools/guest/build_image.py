@@ -58,9 +58,21 @@ DISK_MIB = 64
 #   isofs + nls_utf8 + ata_piix/sr_mod: an iso9660 config drive on an IDE cdrom
 #   button + evdev: the ACPI power button as /dev/input/event* for acpid
 WANTED_MODULES = [
-    "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "sd_mod",
-    "fat", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "isofs",
-    "ata_piix", "sr_mod", "button", "evdev",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_scsi",
+    "sd_mod",
+    "fat",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "isofs",
+    "ata_piix",
+    "sr_mod",
+    "button",
+    "evdev",
 ]
 
 # tool -> Debian package that provides it
@@ -88,9 +100,7 @@ def log(msg):
 def run(cmd, cwd=None, capture=True):
     """Run a command; raise BuildError with its output when it fails."""
     try:
-        res = subprocess.run(cmd, cwd=cwd, check=False, text=True,
-                             stdout=subprocess.PIPE if capture else None,
-                             stderr=subprocess.STDOUT if capture else None)
+        res = subprocess.run(cmd, cwd=cwd, check=False, text=True, stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot run {cmd[0]}: {exc}") from exc
     if res.returncode != 0:
@@ -108,14 +118,12 @@ def sha256_file(path):
 
 
 def check_tools():
-    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items()
-               if shutil.which(tool) is None]
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
     if not BUSYBOX.is_file():
         missing.append(f"{BUSYBOX} (Debian package {BUSYBOX_PKG})")
     if missing:
         pkgs = sorted({TOOLS.get(m.split()[0], BUSYBOX_PKG) for m in missing})
-        raise BuildError("missing: " + ", ".join(missing)
-                         + f"\n  install with: apt-get install {' '.join(pkgs)}")
+        raise BuildError("missing: " + ", ".join(missing) + f"\n  install with: apt-get install {' '.join(pkgs)}")
     if not INIT.is_file():
         raise BuildError(f"guest init script not found: {INIT}")
 
@@ -130,8 +138,7 @@ def resolve_kernel():
     out = run(["apt-cache", "depends", KERNEL_META])
     deps = re.findall(r"^\s*Depends:\s*(linux-image-\S+)", out, re.M)
     if not deps:
-        raise BuildError(f"apt-cache: cannot resolve {KERNEL_META} to a kernel package "
-                         f"(is the Debian package index there? run apt-get update)\n{out}")
+        raise BuildError(f"apt-cache: cannot resolve {KERNEL_META} to a kernel package (is the Debian package index there? run apt-get update)\n{out}")
     pkg = deps[0]
     stanza = run(["apt-cache", "show", "--no-all-versions", pkg])
     version = apt_field(stanza, "Version")
@@ -147,8 +154,7 @@ def resolve_busybox():
     except BuildError as exc:
         raise BuildError(f"{BUSYBOX} belongs to no package; install {BUSYBOX_PKG}") from exc
     if owner != BUSYBOX_PKG:
-        raise BuildError(f"{BUSYBOX} comes from {owner}, not {BUSYBOX_PKG}; "
-                         f"install {BUSYBOX_PKG} (a static busybox is needed)")
+        raise BuildError(f"{BUSYBOX} comes from {owner}, not {BUSYBOX_PKG}; install {BUSYBOX_PKG} (a static busybox is needed)")
     version = run(["dpkg-query", "-W", "-f", "${Version}", BUSYBOX_PKG]).strip()
     return version
 
@@ -253,9 +259,7 @@ class Cpio:
 
     def _entry(self, name, mode, data=b"", rdev=(0, 0), nlink=1):
         name_b = name.encode() + b"\0"
-        hdr = "070701" + "".join(f"{v:08x}" for v in (
-            self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0,
-            rdev[0], rdev[1], len(name_b), 0))
+        hdr = "070701" + "".join(f"{v:08x}" for v in (self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0))
         self.ino += 1
         self.buf.write(hdr.encode() + name_b)
         self.buf.write(b"\0" * ((4 - (110 + len(name_b)) % 4) % 4))
@@ -281,8 +285,7 @@ class Cpio:
 
 def build_initramfs(moddir, order):
     cpio = Cpio()
-    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys",
-              "run", "tmp", "etc", "lib", "lib/modules", "mnt", "root", "var", "var/log"):
+    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "etc", "lib", "lib/modules", "mnt", "root", "var", "var/log"):
         cpio.dir(d, 0o1777 if d == "tmp" else 0o755)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3, 0o666)
@@ -329,9 +332,7 @@ def build_disk(tmp, variant, vmlinuz, initrd, out_path):
     (files / "syslinux.cfg").write_text(SYSLINUX_CFG.format(variant=variant))
     (files / "variant").write_text(variant + "\n")
     (files / "bootcount").write_text("0\n")
-    run(["mcopy", "-o", "-i", str(raw)]
-        + [str(files / n) for n in ("vmlinuz", "initrd", "syslinux.cfg", "variant", "bootcount")]
-        + ["::/"])
+    run(["mcopy", "-o", "-i", str(raw)] + [str(files / n) for n in ("vmlinuz", "initrd", "syslinux.cfg", "variant", "bootcount")] + ["::/"])
     qcow = tmp / out_path.name
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", str(raw), str(qcow)])
     raw.unlink()
@@ -340,8 +341,7 @@ def build_disk(tmp, variant, vmlinuz, initrd, out_path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT),
-                    help="output directory (default: build/guest in the repository)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: build/guest in the repository)")
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -368,7 +368,7 @@ def main():
             if len(vmlinuz) != 1:
                 raise BuildError(f"{deb.name}: expected one boot/vmlinuz-*, found {vmlinuz}")
             vmlinuz = vmlinuz[0]
-            krel = vmlinuz.name[len("vmlinuz-"):]
+            krel = vmlinuz.name[len("vmlinuz-") :]
             moddir = None
             for base in ("lib/modules", "usr/lib/modules"):
                 if (root / base / krel).is_dir():
@@ -405,13 +405,16 @@ def main():
                 os.replace(tmp / name, out / name)
             manifest = {
                 "cache_key": key,
-                "inputs": dict(material, **{
-                    "kernel_deb_sha256": sha256_file(deb),
-                    "kernel_release": krel,
-                    "busybox_sha256": sha256_file(BUSYBOX),
-                    "modules": [os.path.basename(m) for m in order],
-                    "modules_builtin": builtin,
-                }),
+                "inputs": dict(
+                    material,
+                    **{
+                        "kernel_deb_sha256": sha256_file(deb),
+                        "kernel_release": krel,
+                        "busybox_sha256": sha256_file(BUSYBOX),
+                        "modules": [os.path.basename(m) for m in order],
+                        "modules_builtin": builtin,
+                    },
+                ),
                 "kernel_cmdline": SYSLINUX_CFG.split("APPEND ", 1)[1].strip(),
                 "initrd_size": len(initrd),
                 "vmlinuz_size": vmlinuz.stat().st_size,

@@ -37,8 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU = "qemu-system-x86_64"
-BOOT_TIMEOUT = 90       # s, QEMU start -> READY (TCG on a busy machine)
-POWEROFF_LIMIT = 5      # s, power button -> QEMU exited
+BOOT_TIMEOUT = 90  # s, QEMU start -> READY (TCG on a busy machine)
+POWEROFF_LIMIT = 5  # s, power button -> QEMU exited
 MAC = "52:54:00:7c:7e:01"
 
 METADATA = {
@@ -66,11 +66,9 @@ def log(msg):
 
 
 def run(cmd, **kw):
-    res = subprocess.run(cmd, text=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, check=False, **kw)
+    res = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, **kw)
     if res.returncode != 0:
-        raise CheckError(f"command failed (rc={res.returncode}): {' '.join(map(str, cmd))}\n"
-                         f"{res.stdout.strip()}")
+        raise CheckError(f"command failed (rc={res.returncode}): {' '.join(map(str, cmd))}\n{res.stdout.strip()}")
     return res.stdout
 
 
@@ -81,23 +79,36 @@ class Guest:
         self.name = name
         self.qmp_path = str(tmp / f"{name}.qmp")
         self.log_path = tmp / f"{name}.console.log"
-        self.lines = []            # (seconds since start, text)
+        self.lines = []  # (seconds since start, text)
         self.cond = threading.Condition()
-        cmd = [QEMU, "-accel", "tcg", "-m", "256", "-smp", "1",
-               "-nodefaults", "-display", "none", "-no-user-config",
-               "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
-               "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        cmd = [
+            QEMU,
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-chardev",
+            "stdio,id=ser0,signal=off",
+            "-serial",
+            "chardev:ser0",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+        ]
         for path in drives:
             cmd += ["-drive", f"file={path},if=virtio,format=qcow2"]
         cmd += list(extra)
         if nic:
-            cmd += ["-netdev", "user,id=n0",
-                    "-device", f"virtio-net-pci,netdev=n0,mac={MAC},id=nic0"]
+            cmd += ["-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC},id=nic0"]
         if link_down:
-            cmd += ["-S"]          # start paused, cut the link, then run
+            cmd += ["-S"]  # start paused, cut the link, then run
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         log(f"[{name}] qemu pid {self.proc.pid}")
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -121,16 +132,14 @@ class Guest:
                         self.lines.append((time.monotonic() - self.t0, text))
                         self.cond.notify_all()
                     if VERBOSE:
-                        print(f"    [{self.name} {time.monotonic() - self.t0:6.2f}] {text}",
-                              flush=True)
+                        print(f"    [{self.name} {time.monotonic() - self.t0:6.2f}] {text}", flush=True)
         with self.cond:
             self.cond.notify_all()
 
     def proto(self):
         """Protocol lines so far: (t, 'KIND rest')."""
         with self.cond:
-            return [(t, l[len("VCGUEST "):]) for t, l in self.lines
-                    if l.startswith("VCGUEST ")]
+            return [(t, l[len("VCGUEST ") :]) for t, l in self.lines if l.startswith("VCGUEST ")]
 
     def wait_for(self, pattern, timeout, after=0):
         """First protocol line (index >= after) matching the regex; (index, t, match)."""
@@ -144,8 +153,7 @@ class Guest:
                         return i, t, m
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
-                raise CheckError(f"[{self.name}] no line 'VCGUEST {pattern}' within {timeout} s"
-                                 + (" (qemu exited)" if self.proc.poll() is not None else ""))
+                raise CheckError(f"[{self.name}] no line 'VCGUEST {pattern}' within {timeout} s" + (" (qemu exited)" if self.proc.poll() is not None else ""))
             with self.cond:
                 self.cond.wait(min(left, 0.2))
 
@@ -181,7 +189,7 @@ class Guest:
                     raise CheckError(f"[{self.name}] QMP {cmd}: {rep['error']}")
 
         try:
-            json.loads(f.readline())          # greeting
+            json.loads(f.readline())  # greeting
             send("qmp_capabilities")
             return [send(c, a) for c, a in commands]
         finally:
@@ -195,8 +203,7 @@ class Guest:
         try:
             rc = self.proc.wait(timeout=POWEROFF_LIMIT)
         except subprocess.TimeoutExpired:
-            raise CheckError(f"[{self.name}] QEMU still running {POWEROFF_LIMIT} s "
-                             "after system_powerdown") from None
+            raise CheckError(f"[{self.name}] QEMU still running {POWEROFF_LIMIT} s after system_powerdown") from None
         dt = time.monotonic() - t
         self.reader.join(5)
         if rc != 0:
@@ -205,7 +212,7 @@ class Guest:
 
     def kill(self):
         if self.proc.poll() is None:
-            self.proc.kill()         # our own child, by its pid
+            self.proc.kill()  # our own child, by its pid
             self.proc.wait()
         self.reader.join(5)
 
@@ -220,14 +227,12 @@ def expect(cond, msg):
 
 
 def check_ticks(g, upto):
-    t = g.wait_for(rf"TICK {upto}", 15 + upto)[1]
+    g.wait_for(rf"TICK {upto}", 15 + upto)[1]
     ticks = [(t, int(l.split()[1])) for t, l in g.proto() if l.startswith("TICK ")]
     nums = [n for _i, n in ticks]
-    expect(nums[:upto] == list(range(1, upto + 1)),
-           f"[{g.name}] TICK lines not 1..{upto} in order: {nums}")
+    expect(nums[:upto] == list(range(1, upto + 1)), f"[{g.name}] TICK lines not 1..{upto} in order: {nums}")
     span = ticks[upto - 1][0] - ticks[0][0]
-    expect(upto - 1 - 0.5 <= span <= (upto - 1) * 2 + 1,
-           f"[{g.name}] {upto} ticks took {span:.1f} s")
+    expect(upto - 1 - 0.5 <= span <= (upto - 1) * 2 + 1, f"[{g.name}] {upto} ticks took {span:.1f} s")
     return span / max(upto - 1, 1)
 
 
@@ -241,8 +246,7 @@ def make_config_drive(tmp):
     (src / "meta_data.json").write_text(json.dumps(METADATA, indent=2) + "\n")
     (src / "user_data").write_text(USERDATA)
     run(["mmd", "-i", str(raw), "::/openstack", "::/openstack/latest"])
-    run(["mcopy", "-i", str(raw), str(src / "meta_data.json"), str(src / "user_data"),
-         "::/openstack/latest/"])
+    run(["mcopy", "-i", str(raw), str(src / "meta_data.json"), str(src / "user_data"), "::/openstack/latest/"])
     qcow = tmp / "config.qcow2"
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)])
     return qcow, 4 * 1024 * 1024
@@ -255,9 +259,25 @@ def make_config_iso(tmp, genisoimage):
     (src / "openstack" / "latest" / "meta_data.json").write_text(json.dumps(METADATA) + "\n")
     (src / "openstack" / "latest" / "user_data").write_text(USERDATA)
     iso = tmp / "config.iso"
-    run([genisoimage, "-o", str(iso), "-ldots", "-allow-lowercase", "-allow-multidot", "-l",
-         "-publisher", "virtcloud check-test-image", "-quiet", "-J", "-r", "-V", "config-2",
-         str(src)])
+    run(
+        [
+            genisoimage,
+            "-o",
+            str(iso),
+            "-ldots",
+            "-allow-lowercase",
+            "-allow-multidot",
+            "-l",
+            "-publisher",
+            "virtcloud check-test-image",
+            "-quiet",
+            "-J",
+            "-r",
+            "-V",
+            "config-2",
+            str(src),
+        ]
+    )
     return iso
 
 
@@ -272,8 +292,7 @@ def read_bootcount(tmp, qcow):
     run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow), str(raw)])
     try:
         count = run(["mtype", "-i", str(raw), "::/bootcount"]).strip()
-        fsck = subprocess.run(["fsck.fat", "-n", str(raw)], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        fsck = subprocess.run(["fsck.fat", "-n", str(raw)], text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     finally:
         raw.unlink()
     return count, fsck.returncode, fsck.stdout
@@ -281,8 +300,7 @@ def read_bootcount(tmp, qcow):
 
 def boot_checks(g, variant, count):
     _idx, t_boot, m = g.wait_for(r"BOOT count=(\d+) variant=(\S+) kernel=(\S+)", BOOT_TIMEOUT)
-    expect(m.group(1) == str(count) and m.group(2) == variant,
-           f"[{g.name}] expected BOOT count={count} variant={variant}, got: BOOT {m.group(0)}")
+    expect(m.group(1) == str(count) and m.group(2) == variant, f"[{g.name}] expected BOOT count={count} variant={variant}, got: BOOT {m.group(0)}")
     t_ready = g.wait_for(r"READY", BOOT_TIMEOUT)[1]
     return t_boot, t_ready, m.group(3)
 
@@ -290,8 +308,7 @@ def boot_checks(g, variant, count):
 def main():
     global VERBOSE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    ap.add_argument("--dir", default=str(REPO / "build" / "guest"),
-                    help="directory with vctest.qcow2 and vctest-rescue.qcow2")
+    ap.add_argument("--dir", default=str(REPO / "build" / "guest"), help="directory with vctest.qcow2 and vctest-rescue.qcow2")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo the consoles")
     args = ap.parse_args()
@@ -299,9 +316,15 @@ def main():
     img_dir = Path(args.dir).resolve()
     normal_img = img_dir / "vctest.qcow2"
     rescue_img = img_dir / "vctest-rescue.qcow2"
-    for tool, pkg in ((QEMU, "qemu-system-x86"), ("qemu-img", "qemu-utils"),
-                      ("mkfs.vfat", "dosfstools"), ("fsck.fat", "dosfstools"),
-                      ("mcopy", "mtools"), ("mmd", "mtools"), ("mtype", "mtools")):
+    for tool, pkg in (
+        (QEMU, "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("mkfs.vfat", "dosfstools"),
+        ("fsck.fat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("mmd", "mtools"),
+        ("mtype", "mtools"),
+    ):
         if shutil.which(tool) is None:
             raise CheckError(f"missing tool {tool} (Debian package {pkg})")
     for img in (normal_img, rescue_img):
@@ -322,25 +345,21 @@ def main():
         t_boot, t_ready, kernel = boot_checks(g, "normal", 1)
         m = g.wait_for(r"DISKS (.*)", 1)[2]
         disks = dict(kv.split("=") for kv in m.group(1).split())
-        expect(disks == {"vda": "67108864", "vdb": str(cfg_size)},
-               f"[{g.name}] DISKS: {m.group(1)}")
+        expect(disks == {"vda": "67108864", "vdb": str(cfg_size)}, f"[{g.name}] DISKS: {m.group(1)}")
         m = g.wait_for(r"METADATA (.*)", 1)[2]
-        expect(json.loads(m.group(1)) == METADATA,
-               f"[{g.name}] METADATA differs from what was written: {m.group(1)}")
+        expect(json.loads(m.group(1)) == METADATA, f"[{g.name}] METADATA differs from what was written: {m.group(1)}")
         m = g.wait_for(r"USERDATA (.*)", 1)[2]
         expect(m.group(1) == USERDATA.splitlines()[0], f"[{g.name}] USERDATA: {m.group(1)}")
         g.wait_for(rf"HOSTNAME {METADATA['hostname']} source=metadata", 1)
         m = g.wait_for(r"IP (\S+) (\S+) mac=(\S+)", 1)[2]
-        expect(m.group(1) == "eth0" and m.group(2) == "10.0.2.15/24" and m.group(3) == MAC,
-               f"[{g.name}] IP line: {m.group(0)}")
+        expect(m.group(1) == "eth0" and m.group(2) == "10.0.2.15/24" and m.group(3) == MAC, f"[{g.name}] IP line: {m.group(0)}")
         order = [l.split(" ", 1)[0] for _i, l in g.proto()]
         expect(order.index("READY") > order.index("IP"), f"[{g.name}] READY before IP")
         tick = check_ticks(g, 5)
         dt_off = g.power_button()
         g.wait_for(r"SHUTDOWN", 0.5)
         timings["normal-1"] = (t_boot, t_ready, tick, dt_off)
-        log(f"[{g.name}] ok: kernel {kernel}, BOOT at {t_boot:.2f} s, READY at {t_ready:.2f} s, "
-            f"tick period {tick:.2f} s, power button -> exit {dt_off:.2f} s")
+        log(f"[{g.name}] ok: kernel {kernel}, BOOT at {t_boot:.2f} s, READY at {t_ready:.2f} s, tick period {tick:.2f} s, power button -> exit {dt_off:.2f} s")
 
         # ---------------------------------------------------------- boot 2
         g = Guest(tmp, "normal-2", [disk], link_down=True)
@@ -358,9 +377,10 @@ def main():
         vol = tmp / "vol.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(vol), "1M"])
         t = time.monotonic()
-        g.qmp(("blockdev-add", {"driver": "qcow2", "node-name": "vol0",
-                                "file": {"driver": "file", "filename": str(vol)}}),
-              ("device_add", {"driver": "virtio-blk-pci", "drive": "vol0", "id": "vol0dev"}))
+        g.qmp(
+            ("blockdev-add", {"driver": "qcow2", "node-name": "vol0", "file": {"driver": "file", "filename": str(vol)}}),
+            ("device_add", {"driver": "virtio-blk-pci", "drive": "vol0", "id": "vol0dev"}),
+        )
         i = g.wait_for(r"DISKS vda=67108864 vdb=1048576", 15, after=i + 1)[0]
         dt_plug = time.monotonic() - t
         t = time.monotonic()
@@ -371,10 +391,12 @@ def main():
         dt_off = g.power_button()
         g.wait_for(r"SHUTDOWN", 0.5)
         timings["normal-2"] = (t_boot, t_ready, tick, dt_off)
-        log(f"[{g.name}] ok: BOOT count=2 at {t_boot:.2f} s, READY at {t_ready:.2f} s, "
+        log(
+            f"[{g.name}] ok: BOOT count=2 at {t_boot:.2f} s, READY at {t_ready:.2f} s, "
             f"IP none {t_ipnone - t_boot:.1f} s after BOOT, lease {dt_lease:.1f} s after link up, "
             f"hot-plug seen after {dt_plug:.1f} s, unplug after {dt_unplug:.1f} s, "
-            f"power button -> exit {dt_off:.2f} s")
+            f"power button -> exit {dt_off:.2f} s"
+        )
 
         # ---------------------------------------------------------- rescue
         g = Guest(tmp, "rescue", [rdisk, disk])
@@ -387,8 +409,7 @@ def main():
         dt_off = g.power_button()
         g.wait_for(r"SHUTDOWN", 0.5)
         timings["rescue"] = (t_boot, t_ready, tick, dt_off)
-        log(f"[{g.name}] ok: RESCUE disk=vdb bootcount=2, BOOT at {t_boot:.2f} s, "
-            f"READY at {t_ready:.2f} s, power button -> exit {dt_off:.2f} s")
+        log(f"[{g.name}] ok: RESCUE disk=vdb bootcount=2, BOOT at {t_boot:.2f} s, READY at {t_ready:.2f} s, power button -> exit {dt_off:.2f} s")
 
         # ---------------------------------------------------------- disks afterwards
         for qcow, want in ((disk, "2"), (rdisk, "1")):
@@ -404,16 +425,13 @@ def main():
         if genisoimage:
             iso = make_config_iso(tmp, genisoimage)
             disk3 = overlay(tmp, normal_img, "normal-iso-overlay.qcow2")
-            g = Guest(tmp, "iso", [disk3], nic=False, extra=[
-                "-drive", f"file={iso},if=ide,media=cdrom,format=raw,readonly=on"])
+            g = Guest(tmp, "iso", [disk3], nic=False, extra=["-drive", f"file={iso},if=ide,media=cdrom,format=raw,readonly=on"])
             guests.append(g)
             t_boot, t_ready, _kernel = boot_checks(g, "normal", 1)
             m = g.wait_for(r"DISKS (.*)", 1)[2]
-            expect(m.group(1).split()[0] == "sr0=" + str(iso.stat().st_size),
-                   f"[{g.name}] DISKS: {m.group(1)}")
+            expect(m.group(1).split()[0] == "sr0=" + str(iso.stat().st_size), f"[{g.name}] DISKS: {m.group(1)}")
             m = g.wait_for(r"METADATA (.*)", 1)[2]
-            expect(json.loads(m.group(1)) == METADATA,
-                   f"[{g.name}] METADATA differs from what was written: {m.group(1)}")
+            expect(json.loads(m.group(1)) == METADATA, f"[{g.name}] METADATA differs from what was written: {m.group(1)}")
             dt_off = g.power_button()
             g.wait_for(r"SHUTDOWN", 0.5)
             timings["iso"] = (t_boot, t_ready, 0.0, dt_off)

@@ -27,8 +27,9 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import
 
 pytestmark = [
     pytest.mark.skipif(not _image_inspect.HAS_OSLO, reason="oslo.utils with imageutils.format_inspector is not installed"),
-    pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("prlimit") is None,
-                       reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"),
+    pytest.mark.skipif(
+        shutil.which("qemu-img") is None or shutil.which("prlimit") is None, reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"
+    ),
 ]
 
 MIB = 1024 * 1024
@@ -64,6 +65,7 @@ def mbr(boot_flag=0x80):
 
 # Each builder makes one file in ``d`` (a pathlib.Path) and returns its path.
 
+
 def raw_image(d):
     qemu_img_create("-f", "raw", str(d / "image"), "1M")
     return d / "image"
@@ -83,7 +85,8 @@ def made_by_qemu_img(fmt):
     def build(d):
         qemu_img_create("-f", fmt, str(d / "image"), "1M")
         return d / "image"
-    build.__name__ = "%s_image" % fmt
+
+    build.__name__ = f"{fmt}_image"
     return build
 
 
@@ -121,15 +124,19 @@ def qcow2_unknown_feature(d):
 
 
 def vmdk_descriptor_flat(d):
-    (d / "image").write_text('# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
-                             '# Extent description\nRW 2048 FLAT "/etc/passwd" 0\n')
+    (d / "image").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
+        '# Extent description\nRW 2048 FLAT "/etc/passwd" 0\n'
+    )
     return d / "image"
 
 
 def vmdk_descriptor_sparse_neighbour(d):
     qemu_img_create("-f", "vmdk", str(d / "neighbour.vmdk"), "1M")
-    (d / "image").write_text('# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n'
-                             '# Extent description\nRW 2048 SPARSE "neighbour.vmdk"\n')
+    (d / "image").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n'
+        '# Extent description\nRW 2048 SPARSE "neighbour.vmdk"\n'
+    )
     return d / "image"
 
 
@@ -162,16 +169,19 @@ def mbr_bad_boot_flag(d):
     return d / "image"
 
 
-@pytest.mark.parametrize("build, declared, detected, qemu_format, virtual_size", [
-    (raw_image, "raw", "raw", "raw", MIB),
-    (qcow2_image, "qcow2", "qcow2", "qcow2", MIB),
-    (vmdk_sparse_image, "vmdk", "vmdk", "vmdk", MIB),
-    (mbr_disk, "raw", "gpt", "raw", MIB),  # a whole-disk raw image, as Nova allows
-    (iso_image, "iso", "iso", "raw", 20 * 2048),
-    (made_by_qemu_img("vpc"), "vhd", "vhd", "vpc", 1079296),  # qemu rounds a VHD up to whole CHS cylinders
-    (made_by_qemu_img("vhdx"), "vhdx", "vhdx", "vhdx", MIB),
-    (made_by_qemu_img("vdi"), "vdi", "vdi", "vdi", MIB),
-])
+@pytest.mark.parametrize(
+    "build, declared, detected, qemu_format, virtual_size",
+    [
+        (raw_image, "raw", "raw", "raw", MIB),
+        (qcow2_image, "qcow2", "qcow2", "qcow2", MIB),
+        (vmdk_sparse_image, "vmdk", "vmdk", "vmdk", MIB),
+        (mbr_disk, "raw", "gpt", "raw", MIB),  # a whole-disk raw image, as Nova allows
+        (iso_image, "iso", "iso", "raw", 20 * 2048),
+        (made_by_qemu_img("vpc"), "vhd", "vhd", "vpc", 1079296),  # qemu rounds a VHD up to whole CHS cylinders
+        (made_by_qemu_img("vhdx"), "vhdx", "vhdx", "vhdx", MIB),
+        (made_by_qemu_img("vdi"), "vdi", "vdi", "vdi", MIB),
+    ],
+)
 def test_clean_images_are_accepted(tmp_path, build, declared, detected, qemu_format, virtual_size):
     path = str(build(tmp_path))
     result = inspect_image(path, declared)
@@ -182,32 +192,35 @@ def test_clean_images_are_accepted(tmp_path, build, declared, detected, qemu_for
     assert inspect_image(path, declared, qemu_img=QemuImg(real_run))["virtual_size"] == virtual_size
 
 
-@pytest.mark.parametrize("build, declared, detected, reason", [
-    (qcow2_with_backing_file, "qcow2", "qcow2", "failed the safety checks: backing_file: Image has a backing file"),
-    (qcow2_with_data_file, "qcow2", "qcow2", "failed the safety checks: data_file: Image has data_file set"),
-    (qcow2_unknown_feature, "qcow2", "qcow2", "failed the safety checks: unknown_features: Unknown QCOW2 features found"),
-    (qcow2_image, "raw", "qcow2", "the content is qcow2, not the declared raw"),
-    (qcow2_with_data_file, "raw", "qcow2", "data_file: Image has data_file set"),
-    (raw_image, "qcow2", "raw", "the content is raw, not the declared qcow2"),
-    (vmdk_sparse_image, "raw", "vmdk", "the content is vmdk, not the declared raw"),
-    (vmdk_descriptor_flat, "vmdk", "vmdk", "failed the safety checks: descriptor: Unsupported subformat"),
-    (vmdk_descriptor_flat, "raw", "vmdk", "descriptor: Unsupported subformat"),
-    (vmdk_descriptor_sparse_neighbour, "vmdk", "vmdk", "a VMDK descriptor file (text) is refused: its extents name other files"),
-    (iso_hiding_qcow2, "iso", "ambiguous", "the content matches several formats (iso, qcow2): one header may hide another"),
-    (iso_hiding_qcow2, "qcow2", "ambiguous", "the content matches several formats (iso, qcow2)"),
-    (truncated_qcow2, "qcow2", "raw", "the content is raw, not the declared qcow2"),
-    (truncated_qcow2, "raw", "raw", "it starts with the qcow2 magic but is too short or too broken for the qcow2 inspector"),
-    (garbage, "vmdk", "raw", "the content is raw, not the declared vmdk"),
-    (mbr_bad_boot_flag, "raw", "gpt", "failed the safety checks: mbr: MBR PTE 0 has invalid boot flag"),
-    (empty, "raw", "unknown", "the file is empty"),
-    (raw_image, "qed", "unknown", "the declared format is not one of raw, qcow2, vmdk, vhd, vhdx, vdi, iso"),
-    (raw_image, "ami", "unknown", "the declared format is not one of"),
-])
+@pytest.mark.parametrize(
+    "build, declared, detected, reason",
+    [
+        (qcow2_with_backing_file, "qcow2", "qcow2", "failed the safety checks: backing_file: Image has a backing file"),
+        (qcow2_with_data_file, "qcow2", "qcow2", "failed the safety checks: data_file: Image has data_file set"),
+        (qcow2_unknown_feature, "qcow2", "qcow2", "failed the safety checks: unknown_features: Unknown QCOW2 features found"),
+        (qcow2_image, "raw", "qcow2", "the content is qcow2, not the declared raw"),
+        (qcow2_with_data_file, "raw", "qcow2", "data_file: Image has data_file set"),
+        (raw_image, "qcow2", "raw", "the content is raw, not the declared qcow2"),
+        (vmdk_sparse_image, "raw", "vmdk", "the content is vmdk, not the declared raw"),
+        (vmdk_descriptor_flat, "vmdk", "vmdk", "failed the safety checks: descriptor: Unsupported subformat"),
+        (vmdk_descriptor_flat, "raw", "vmdk", "descriptor: Unsupported subformat"),
+        (vmdk_descriptor_sparse_neighbour, "vmdk", "vmdk", "a VMDK descriptor file (text) is refused: its extents name other files"),
+        (iso_hiding_qcow2, "iso", "ambiguous", "the content matches several formats (iso, qcow2): one header may hide another"),
+        (iso_hiding_qcow2, "qcow2", "ambiguous", "the content matches several formats (iso, qcow2)"),
+        (truncated_qcow2, "qcow2", "raw", "the content is raw, not the declared qcow2"),
+        (truncated_qcow2, "raw", "raw", "it starts with the qcow2 magic but is too short or too broken for the qcow2 inspector"),
+        (garbage, "vmdk", "raw", "the content is raw, not the declared vmdk"),
+        (mbr_bad_boot_flag, "raw", "gpt", "failed the safety checks: mbr: MBR PTE 0 has invalid boot flag"),
+        (empty, "raw", "unknown", "the file is empty"),
+        (raw_image, "qed", "unknown", "the declared format is not one of raw, qcow2, vmdk, vhd, vhdx, vdi, iso"),
+        (raw_image, "ami", "unknown", "the declared format is not one of"),
+    ],
+)
 def test_unsafe_images_are_rejected(tmp_path, build, declared, detected, reason):
     path = str(build(tmp_path))
     with pytest.raises(ImageUnsafe) as err:
         inspect_image(path, declared)
-    assert str(err.value).startswith("image %s rejected (declared %s, detected %s): " % (path, declared, detected))
+    assert str(err.value).startswith(f"image {path} rejected (declared {declared}, detected {detected}): ")
     assert reason in err.value.reason
     assert (err.value.path, err.value.declared, err.value.detected or "unknown") == (path, declared, detected)
 
@@ -254,11 +267,14 @@ class FakeQemuImg:
         return dict(self.result)
 
 
-@pytest.mark.parametrize("info, reason", [
-    ({"backing_filename": "/etc/shadow"}, "qemu-img shows a backing file: /etc/shadow"),
-    ({"data_file": "/dev/sda"}, "qemu-img shows an external data file: /dev/sda"),
-    ({"format": "raw"}, "qemu-img opened it as raw, not qcow2"),
-])
+@pytest.mark.parametrize(
+    "info, reason",
+    [
+        ({"backing_filename": "/etc/shadow"}, "qemu-img shows a backing file: /etc/shadow"),
+        ({"data_file": "/dev/sda"}, "qemu-img shows an external data file: /dev/sda"),
+        ({"format": "raw"}, "qemu-img opened it as raw, not qcow2"),
+    ],
+)
 def test_qemu_img_second_opinion_must_agree(tmp_path, info, reason):
     path = str(qcow2_image(tmp_path))
     fake = FakeQemuImg(**info)
@@ -267,10 +283,13 @@ def test_qemu_img_second_opinion_must_agree(tmp_path, info, reason):
     assert fake.calls == [(path, "qcow2", False)]
 
 
-@pytest.mark.parametrize("info, reason", [
-    ({"create_type": "monolithicFlat"}, "VMDK create type 'monolithicFlat' is not one of monolithicSparse, streamOptimized"),
-    ({"create_type": "monolithicSparse", "extents": ["image", "/etc/passwd"]}, "VMDK extents name other files: /etc/passwd"),
-])
+@pytest.mark.parametrize(
+    "info, reason",
+    [
+        ({"create_type": "monolithicFlat"}, "VMDK create type 'monolithicFlat' is not one of monolithicSparse, streamOptimized"),
+        ({"create_type": "monolithicSparse", "extents": ["image", "/etc/passwd"]}, "VMDK extents name other files: /etc/passwd"),
+    ],
+)
 def test_qemu_img_second_opinion_vmdk(tmp_path, info, reason):
     fake = FakeQemuImg(format="vmdk", **info)
     with pytest.raises(ImageUnsafe, match=reason):

@@ -39,8 +39,9 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import
 
 needs_tools = [
     pytest.mark.skipif(not _image_inspect.HAS_OSLO, reason="oslo.utils with imageutils.format_inspector is not installed"),
-    pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("prlimit") is None,
-                       reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"),
+    pytest.mark.skipif(
+        shutil.which("qemu-img") is None or shutil.which("prlimit") is None, reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"
+    ),
 ]
 
 MIB = 1024 * 1024
@@ -92,11 +93,15 @@ def store_entries(store):
 # Validation (pure)
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, expected", [
-    (ID1, ID1),
-    (ID1.upper(), ID1),
-    (ID1.replace("-", ""), ID1),
-])
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (ID1, ID1),
+        (ID1.upper(), ID1),
+        (ID1.replace("-", ""), ID1),
+    ],
+)
 def test_image_ids_are_canonical_uuids(value, expected):
     assert st.check_image_id(value) == expected
 
@@ -118,19 +123,22 @@ def test_bad_names(name):
         st.check_name(name)
 
 
-@pytest.mark.parametrize("props, expected", [
-    (None, {}),
-    ({}, {}),
-    ({"os_type": "linux", "min_ram": 128, "min_disk": "1"}, {"min_disk": "1", "min_ram": "128", "os_type": "linux"}),
-    ({"hw_architecture": "amd64"}, {"hw_architecture": "x86_64"}),
-    ({"hw_architecture": "I386"}, {"hw_architecture": "i686"}),
-    ({"img_hv_type": "QEMU"}, {"img_hv_type": "qemu"}),
-    ({"img_hv_type": "xapi"}, {"img_hv_type": "xen"}),
-    ({"hw_vm_mode": "hv"}, {"hw_vm_mode": "hvm"}),
-    ({"hw_qemu_guest_agent": True, "hw_rng:allowed": False}, {"hw_qemu_guest_agent": "true", "hw_rng:allowed": "false"}),
-    ({"ratio": 1.5}, {"ratio": "1.5"}),
-    ({"k": "v" * 255}, {"k": "v" * 255}),
-])
+@pytest.mark.parametrize(
+    "props, expected",
+    [
+        (None, {}),
+        ({}, {}),
+        ({"os_type": "linux", "min_ram": 128, "min_disk": "1"}, {"min_disk": "1", "min_ram": "128", "os_type": "linux"}),
+        ({"hw_architecture": "amd64"}, {"hw_architecture": "x86_64"}),
+        ({"hw_architecture": "I386"}, {"hw_architecture": "i686"}),
+        ({"img_hv_type": "QEMU"}, {"img_hv_type": "qemu"}),
+        ({"img_hv_type": "xapi"}, {"img_hv_type": "xen"}),
+        ({"hw_vm_mode": "hv"}, {"hw_vm_mode": "hvm"}),
+        ({"hw_qemu_guest_agent": True, "hw_rng:allowed": False}, {"hw_qemu_guest_agent": "true", "hw_rng:allowed": "false"}),
+        ({"ratio": 1.5}, {"ratio": "1.5"}),
+        ({"k": "v" * 255}, {"k": "v" * 255}),
+    ],
+)
 def test_properties_are_normalised(props, expected):
     assert st.normalize_properties(props) == expected
 
@@ -138,51 +146,61 @@ def test_properties_are_normalised(props, expected):
 # What Nova's snapshot adds to the properties it copies from the instance's image
 # (compute/utils.py create_image and initialize_instance_snapshot_metadata, libvirt's
 # _create_snapshot_metadata); instance_uuid, owner and image_type are record fields here.
-SNAPSHOT_PROPERTIES = {"base_image_ref": ID1, "image_location": "snapshot", "image_state": "available",
-                       "owner_id": "demo", "user_id": "alice"}
+SNAPSHOT_PROPERTIES = {"base_image_ref": ID1, "image_location": "snapshot", "image_state": "available", "owner_id": "demo", "user_id": "alice"}
 
 
-@pytest.mark.parametrize("props, expected", [
-    (SNAPSHOT_PROPERTIES, SNAPSHOT_PROPERTIES),
-    (dict(SNAPSHOT_PROPERTIES, hw_architecture="amd64", min_ram=128, os_type="linux"),
-     dict(SNAPSHOT_PROPERTIES, hw_architecture="x86_64", min_ram="128", os_type="linux")),
-])
+@pytest.mark.parametrize(
+    "props, expected",
+    [
+        (SNAPSHOT_PROPERTIES, SNAPSHOT_PROPERTIES),
+        (
+            dict(SNAPSHOT_PROPERTIES, hw_architecture="amd64", min_ram=128, os_type="linux"),
+            dict(SNAPSHOT_PROPERTIES, hw_architecture="x86_64", min_ram="128", os_type="linux"),
+        ),
+    ],
+)
 def test_a_snapshot_s_properties_are_accepted(props, expected):
     assert st.normalize_properties(props) == expected
 
 
-@pytest.mark.parametrize("props, message", [
-    ({"Bad": "x"}, "property key 'Bad' is not valid"),
-    ({"with space": "x"}, "is not valid"),
-    ({"a-b": "x"}, "is not valid"),
-    ({"": "x"}, "is not valid"),
-    ({"k" * 256: "x"}, "is not valid"),
-    ({"name": "x"}, "is a field of the image record"),
-    ({"sha256": "x"}, "is a field of the image record"),
-    ({"instance_uuid": ID2}, "is a field of the image record"),
-    ({"image_type": "snapshot"}, "is a field of the image record"),
-    ({"owner": "demo"}, "is a field of the image record"),
-    ({"k": "v" * 256}, "at most 255"),
-    ({"k": ["a"]}, "must be a string"),
-    ({"k": None}, "must be a string"),
-    ({"k": "a\nb"}, "control characters"),
-    ({"min_ram": "-1"}, "whole number"),
-    ({"min_disk": "1.5"}, "whole number"),
-    ({"hw_architecture": "pdp11"}, "not one of Nova's values"),
-    ({"img_hv_type": "hyperkit"}, "not one of Nova's values"),
-    ({"k%d" % i: "v" for i in range(129)}, "at most 128 properties"),
-    (["a"], "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "props, message",
+    [
+        ({"Bad": "x"}, "property key 'Bad' is not valid"),
+        ({"with space": "x"}, "is not valid"),
+        ({"a-b": "x"}, "is not valid"),
+        ({"": "x"}, "is not valid"),
+        ({"k" * 256: "x"}, "is not valid"),
+        ({"name": "x"}, "is a field of the image record"),
+        ({"sha256": "x"}, "is a field of the image record"),
+        ({"instance_uuid": ID2}, "is a field of the image record"),
+        ({"image_type": "snapshot"}, "is a field of the image record"),
+        ({"owner": "demo"}, "is a field of the image record"),
+        ({"k": "v" * 256}, "at most 255"),
+        ({"k": ["a"]}, "must be a string"),
+        ({"k": None}, "must be a string"),
+        ({"k": "a\nb"}, "control characters"),
+        ({"min_ram": "-1"}, "whole number"),
+        ({"min_disk": "1.5"}, "whole number"),
+        ({"hw_architecture": "pdp11"}, "not one of Nova's values"),
+        ({"img_hv_type": "hyperkit"}, "not one of Nova's values"),
+        ({f"k{i}": "v" for i in range(129)}, "at most 128 properties"),
+        (["a"], "must be a dict"),
+    ],
+)
 def test_bad_properties_are_refused(props, message):
     with pytest.raises(ImageStoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
         st.normalize_properties(props)
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("A" * 64, "a" * 64),
-    ("sha256:" + "b" * 64, "b" * 64),
-    ("  " + "c" * 64 + "\n", "c" * 64),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("A" * 64, "a" * 64),
+        ("sha256:" + "b" * 64, "b" * 64),
+        ("  " + "c" * 64 + "\n", "c" * 64),
+    ],
+)
 def test_checksums(value, expected):
     assert st.check_sha256(value) == expected
 
@@ -193,19 +211,22 @@ def test_bad_checksums(value):
         st.check_sha256(value)
 
 
-@pytest.mark.parametrize("value, safe, ok", [
-    ("/var/lib/virtcloud/images", True, True),
-    ("/var/lib/virtcloud/images/", True, True),
-    ("relative/path", False, False),
-    ("/a/../b", False, False),
-    ("/a//b", False, False),
-    ("/a/./b", False, False),
-    ("/with space", False, True),
-    ("/with space", True, False),
-    ("/semi;colon", True, False),
-    ("/star*", True, False),
-    ("/nul\0", False, False),
-])
+@pytest.mark.parametrize(
+    "value, safe, ok",
+    [
+        ("/var/lib/virtcloud/images", True, True),
+        ("/var/lib/virtcloud/images/", True, True),
+        ("relative/path", False, False),
+        ("/a/../b", False, False),
+        ("/a//b", False, False),
+        ("/a/./b", False, False),
+        ("/with space", False, True),
+        ("/with space", True, False),
+        ("/semi;colon", True, False),
+        ("/star*", True, False),
+        ("/nul\0", False, False),
+    ],
+)
 def test_paths(value, safe, ok):
     if ok:
         assert st.check_path(value, safe=safe) == os.path.normpath(value)
@@ -215,9 +236,23 @@ def test_paths(value, safe, ok):
 
 
 def record(**changes):
-    rec = dict(id=ID1, name="vctest", status="active", disk_format="qcow2", container_format="bare", size=10,
-               virtual_size=MIB, sha256="a" * 64, properties={"os_type": "linux"}, owner=None, visibility="public",
-               image_type="image", instance_uuid=None, created_at=NOW, updated_at=NOW)
+    rec = dict(
+        id=ID1,
+        name="vctest",
+        status="active",
+        disk_format="qcow2",
+        container_format="bare",
+        size=10,
+        virtual_size=MIB,
+        sha256="a" * 64,
+        properties={"os_type": "linux"},
+        owner=None,
+        visibility="public",
+        image_type="image",
+        instance_uuid=None,
+        created_at=NOW,
+        updated_at=NOW,
+    )
     rec.update(changes)
     return rec
 
@@ -228,33 +263,36 @@ def test_a_valid_record_passes_and_unknown_fields_are_dropped():
     assert st.validate_record(snap) == snap
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(id="x"), "is not a uuid"),
-    (dict(id=ID1.upper()), "canonical"),
-    (dict(name="a/b"), "image name"),
-    (dict(status="saving"), "status"),
-    (dict(disk_format="vmdk"), "disk_format"),
-    (dict(container_format="ovf"), "container_format"),
-    (dict(size=0), "size"),
-    (dict(size="10"), "size"),
-    (dict(virtual_size=True), "virtual_size"),
-    (dict(sha256="A" * 64), "sha256"),
-    (dict(properties={"min_ram": 1}), "normal form"),
-    (dict(properties={"Bad": "x"}), "property key"),
-    (dict(visibility="everyone"), "visibility"),
-    (dict(image_type="backup"), "image_type"),
-    (dict(image_type="snapshot"), "instance_uuid"),
-    (dict(instance_uuid=ID2), "not a snapshot"),
-    (dict(created_at=None), "created_at"),
-    (dict(owner="a b"), "owner"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(id="x"), "is not a uuid"),
+        (dict(id=ID1.upper()), "canonical"),
+        (dict(name="a/b"), "image name"),
+        (dict(status="saving"), "status"),
+        (dict(disk_format="vmdk"), "disk_format"),
+        (dict(container_format="ovf"), "container_format"),
+        (dict(size=0), "size"),
+        (dict(size="10"), "size"),
+        (dict(virtual_size=True), "virtual_size"),
+        (dict(sha256="A" * 64), "sha256"),
+        (dict(properties={"min_ram": 1}), "normal form"),
+        (dict(properties={"Bad": "x"}), "property key"),
+        (dict(visibility="everyone"), "visibility"),
+        (dict(image_type="backup"), "image_type"),
+        (dict(image_type="snapshot"), "instance_uuid"),
+        (dict(instance_uuid=ID2), "not a snapshot"),
+        (dict(created_at=None), "created_at"),
+        (dict(owner="a b"), "owner"),
+    ],
+)
 def test_broken_records_are_refused(changes, message):
     with pytest.raises(ImageStoreError, match=message):
         st.validate_record(record(**changes))
 
 
 def test_a_record_must_hold_the_expected_id():
-    with pytest.raises(ImageStoreError, match="expected %s" % ID2):
+    with pytest.raises(ImageStoreError, match=f"expected {ID2}"):
         st.validate_record(record(), ID2)
 
 
@@ -267,6 +305,7 @@ def test_base_name_is_nova_s_sha1_of_the_image_id():
 # Import, update, delete
 # ---------------------------------------------------------------------------
 
+
 class TestImport:
     pytestmark = needs_tools
 
@@ -274,10 +313,23 @@ class TestImport:
         result = store.ensure(name="good", src=qcow2, properties={"hw_architecture": "amd64", "min_ram": 64})
         assert result["changed"] and result["before"] is None
         rec = result["after"]
-        assert rec == dict(id=rec["id"], name="good", status="active", disk_format="qcow2", container_format="bare",
-                           size=os.path.getsize(qcow2), virtual_size=2 * MIB, sha256=sha256(qcow2),
-                           properties={"hw_architecture": "x86_64", "min_ram": "64"}, owner=None, visibility="public",
-                           image_type="image", instance_uuid=None, created_at=NOW, updated_at=NOW)
+        assert rec == dict(
+            id=rec["id"],
+            name="good",
+            status="active",
+            disk_format="qcow2",
+            container_format="bare",
+            size=os.path.getsize(qcow2),
+            virtual_size=2 * MIB,
+            sha256=sha256(qcow2),
+            properties={"hw_architecture": "x86_64", "min_ram": "64"},
+            owner=None,
+            visibility="public",
+            image_type="image",
+            instance_uuid=None,
+            created_at=NOW,
+            updated_at=NOW,
+        )
         image_dir = os.path.join(store.path, rec["id"])
         assert sorted(os.listdir(image_dir)) == ["image", "image.json"]
         assert sha256(os.path.join(image_dir, "image")) == sha256(qcow2)
@@ -324,9 +376,10 @@ class TestImport:
         assert planned["changed"] and store.get(ID1) == first
         result = later.ensure(**wanted)
         assert result["changed"] and result["before"] == first
-        assert result["actions"] == ["update name, properties, owner, visibility of image %s (good)" % ID1]
-        assert store.get(ID1) == dict(first, name="renamed", properties={"min_ram": "128"}, owner="demo", visibility="private",
-                                      updated_at="2025-02-02T00:00:00Z")
+        assert result["actions"] == [f"update name, properties, owner, visibility of image {ID1} (good)"]
+        assert store.get(ID1) == dict(
+            first, name="renamed", properties={"min_ram": "128"}, owner="demo", visibility="private", updated_at="2025-02-02T00:00:00Z"
+        )
         assert not later.ensure(**wanted)["changed"]
         # properties left out: kept
         assert not later.ensure(name="renamed")["changed"]
@@ -344,7 +397,7 @@ class TestImport:
             store.ensure(name="good", src=str(other), disk_format="raw")
         with pytest.raises(ImageConflict, match="not the given checksum"):
             store.ensure(name="good", url="http://127.0.0.1:9/x", checksum="0" * 64)
-        with pytest.raises(ImageConflict, match="belongs to image %s" % ID1):
+        with pytest.raises(ImageConflict, match=f"belongs to image {ID1}"):
             store.ensure(name="good", image_id=ID2, src=str(other), disk_format="raw")
         with pytest.raises(ImageConflict, match="image_type"):
             store.ensure(name="good", src=qcow2, image_type="snapshot", instance_uuid=ID2)
@@ -386,19 +439,22 @@ class TestImport:
             store.ensure(name="good", src=qcow2, size_cap=1000)
         assert store_entries(store) == [".lock"]
 
-    @pytest.mark.parametrize("kwargs, message", [
-        (dict(), "give the image a name"),
-        (dict(name="x", src="/a", url="http://h/x"), "not both"),
-        (dict(name="x", src="rel"), "absolute path"),
-        (dict(name="x", url="file:///etc/passwd"), "http:// or https://"),
-        (dict(name="x", url="ftp://h/x"), "http:// or https://"),
-        (dict(name="x", disk_format="vmdk", src="/a"), "disk_format"),
-        (dict(name="x", image_type="backup", src="/a"), "image_type"),
-        (dict(name="x", visibility="all", src="/a"), "visibility"),
-        (dict(name="x", owner="bad owner", src="/a"), "owner"),
-        (dict(name="x", size_cap=0, src="/a"), "size_cap"),
-        (dict(name="x", checksum="nope", src="/a"), "sha256"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            (dict(), "give the image a name"),
+            (dict(name="x", src="/a", url="http://h/x"), "not both"),
+            (dict(name="x", src="rel"), "absolute path"),
+            (dict(name="x", url="file:///etc/passwd"), "http:// or https://"),
+            (dict(name="x", url="ftp://h/x"), "http:// or https://"),
+            (dict(name="x", disk_format="vmdk", src="/a"), "disk_format"),
+            (dict(name="x", image_type="backup", src="/a"), "image_type"),
+            (dict(name="x", visibility="all", src="/a"), "visibility"),
+            (dict(name="x", owner="bad owner", src="/a"), "owner"),
+            (dict(name="x", size_cap=0, src="/a"), "size_cap"),
+            (dict(name="x", checksum="nope", src="/a"), "sha256"),
+        ],
+    )
     def test_bad_requests_fail_before_anything_is_made(self, store, kwargs, message):
         with pytest.raises(ImageStoreError, match=message):
             store.ensure(**kwargs)
@@ -412,14 +468,14 @@ class TestImport:
         with pytest.raises(ImageConflict, match="not 'other'"):
             store.delete(image_id=ID1, name="other")
         result = store.delete(image_id=ID1)
-        assert result["changed"] and result["after"] is None and result["actions"] == ["delete image %s (good)" % ID1]
+        assert result["changed"] and result["after"] is None and result["actions"] == [f"delete image {ID1} (good)"]
         assert store_entries(store) == [".lock"] and store.list() == []
         assert not store.delete(image_id=ID1)["changed"]
         assert not checker.delete(name="good")["changed"]
 
     def test_leftovers_of_interrupted_runs_are_removed(self, store, qcow2):
         os.makedirs(os.path.join(store.path, ".import-dead1"))
-        os.makedirs(os.path.join(store.path, ".deleted-%s-0000" % ID2))
+        os.makedirs(os.path.join(store.path, f".deleted-{ID2}-0000"))
         store.ensure(name="good", src=qcow2, image_id=ID1)
         assert store_entries(store) == [".lock", ID1]
 
@@ -428,7 +484,7 @@ class TestImport:
         path = os.path.join(store.path, ID1, "image.json")
         with open(path, "w", encoding="utf-8") as f:
             f.write("{not json")
-        with pytest.raises(ImageStoreError, match="image record %s cannot be read" % path):
+        with pytest.raises(ImageStoreError, match=f"image record {path} cannot be read"):
             store.list()
 
     def test_info_of_a_missing_store_fails_clearly(self, tmp_path):
@@ -440,9 +496,16 @@ class TestImport:
         with open(os.path.join(store.path, ".lock"), "w", encoding="ascii"):
             pass
         # a POSIX lock held by another process
-        holder = subprocess.Popen(["python3", "-c", "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX); "
-                                   "print('locked', flush=True); time.sleep(30)", os.path.join(store.path, ".lock")],
-                                  stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [
+                "python3",
+                "-c",
+                "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+                os.path.join(store.path, ".lock"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert holder.stdout.readline().strip() == "locked"
             waiting = ImageStore(store.path, qemu_img=store.qemu_img, lock_timeout=0.5)
@@ -459,6 +522,7 @@ class TestImport:
 # ---------------------------------------------------------------------------
 # Unsafe images are refused and leave nothing behind
 # ---------------------------------------------------------------------------
+
 
 def backing_file_qcow2(d):
     qemu_img("create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", "/etc/hostname", str(d / "bad"), "1M")
@@ -481,9 +545,11 @@ def raw_declared_qcow2(d):
 
 
 def vmdk_descriptor(d):
-    text = ('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
-            '# Extent description\nRW 2048 FLAT "/etc/shadow" 0\n\n# The Disk Data Base\n#DDB\n\n'
-            'ddb.adapterType = "ide"\n')
+    text = (
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
+        '# Extent description\nRW 2048 FLAT "/etc/shadow" 0\n\n# The Disk Data Base\n#DDB\n\n'
+        'ddb.adapterType = "ide"\n'
+    )
     (d / "bad").write_text(text + "\n" * (MIB - len(text)), encoding="ascii")
     return str(d / "bad"), "raw", "vmdk"
 
@@ -506,8 +572,19 @@ def empty_file(d):
     return str(d / "bad"), "raw", "empty"
 
 
-@pytest.mark.parametrize("make", [backing_file_qcow2, data_file_qcow2, qcow2_declared_raw, raw_declared_qcow2, vmdk_descriptor,
-                                  truncated_qcow2_header, unknown_incompatible_feature, empty_file])
+@pytest.mark.parametrize(
+    "make",
+    [
+        backing_file_qcow2,
+        data_file_qcow2,
+        qcow2_declared_raw,
+        raw_declared_qcow2,
+        vmdk_descriptor,
+        truncated_qcow2_header,
+        unknown_incompatible_feature,
+        empty_file,
+    ],
+)
 @pytest.mark.parametrize("check_mode", [False, True])
 @needs_tools[0]
 @needs_tools[1]
@@ -525,6 +602,7 @@ def test_unsafe_images_are_rejected_and_leave_nothing(tmp_path, make, check_mode
 # Download
 # ---------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def http_dir(tmp_path, monkeypatch):
     """A web server on loopback serving tmp_path/www; yields (dir, base url)."""
@@ -538,7 +616,7 @@ def http_dir(tmp_path, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
     thread.start()
     try:
-        yield www, "http://127.0.0.1:%d" % server.server_address[1]
+        yield www, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -555,12 +633,15 @@ class TestDownload:
         assert sha256(store.image_file(rec["id"])) == sha256(qcow2)
         assert not store.ensure(name="web", url=base + "/img.qcow2", checksum=sha256(qcow2))["changed"]
 
-    @pytest.mark.parametrize("path, kwargs, message", [
-        ("/missing", {}, "HTTP 404"),
-        ("/img.qcow2", dict(checksum="0" * 64), "not the given checksum"),
-        ("/img.qcow2", dict(size_cap=4096), "size cap"),
-        ("/bad.qcow2", {}, "backing"),
-    ])
+    @pytest.mark.parametrize(
+        "path, kwargs, message",
+        [
+            ("/missing", {}, "HTTP 404"),
+            ("/img.qcow2", dict(checksum="0" * 64), "not the given checksum"),
+            ("/img.qcow2", dict(size_cap=4096), "size cap"),
+            ("/bad.qcow2", {}, "backing"),
+        ],
+    )
     def test_failed_downloads_leave_nothing(self, store, qcow2, http_dir, path, kwargs, message):
         www, base = http_dir
         shutil.copy(qcow2, www / "img.qcow2")
@@ -580,6 +661,7 @@ class TestDownload:
 # The image cache
 # ---------------------------------------------------------------------------
 
+
 class LocalSource:
     """Stands in for ScpSource: copies from a local store directory, counting fetches."""
 
@@ -590,7 +672,7 @@ class LocalSource:
         self.fetches = 0
 
     def describe(self, image_id):
-        return "local:%s/%s" % (self.store_path, image_id)
+        return f"local:{self.store_path}/{image_id}"
 
     def fetch(self, run, image_id, names, dest_dir):
         self.fetches += 1
@@ -651,7 +733,7 @@ class TestCache:
         # put mtime back as `touch -r` would: ctime still tells
         os.utime(path, ns=(st_before.st_atime_ns, st_before.st_mtime_ns))
         result = cache.ensure(ID1)
-        assert result["fetched"] and "sha256 of %s is" % path in result["repaired"]
+        assert result["fetched"] and f"sha256 of {path} is" in result["repaired"]
         assert sha256(path) == rec["sha256"] and source.fetches == 2
 
     @pytest.mark.parametrize("first, repair", [(True, False), (False, True)])
@@ -694,7 +776,7 @@ class TestCache:
 
     def test_expected_values_must_match_the_store(self, cached):
         cache, _source, rec = cached
-        with pytest.raises(ImageStoreError, match="has sha256 %s in the store, the caller expected %s" % (rec["sha256"], "0" * 64)):
+        with pytest.raises(ImageStoreError, match=f"has sha256 {rec['sha256']} in the store, the caller expected {'0' * 64}"):
             cache.ensure(ID1, expected_sha256="0" * 64)
         with pytest.raises(ImageStoreError, match="disk_format qcow2 in the store"):
             cache.ensure(ID1, expected_format="raw")
@@ -726,7 +808,7 @@ class TestCache:
 
     def test_stale_fetch_directories_are_removed(self, cached):
         cache, _source, _rec = cached
-        os.makedirs(os.path.join(cache.base_dir, ".fetch-%s-dead" % st.base_name(ID1)))
+        os.makedirs(os.path.join(cache.base_dir, f".fetch-{st.base_name(ID1)}-dead"))
         cache.ensure(ID1)
         assert not [e for e in base_entries(cache) if e.startswith(".fetch-")]
 
@@ -753,45 +835,82 @@ class TestCache:
             "    p = subprocess.run(argv, capture_output=True, text=True)\n"
             "    return p.returncode, p.stdout, p.stderr\n"
             "r = ImageCache(sys.argv[1], QemuImg(run), run, source=Slow()).ensure(sys.argv[3])\n"
-            "print(r['fetched'])\n", encoding="ascii")
+            "print(r['fetched'])\n",
+            encoding="ascii",
+        )
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        procs = [subprocess.Popen([sys.executable, str(slow), cache.instances_path, source.store_path, ID1],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _run in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(slow), cache.instances_path, source.store_path, ID1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            for _run in range(2)
+        ]
         outs = [p.communicate(timeout=60) for p in procs]
         assert sorted(o[0].strip() for o in outs) == ["False", "True"], outs
 
 
 def test_scp_command_line():
-    source = ScpSource("controller", store_path="/var/lib/virtcloud/images", ssh_key="/etc/virtcloud/id_ed25519",
-                       known_hosts="/etc/virtcloud/known_hosts", port=2222, connect_timeout=5)
+    source = ScpSource(
+        "controller",
+        store_path="/var/lib/virtcloud/images",
+        ssh_key="/etc/virtcloud/id_ed25519",
+        known_hosts="/etc/virtcloud/known_hosts",
+        port=2222,
+        connect_timeout=5,
+    )
     assert source.argv(ID1, ["image.json", "image"], "/inst/_base/.fetch-x/") == [
-        "scp", "-P", "2222", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5",
-        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
-        "-o", "IdentitiesOnly=yes", "-i", "/etc/virtcloud/id_ed25519", "-o", "UserKnownHostsFile=/etc/virtcloud/known_hosts",
-        "root@controller:/var/lib/virtcloud/images/%s/image.json" % ID1,
-        "root@controller:/var/lib/virtcloud/images/%s/image" % ID1,
-        "/inst/_base/.fetch-x/"]
-    assert ScpSource("fd00::10").describe(ID1) == "root@[fd00::10]:/var/lib/virtcloud/images/%s" % ID1
+        "scp",
+        "-P",
+        "2222",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        "/etc/virtcloud/id_ed25519",
+        "-o",
+        "UserKnownHostsFile=/etc/virtcloud/known_hosts",
+        f"root@controller:/var/lib/virtcloud/images/{ID1}/image.json",
+        f"root@controller:/var/lib/virtcloud/images/{ID1}/image",
+        "/inst/_base/.fetch-x/",
+    ]
+    assert ScpSource("fd00::10").describe(ID1) == f"root@[fd00::10]:/var/lib/virtcloud/images/{ID1}"
 
 
 def test_scp_failure_names_the_source():
     source = ScpSource("10.0.0.10")
-    with pytest.raises(ImageStoreError, match=r"from root@10\.0\.0\.10:/var/lib/virtcloud/images/%s to this host failed "
-                                              r"\(scp rc 1\): Host key verification failed" % ID1):
+    with pytest.raises(
+        ImageStoreError,
+        match=rf"from root@10\.0\.0\.10:/var/lib/virtcloud/images/{ID1} to this host failed "
+        r"\(scp rc 1\): Host key verification failed",
+    ):
         source.fetch(lambda argv, data=None: (1, "", "Host key verification failed.\n"), ID1, ["image"], "/tmp/x")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(host="-oProxyCommand=x"), "source_host"),
-    (dict(host="a b"), "source_host"),
-    (dict(host=""), "source_host"),
-    (dict(host="ok", store_path="/images;rm -rf /"), "source_path"),
-    (dict(host="ok", store_path="/images/*"), "source_path"),
-    (dict(host="ok", user="-x"), "source_user"),
-    (dict(host="ok", port=0), "source_port"),
-    (dict(host="ok", ssh_key="relative"), "ssh_key"),
-    (dict(host="ok", connect_timeout="10"), "connect_timeout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(host="-oProxyCommand=x"), "source_host"),
+        (dict(host="a b"), "source_host"),
+        (dict(host=""), "source_host"),
+        (dict(host="ok", store_path="/images;rm -rf /"), "source_path"),
+        (dict(host="ok", store_path="/images/*"), "source_path"),
+        (dict(host="ok", user="-x"), "source_user"),
+        (dict(host="ok", port=0), "source_port"),
+        (dict(host="ok", ssh_key="relative"), "ssh_key"),
+        (dict(host="ok", connect_timeout="10"), "connect_timeout"),
+    ],
+)
 def test_scp_source_validates_what_reaches_the_command_line(kwargs, message):
     with pytest.raises(ImageStoreError, match=message):
         ScpSource(**kwargs)
@@ -805,34 +924,56 @@ SNAP = "/var/lib/virtcloud/snapshots/web1.qcow2"
 
 
 def test_one_scp_command_line_for_the_cache_and_the_remote_import():
-    remote = ScpRemote("node1", user="nova", port=2222, ssh_key="/root/.ssh/id_ed25519", known_hosts="/root/.ssh/known_hosts",
-                       connect_timeout=5, option="src")
-    options = ["-P", "2222", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-               "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
-               "-o", "IdentitiesOnly=yes", "-i", "/root/.ssh/id_ed25519", "-o", "UserKnownHostsFile=/root/.ssh/known_hosts"]
+    remote = ScpRemote("node1", user="nova", port=2222, ssh_key="/root/.ssh/id_ed25519", known_hosts="/root/.ssh/known_hosts", connect_timeout=5, option="src")
+    options = [
+        "-P",
+        "2222",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        "/root/.ssh/id_ed25519",
+        "-o",
+        "UserKnownHostsFile=/root/.ssh/known_hosts",
+    ]
     assert remote.argv([SNAP], "/images/.import-x/image", max_bytes=1001) == (
-        ["prlimit", "--fsize=1001", "--", "scp"] + options + ["nova@node1:" + SNAP, "/images/.import-x/image"])
+        ["prlimit", "--fsize=1001", "--", "scp"] + options + ["nova@node1:" + SNAP, "/images/.import-x/image"]
+    )
     # the cache's fetch is the same builder with the store's paths
-    source = ScpSource("node1", user="nova", port=2222, ssh_key="/root/.ssh/id_ed25519", known_hosts="/root/.ssh/known_hosts",
-                       connect_timeout=5)
+    source = ScpSource("node1", user="nova", port=2222, ssh_key="/root/.ssh/id_ed25519", known_hosts="/root/.ssh/known_hosts", connect_timeout=5)
     assert source.argv(ID1, ["image"], "/inst/_base/.fetch-x") == (
-        ["scp"] + options + ["nova@node1:/var/lib/virtcloud/images/%s/image" % ID1, "/inst/_base/.fetch-x/"])
+        ["scp"] + options + [f"nova@node1:/var/lib/virtcloud/images/{ID1}/image", "/inst/_base/.fetch-x/"]
+    )
     assert ScpRemote("fd00::11").location(SNAP) == "root@[fd00::11]:" + SNAP
 
 
-@pytest.mark.parametrize("paths, dest, message", [
-    (["/snap/a b.qcow2"], "/d/image", "remote path"),
-    (["/snap/*"], "/d/image", "remote path"),
-    (["relative"], "/d/image", "remote path"),
-    ([SNAP], "relative", "destination"),
-])
+@pytest.mark.parametrize(
+    "paths, dest, message",
+    [
+        (["/snap/a b.qcow2"], "/d/image", "remote path"),
+        (["/snap/*"], "/d/image", "remote path"),
+        (["relative"], "/d/image", "remote path"),
+        ([SNAP], "relative", "destination"),
+    ],
+)
 def test_scp_argv_refuses_unsafe_paths(paths, dest, message):
     with pytest.raises(ImageStoreError, match=message):
         ScpRemote("node1").argv(paths, dest)
 
 
 def never_run(argv, data=None):
-    pytest.fail("a command was run: %s" % argv)
+    pytest.fail(f"a command was run: {argv}")
 
 
 class FakeScp:
@@ -853,7 +994,7 @@ class FakeScp:
         assert len(remote) == 1 and argv[-1].endswith("/image"), argv
         path = self.remote_root + remote[0].split(":", 1)[1]
         if not os.path.exists(path):
-            return 1, "", "scp: %s: No such file or directory\n" % remote[0].split(":", 1)[1]
+            return 1, "", f"scp: {remote[0].split(':', 1)[1]}: No such file or directory\n"
         result = real_run(argv[:scp] + ["cp", path, argv[-1]])
         self.written.append(os.path.getsize(argv[-1]) if os.path.exists(argv[-1]) else None)
         return result
@@ -873,8 +1014,16 @@ def remote_store(tmp_path):
 
 
 def snapshot_args(**extra):
-    args = dict(name="web1-snap", src=SNAP, src_host="node1", image_type="snapshot", instance_uuid=ID2,
-                properties=SNAPSHOT_PROPERTIES, visibility="private", owner="demo")
+    args = dict(
+        name="web1-snap",
+        src=SNAP,
+        src_host="node1",
+        image_type="snapshot",
+        instance_uuid=ID2,
+        properties=SNAPSHOT_PROPERTIES,
+        visibility="private",
+        owner="demo",
+    )
     args.update(extra)
     return args
 
@@ -887,10 +1036,9 @@ class TestRemoteImport:
         planned = checker.ensure(**snapshot_args())
         assert planned["changed"] and planned["before"] is None
         after = planned["after"]
-        assert (after["name"], after["image_type"], after["instance_uuid"], after["properties"]) == (
-            "web1-snap", "snapshot", ID2, SNAPSHOT_PROPERTIES)
+        assert (after["name"], after["image_type"], after["instance_uuid"], after["properties"]) == ("web1-snap", "snapshot", ID2, SNAPSHOT_PROPERTIES)
         assert (after["sha256"], after["size"], after["virtual_size"]) == (None, None, None)
-        assert planned["actions"] == ["import root@node1:%s as image web1-snap (%s)" % (SNAP, after["id"])]
+        assert planned["actions"] == [f"import root@node1:{SNAP} as image web1-snap ({after['id']})"]
         assert not os.path.exists(checker.path)
         # a given checksum is what the record would carry
         assert checker.ensure(**snapshot_args(checksum="a" * 64))["after"]["sha256"] == "a" * 64
@@ -900,13 +1048,13 @@ class TestRemoteImport:
         scp.put(qcow2)
         made = store.ensure(**snapshot_args())
         rec = made["after"]
-        assert made["changed"] and made["actions"] == ["import root@node1:%s as image web1-snap (%s)" % (SNAP, rec["id"])]
+        assert made["changed"] and made["actions"] == [f"import root@node1:{SNAP} as image web1-snap ({rec['id']})"]
         assert (rec["sha256"], rec["size"], rec["virtual_size"]) == (sha256(qcow2), os.path.getsize(qcow2), 2 * MIB)
         assert (rec["image_type"], rec["instance_uuid"], rec["owner"], rec["visibility"]) == ("snapshot", ID2, "demo", "private")
         assert rec["properties"] == SNAPSHOT_PROPERTIES
         assert sha256(store.image_file(rec["id"])) == sha256(qcow2)
         assert store_entries(store) == [".lock", rec["id"]]
-        assert len(scp.calls) == 1 and scp.calls[0][:3] == ["prlimit", "--fsize=%d" % (st.DEFAULT_SIZE_CAP + 1), "--"]
+        assert len(scp.calls) == 1 and scp.calls[0][:3] == ["prlimit", f"--fsize={st.DEFAULT_SIZE_CAP + 1}", "--"]
 
         again = store.ensure(**snapshot_args())
         assert not again["changed"] and again["after"] == rec
@@ -920,7 +1068,7 @@ class TestRemoteImport:
     def test_checksum_of_the_pulled_file_is_checked(self, remote_store, qcow2):
         store, scp = remote_store
         scp.put(qcow2)
-        with pytest.raises(ImageStoreError, match="root@node1:%s has sha256 .* not the given checksum" % SNAP):
+        with pytest.raises(ImageStoreError, match=f"root@node1:{SNAP} has sha256 .* not the given checksum"):
             store.ensure(**snapshot_args(checksum="0" * 64))
         assert store_entries(store) == [".lock"]
 
@@ -931,7 +1079,7 @@ class TestRemoteImport:
         scp.put(bad)
         with pytest.raises(ImageUnsafe) as caught:
             store.ensure(**snapshot_args(disk_format=declared))
-        assert reason in str(caught.value) and "root@node1:%s" % SNAP in str(caught.value)
+        assert reason in str(caught.value) and f"root@node1:{SNAP}" in str(caught.value)
         assert store_entries(store) == [".lock"]
 
     def test_a_missing_remote_file_fails_clearly(self, remote_store):
@@ -946,16 +1094,19 @@ class TestRemoteImport:
     def test_scp_s_own_message_is_passed_on(self, tmp_path):
         stderr = "No ED25519 host key is known for node1 and you have requested strict checking.\r\nHost key verification failed.\r\n"
         store = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(real_run), run=lambda argv, data=None: (255, "", stderr))
-        with pytest.raises(ImageStoreError, match=r"failed \(scp rc 255\): No ED25519 host key is known for node1 and you have "
-                                                  r"requested strict checking; Host key verification failed\. Check that node1's "
-                                                  r"host key is in known_hosts"):
+        with pytest.raises(
+            ImageStoreError,
+            match=r"failed \(scp rc 255\): No ED25519 host key is known for node1 and you have "
+            r"requested strict checking; Host key verification failed\. Check that node1's "
+            r"host key is in known_hosts",
+        ):
             store.ensure(**snapshot_args())
         assert store_entries(store) == [".lock"]
 
     def test_the_size_cap_stops_the_copy(self, remote_store, qcow2):
         store, scp = remote_store
         scp.put(qcow2)
-        with pytest.raises(ImageStoreError, match="root@node1:%s is larger than the size cap of 4096 bytes" % SNAP):
+        with pytest.raises(ImageStoreError, match=f"root@node1:{SNAP} is larger than the size cap of 4096 bytes"):
             store.ensure(**snapshot_args(size_cap=4096))
         assert scp.written == [4097], "the copy stops one byte past the cap, it does not fill the disk"
         assert store_entries(store) == [".lock"]
@@ -975,26 +1126,29 @@ class TestRemoteImport:
         assert store_entries(store) == [".lock"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(src_host="-oProxyCommand=x"), "src_host '-oProxyCommand=x' is not a host name"),
-    (dict(src_host="node1 node2"), "src_host"),
-    (dict(src_host=""), "src_host"),
-    (dict(src_user="-oProxyCommand=x"), "src_user"),
-    (dict(src_user="root@node2"), "src_user"),
-    (dict(src_port=0), "src_port"),
-    (dict(src_port=65536), "src_port"),
-    (dict(src_port="22"), "src_port"),
-    (dict(connect_timeout=0), "connect_timeout"),
-    (dict(ssh_key="id_ed25519"), "ssh_key"),
-    (dict(known_hosts="../known_hosts"), "known_hosts"),
-    (dict(src="snapshots/web1.qcow2"), "src .* is not an absolute path"),
-    (dict(src="/snapshots/web 1.qcow2"), "src .* may only hold"),
-    (dict(src="/snapshots/web1;reboot"), "src .* may only hold"),
-    (dict(src="/snapshots/*.qcow2"), "src .* may only hold"),
-    (dict(src="/snapshots/../etc/shadow"), "src .* not a normalised path"),
-    (dict(src=None), "src_host needs src"),
-    (dict(src=None, url="http://h/x"), "src_host needs src"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(src_host="-oProxyCommand=x"), "src_host '-oProxyCommand=x' is not a host name"),
+        (dict(src_host="node1 node2"), "src_host"),
+        (dict(src_host=""), "src_host"),
+        (dict(src_user="-oProxyCommand=x"), "src_user"),
+        (dict(src_user="root@node2"), "src_user"),
+        (dict(src_port=0), "src_port"),
+        (dict(src_port=65536), "src_port"),
+        (dict(src_port="22"), "src_port"),
+        (dict(connect_timeout=0), "connect_timeout"),
+        (dict(ssh_key="id_ed25519"), "ssh_key"),
+        (dict(known_hosts="../known_hosts"), "known_hosts"),
+        (dict(src="snapshots/web1.qcow2"), "src .* is not an absolute path"),
+        (dict(src="/snapshots/web 1.qcow2"), "src .* may only hold"),
+        (dict(src="/snapshots/web1;reboot"), "src .* may only hold"),
+        (dict(src="/snapshots/*.qcow2"), "src .* may only hold"),
+        (dict(src="/snapshots/../etc/shadow"), "src .* not a normalised path"),
+        (dict(src=None), "src_host needs src"),
+        (dict(src=None, url="http://h/x"), "src_host needs src"),
+    ],
+)
 def test_bad_remote_imports_fail_before_anything_is_run(tmp_path, kwargs, message):
     store = ImageStore(str(tmp_path / "store"), qemu_img=QemuImg(never_run), run=never_run)
     with pytest.raises(ImageStoreError, match=message):
@@ -1005,6 +1159,7 @@ def test_bad_remote_imports_fail_before_anything_is_run(tmp_path, kwargs, messag
 # ---------------------------------------------------------------------------
 # Instance disks
 # ---------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def disks():
@@ -1029,10 +1184,10 @@ class TestDisks:
         assert checker.present(path, backing=qcow2, backing_format="qcow2", size=4 * MIB)["changed"]
         assert disks.info(path, "qcow2")["virtual_size"] == 2 * MIB
         grown = disks.present(path, backing=qcow2, backing_format="qcow2", size=4 * MIB)
-        assert grown["changed"] and grown["actions"] == ["grow %s from %d to %d bytes" % (path, 2 * MIB, 4 * MIB)]
+        assert grown["changed"] and grown["actions"] == [f"grow {path} from {2 * MIB} to {4 * MIB} bytes"]
         assert disks.info(path, "qcow2")["virtual_size"] == 4 * MIB
         assert not disks.resized(path, "qcow2", 4 * MIB)["changed"]
-        with pytest.raises(ImageStoreError, match="cannot shrink to %d" % (3 * MIB)):
+        with pytest.raises(ImageStoreError, match=f"cannot shrink to {3 * MIB}"):
             disks.resized(path, "qcow2", 3 * MIB)
         with pytest.raises(ImageStoreError, match="cannot shrink"):
             disks.present(path, backing=qcow2, backing_format="qcow2", size=MIB)
@@ -1057,7 +1212,7 @@ class TestDisks:
         disks.present(path, backing=qcow2, backing_format="qcow2")
         other = str(tmp_path / "other.qcow2")
         qemu_img("create", "-q", "-f", "qcow2", other, "2M")
-        with pytest.raises(ImageStoreError, match="not %s: refusing to change it" % other):
+        with pytest.raises(ImageStoreError, match=f"not {other}: refusing to change it"):
             disks.present(path, backing=other, backing_format="qcow2")
         with pytest.raises(ImageStoreError, match="has the backing file"):
             disks.present(path, size=4 * MIB)

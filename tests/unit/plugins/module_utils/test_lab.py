@@ -23,20 +23,23 @@ def test_plan_names_and_addresses():
     assert max(len(h.veth) for h in plan("abcdef", "10.0.0.0/24", 16, [], "/a/b", "/c/d").hosts) <= 15
 
 
-@pytest.mark.parametrize("args, message", [
-    (("Lab", "10.251.0.0/24", 3, [], "/a/b", "/c/d"), "lab name 'Lab' is not valid"),
-    (("toolongname", "10.251.0.0/24", 3, [], "/a/b", "/c/d"), "is not valid"),
-    (("vc", "10.251.0.0/24", 0, [], "/a/b", "/c/d"), "lab_hosts must be a whole number from 1 to 16, got 0"),
-    (("vc", "10.251.0.0/24", 17, [], "/a/b", "/c/d"), "from 1 to 16, got 17"),
-    (("vc", "10.251.0.1/24", 3, [], "/a/b", "/c/d"), "is not an IPv4 network in CIDR form"),
-    (("vc", "fd00::/64", 3, [], "/a/b", "/c/d"), "is not an IPv4 network"),
-    (("vc", "192.0.2.0/24", 3, [], "/a/b", "/c/d"), "192.0.2.0/24 is not a private range"),
-    (("vc", "8.8.8.0/24", 3, [], "/a/b", "/c/d"), "is not a private range"),
-    (("vc", "10.9.9.0/28", 3, [], "/a/b", "/c/d"), "has room for 16 addresses, 3 hosts need at least 19"),
-    (("vc", "10.9.9.0/24", 2, ["node3"], "/a/b", "/c/d"), "lab_non_shared names hosts that the lab does not have: node3"),
-    (("vc", "10.9.9.0/24", 2, [], "relative", "/c/d"), "must be an absolute path"),
-    (("vc", "10.9.9.0/24", 2, [], "/var/lib", "/c/d"), "must be an absolute path of a folder of its own"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("Lab", "10.251.0.0/24", 3, [], "/a/b", "/c/d"), "lab name 'Lab' is not valid"),
+        (("toolongname", "10.251.0.0/24", 3, [], "/a/b", "/c/d"), "is not valid"),
+        (("vc", "10.251.0.0/24", 0, [], "/a/b", "/c/d"), "lab_hosts must be a whole number from 1 to 16, got 0"),
+        (("vc", "10.251.0.0/24", 17, [], "/a/b", "/c/d"), "from 1 to 16, got 17"),
+        (("vc", "10.251.0.1/24", 3, [], "/a/b", "/c/d"), "is not an IPv4 network in CIDR form"),
+        (("vc", "fd00::/64", 3, [], "/a/b", "/c/d"), "is not an IPv4 network"),
+        (("vc", "192.0.2.0/24", 3, [], "/a/b", "/c/d"), "192.0.2.0/24 is not a private range"),
+        (("vc", "8.8.8.0/24", 3, [], "/a/b", "/c/d"), "is not a private range"),
+        (("vc", "10.9.9.0/28", 3, [], "/a/b", "/c/d"), "has room for 16 addresses, 3 hosts need at least 19"),
+        (("vc", "10.9.9.0/24", 2, ["node3"], "/a/b", "/c/d"), "lab_non_shared names hosts that the lab does not have: node3"),
+        (("vc", "10.9.9.0/24", 2, [], "relative", "/c/d"), "must be an absolute path"),
+        (("vc", "10.9.9.0/24", 2, [], "/var/lib", "/c/d"), "must be an absolute path of a folder of its own"),
+    ],
+)
 def test_plan_refuses_bad_options(args, message):
     with pytest.raises(LabError, match=None) as err:
         plan(*args)
@@ -60,16 +63,19 @@ def fake_ip(argv, data=None):
         return 0, ADDR, ""
     if argv[1:] == ["-4", "route", "show"]:
         return 0, ROUTES, ""
-    raise AssertionError("unexpected command %s" % argv)
+    raise AssertionError(f"unexpected command {argv}")
 
 
-@pytest.mark.parametrize("name, network, message", [
-    ("vc", "10.9.9.0/24", None),  # the lab's own bridge holds it: that is no conflict
-    ("other", "10.9.9.0/24", "already in use on this machine (vc-br0 has 10.9.9.1/24)"),
-    ("vc", "192.168.0.0/16", None),
-    ("vc", "10.60.4.0/24", "overlaps the route '10.60.0.0/16 via 192.0.2.7 dev eth0'"),
-    ("vc", "10.0.0.0/8", "overlaps the route"),
-])
+@pytest.mark.parametrize(
+    "name, network, message",
+    [
+        ("vc", "10.9.9.0/24", None),  # the lab's own bridge holds it: that is no conflict
+        ("other", "10.9.9.0/24", "already in use on this machine (vc-br0 has 10.9.9.1/24)"),
+        ("vc", "192.168.0.0/16", None),
+        ("vc", "10.60.4.0/24", "overlaps the route '10.60.0.0/16 via 192.0.2.7 dev eth0'"),
+        ("vc", "10.0.0.0/8", "overlaps the route"),
+    ],
+)
 def test_address_range_in_use(name, network, message):
     lab = Lab(plan(name, network, 2, [], "/a/b", "/c/d"), fake_ip)
     lab.ip = "ip"
@@ -81,11 +87,14 @@ def test_address_range_in_use(name, network, message):
         assert message in str(err.value)
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("", "ssh-ed25519 AAAA lab\n"),
-    ("ssh-ed25519 BBBB root@node2\n", "ssh-ed25519 BBBB root@node2\nssh-ed25519 AAAA lab\n"),
-    ("ssh-ed25519 BBBB root@node2", "ssh-ed25519 BBBB root@node2\nssh-ed25519 AAAA lab\n"),
-    ("ssh-ed25519 AAAA lab\nssh-ed25519 BBBB root@node2\n", "ssh-ed25519 AAAA lab\nssh-ed25519 BBBB root@node2\n"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("", "ssh-ed25519 AAAA lab\n"),
+        ("ssh-ed25519 BBBB root@node2\n", "ssh-ed25519 BBBB root@node2\nssh-ed25519 AAAA lab\n"),
+        ("ssh-ed25519 BBBB root@node2", "ssh-ed25519 BBBB root@node2\nssh-ed25519 AAAA lab\n"),
+        ("ssh-ed25519 AAAA lab\nssh-ed25519 BBBB root@node2\n", "ssh-ed25519 AAAA lab\nssh-ed25519 BBBB root@node2\n"),
+    ],
+)
 def test_the_lab_key_is_added_and_other_keys_stay(content, expected):
     assert with_line(content, "ssh-ed25519 AAAA lab\n") == expected

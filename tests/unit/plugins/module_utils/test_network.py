@@ -62,7 +62,8 @@ LINK_BRIDGE = (
     '"root_path_cost":0,"topology_change":0,"topology_change_detected":0,"hello_timer":0.00,"tcn_timer":0.00,'
     '"topology_change_timer":0.00,"gc_timer":0.08,"group_fwd_mask":"0","group_addr":"01:80:c2:00:00:00","mcast_snooping":1,'
     '"nf_call_iptables":0,"nf_call_ip6tables":0,"nf_call_arptables":0}},"inet6_addr_gen_mode":"eui64","num_tx_queues":1,'
-    '"num_rx_queues":1,"gso_max_size":65536,"gso_max_segs":65535,"tso_max_size":65536,"tso_max_segs":65535,"gro_max_size":65536}]')
+    '"num_rx_queues":1,"gso_max_size":65536,"gso_max_segs":65535,"tso_max_size":65536,"tso_max_segs":65535,"gro_max_size":65536}]'
+)
 LINK_VXLAN = (
     '[{"ifindex":3,"ifname":"vcvx-tnet","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"mtu":1450,"qdisc":"noqueue",'
     '"master":"vcbr-tnet","operstate":"UNKNOWN","linkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"ether",'
@@ -76,36 +77,44 @@ LINK_VXLAN = (
     '"proxy_arp_wifi":false,"multicast_router":1,"mcast_flood":true,"bcast_flood":true,"mcast_to_unicast":false,'
     '"neigh_suppress":false,"group_fwd_mask":"0","group_fwd_mask_str":"0x0","vlan_tunnel":false,"isolated":false,'
     '"locked":false}},"inet6_addr_gen_mode":"eui64","num_tx_queues":1,"num_rx_queues":1,"gso_max_size":65536,'
-    '"gso_max_segs":65535,"tso_max_size":65536,"tso_max_segs":65535,"gro_max_size":65536}]')
+    '"gso_max_segs":65535,"tso_max_size":65536,"tso_max_segs":65535,"gro_max_size":65536}]'
+)
 ADDR_BRIDGE = (
     '[{"ifindex":2,"ifname":"vcbr-tnet","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"mtu":1450,"qdisc":"noqueue",'
     '"operstate":"UP","group":"default","txqlen":1000,"link_type":"ether","address":"7a:4d:fd:22:f0:85",'
     '"broadcast":"ff:ff:ff:ff:ff:ff","addr_info":[{"family":"inet","local":"10.100.0.1","prefixlen":24,"scope":"global",'
     '"label":"vcbr-tnet","valid_life_time":4294967295,"preferred_life_time":4294967295},{"family":"inet6",'
     '"local":"fe80::784d:fdff:fe22:f085","prefixlen":64,"scope":"link","tentative":true,"valid_life_time":4294967295,'
-    '"preferred_life_time":4294967295}]}]')
+    '"preferred_life_time":4294967295}]}]'
+)
 FDB_VXLAN = (
     '[{"mac":"7a:4d:fd:22:f0:85","flags":[],"master":"vcbr-tnet","state":"permanent"},'
     '{"mac":"00:00:00:00:00:00","dst":"10.247.0.11","flags":["self"],"state":"permanent"},'
-    '{"mac":"00:00:00:00:00:00","dst":"10.247.0.12","flags":["self"],"state":"permanent"}]')
+    '{"mac":"00:00:00:00:00:00","dst":"10.247.0.12","flags":["self"],"state":"permanent"}]'
+)
 FDB_BRIDGE = (
     '[{"mac":"33:33:00:00:00:01","flags":["self"],"state":"permanent"},{"mac":"01:00:5e:00:00:6a","flags":["self"],'
     '"state":"permanent"},{"mac":"33:33:00:00:00:6a","flags":["self"],"state":"permanent"},{"mac":"01:00:5e:00:00:01",'
     '"flags":["self"],"state":"permanent"},{"mac":"33:33:ff:24:b3:d6","flags":["self"],"state":"permanent"},'
-    '{"mac":"d2:61:8c:24:b3:d6","flags":[],"master":"vcbr-tnet","state":"permanent"}]')
+    '{"mac":"d2:61:8c:24:b3:d6","flags":[],"master":"vcbr-tnet","state":"permanent"}]'
+)
 LINKS_MASTER = (
     '[{"ifindex":3,"ifname":"vcvx-tnet","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"mtu":1450,"qdisc":"noqueue",'
     '"master":"vcbr-tnet","operstate":"UNKNOWN","linkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"ether",'
-    '"address":"7a:4d:fd:22:f0:85","broadcast":"ff:ff:ff:ff:ff:ff"}]')
+    '"address":"7a:4d:fd:22:f0:85","broadcast":"ff:ff:ff:ff:ff:ff"}]'
+)
 ADDR_ALL = (
     '[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"qdisc":"noqueue","operstate":"UNKNOWN",'
     '"group":"default","txqlen":1000,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host",'
     '"label":"lo","valid_life_time":4294967295,"preferred_life_time":4294967295}]},{"ifindex":2,"link_index":85,'
     '"ifname":"eth0","flags":["NO-CARRIER","BROADCAST","MULTICAST","UP"],"mtu":1500,"qdisc":"noqueue","operstate":"DOWN",'
     '"group":"default","txqlen":1000,"link_netnsid":0,"addr_info":[{"family":"inet","local":"10.247.0.11","prefixlen":24,'
-    '"scope":"global","label":"eth0","valid_life_time":4294967295,"preferred_life_time":4294967295}]}]')
-ROUTES = ('[{"dst":"default","gateway":"10.247.0.1","dev":"eth0","flags":["linkdown"]},{"dst":"10.247.0.0/24","dev":"eth0",'
-          '"protocol":"kernel","scope":"link","prefsrc":"10.247.0.11","flags":["linkdown"]}]')
+    '"scope":"global","label":"eth0","valid_life_time":4294967295,"preferred_life_time":4294967295}]}]'
+)
+ROUTES = (
+    '[{"dst":"default","gateway":"10.247.0.1","dev":"eth0","flags":["linkdown"]},{"dst":"10.247.0.0/24","dev":"eth0",'
+    '"protocol":"kernel","scope":"link","prefsrc":"10.247.0.11","flags":["linkdown"]}]'
+)
 NO_DEVICE = 'Device "vcbr-tnet" does not exist.\n'
 
 SPEC = make_spec("tnet", "10.100.0.0/24", 100)
@@ -119,47 +128,53 @@ def ports_of(*items):
 # Validation
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["a", "tnet", "net-1", "0abc", "abcdefghij"])
 def test_good_names(name):
     assert net.validate_name(name) == name
     assert len(bridge_name(name)) <= 15 and len(net.vxlan_name(name)) <= 15
 
 
-@pytest.mark.parametrize("name", ["", "abcdefghijk", "Tnet", "-net", "net_1", "net.1", "net 1", "net;rm", "net\n",
-                                  "a/b", "../x", None, 7])
+@pytest.mark.parametrize("name", ["", "abcdefghijk", "Tnet", "-net", "net_1", "net.1", "net 1", "net;rm", "net\n", "a/b", "../x", None, 7])
 def test_bad_names(name):
     with pytest.raises(NetworkError, match="network name"):
         net.validate_name(name)
 
 
-@pytest.mark.parametrize("subnet, message", [
-    ("10.100.0.1/24", "not an IPv4 network"),       # host bits set
-    ("8.8.8.0/24", "not a private range"),
-    ("100.64.0.0/24", "not a private range"),
-    ("10.0.0.0/8", "prefix length /8"),
-    ("10.100.0.0/30", "prefix length /30"),
-    ("fd00::/64", "not an IPv4 network"),
-    ("10.100.0.0/24\ninterface=eth0", "not an IPv4 network"),
-    ("10.100.0.0/24,static", "not an IPv4 network"),
-    (None, "not an IPv4 network"),
-])
+@pytest.mark.parametrize(
+    "subnet, message",
+    [
+        ("10.100.0.1/24", "not an IPv4 network"),  # host bits set
+        ("8.8.8.0/24", "not a private range"),
+        ("100.64.0.0/24", "not a private range"),
+        ("10.0.0.0/8", "prefix length /8"),
+        ("10.100.0.0/30", "prefix length /30"),
+        ("fd00::/64", "not an IPv4 network"),
+        ("10.100.0.0/24\ninterface=eth0", "not an IPv4 network"),
+        ("10.100.0.0/24,static", "not an IPv4 network"),
+        (None, "not an IPv4 network"),
+    ],
+)
 def test_bad_subnets(subnet, message):
     with pytest.raises(NetworkError, match=message):
         net.validate_subnet(subnet)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(vni=0), "vni 0"),
-    (dict(vni=16777216), "vni 16777216"),
-    (dict(vni=True), "vni True"),
-    (dict(mtu=100), "mtu 100"),
-    (dict(lease_time=10), "lease_time 10"),
-    (dict(allocation_start="10.100.0.1"), "not a usable address"),      # the gateway
-    (dict(allocation_end="10.100.0.255"), "not a usable address"),
-    (dict(allocation_start="10.101.0.5"), "not a usable address"),
-    (dict(allocation_start="10.100.0.50", allocation_end="10.100.0.40"), "is empty"),
-    (dict(allocation_start="10.100.0.x"), "not an IPv4 address"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(vni=0), "vni 0"),
+        (dict(vni=16777216), "vni 16777216"),
+        (dict(vni=True), "vni True"),
+        (dict(mtu=100), "mtu 100"),
+        (dict(lease_time=10), "lease_time 10"),
+        (dict(allocation_start="10.100.0.1"), "not a usable address"),  # the gateway
+        (dict(allocation_end="10.100.0.255"), "not a usable address"),
+        (dict(allocation_start="10.101.0.5"), "not a usable address"),
+        (dict(allocation_start="10.100.0.50", allocation_end="10.100.0.40"), "is empty"),
+        (dict(allocation_start="10.100.0.x"), "not an IPv4 address"),
+    ],
+)
 def test_bad_network_options(kwargs, message):
     args = dict(name="tnet", subnet="10.100.0.0/24", vni=100)
     args.update(kwargs)
@@ -172,28 +187,32 @@ def test_spec_names_and_gateway():
     assert net.NetworkSpec.from_dict(json.loads(json.dumps(SPEC.to_dict()))) == SPEC
 
 
-@pytest.mark.parametrize("path", ["relative/dir", "/", "/var/lib", "/tmp/a b", "/tmp/x\nport=53", "/tmp/a,b", "/tmp/../etc",
-                                  "/tmp/$(reboot)", "/tmp/a;b", "", None])
+@pytest.mark.parametrize(
+    "path", ["relative/dir", "/", "/var/lib", "/tmp/a b", "/tmp/x\nport=53", "/tmp/a,b", "/tmp/../etc", "/tmp/$(reboot)", "/tmp/a;b", "", None]
+)
 def test_bad_state_dirs(path):
     with pytest.raises(NetworkError, match="state_dir"):
         net.validate_state_dir(path)
 
 
-@pytest.mark.parametrize("value, validator, message", [
-    ("web,10.0.0.9", net.validate_hostname, "hostname"),            # would add a field to the hosts file
-    ("web\nfa:16:3e:00:00:01", net.validate_hostname, "hostname"),  # would add a line
-    ("-web", net.validate_hostname, "hostname"),
-    ("a" * 64, net.validate_hostname, "hostname"),
-    ("web.example", net.validate_hostname, "hostname"),
-    ("01:00:5e:00:00:01", net.validate_mac, "multicast"),
-    ("00:00:00:00:00:00", net.validate_mac, "not usable"),
-    ("fa:16:3e:00:00", net.validate_mac, "not valid"),
-    ("fa:16:3e:00:00:01,10.0.0.1", net.validate_mac, "not valid"),
-    ("-p", net.validate_port_id, "port id"),
-    ("a b", net.validate_port_id, "port id"),
-    ("x" * 81, net.validate_port_id, "port id"),
-    ("not-a-uuid", net.validate_uuid, "not a UUID"),
-])
+@pytest.mark.parametrize(
+    "value, validator, message",
+    [
+        ("web,10.0.0.9", net.validate_hostname, "hostname"),  # would add a field to the hosts file
+        ("web\nfa:16:3e:00:00:01", net.validate_hostname, "hostname"),  # would add a line
+        ("-web", net.validate_hostname, "hostname"),
+        ("a" * 64, net.validate_hostname, "hostname"),
+        ("web.example", net.validate_hostname, "hostname"),
+        ("01:00:5e:00:00:01", net.validate_mac, "multicast"),
+        ("00:00:00:00:00:00", net.validate_mac, "not usable"),
+        ("fa:16:3e:00:00", net.validate_mac, "not valid"),
+        ("fa:16:3e:00:00:01,10.0.0.1", net.validate_mac, "not valid"),
+        ("-p", net.validate_port_id, "port id"),
+        ("a b", net.validate_port_id, "port id"),
+        ("x" * 81, net.validate_port_id, "port id"),
+        ("not-a-uuid", net.validate_uuid, "not a UUID"),
+    ],
+)
 def test_bad_port_fields(value, validator, message):
     with pytest.raises(NetworkError, match=message):
         validator(value)
@@ -214,11 +233,15 @@ def test_errors_are_the_collections_own():
 # Overlap with the host's addresses and routes
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("subnet, message", [
-    ("10.247.0.0/24", "overlaps the address 10.247.0.11/24 of eth0"),
-    ("10.247.0.128/25", "overlaps the address 10.247.0.11/24 of eth0"),
-    ("10.247.0.0/16", "overlaps the address 10.247.0.11/24 of eth0"),
-])
+
+@pytest.mark.parametrize(
+    "subnet, message",
+    [
+        ("10.247.0.0/24", "overlaps the address 10.247.0.11/24 of eth0"),
+        ("10.247.0.128/25", "overlaps the address 10.247.0.11/24 of eth0"),
+        ("10.247.0.0/16", "overlaps the address 10.247.0.11/24 of eth0"),
+    ],
+)
 def test_overlap_with_host_addresses(subnet, message):
     with pytest.raises(NetworkError, match=message):
         check_no_overlap(ipaddress.IPv4Network(subnet), parse_addresses(ADDR_ALL), parse_routes(ROUTES))
@@ -229,43 +252,54 @@ def test_overlap_with_a_route_and_own_devices_ignored():
     with pytest.raises(NetworkError, match="overlaps the route to 172.16.0.0/16 .dev tun0."):
         check_no_overlap(ipaddress.IPv4Network("172.16.5.0/24"), [], routes)
     # the default route overlaps everything and is ignored; so are the network's own bridge and its route
-    check_no_overlap(ipaddress.IPv4Network("10.100.0.0/24"), parse_addresses(ADDR_ALL + "") + parse_addresses(ADDR_BRIDGE),
-                     routes + [("10.100.0.0/24", "vcbr-tnet")], own_devices=("vcbr-tnet", "vcvx-tnet"))
+    check_no_overlap(
+        ipaddress.IPv4Network("10.100.0.0/24"),
+        parse_addresses(ADDR_ALL + "") + parse_addresses(ADDR_BRIDGE),
+        routes + [("10.100.0.0/24", "vcbr-tnet")],
+        own_devices=("vcbr-tnet", "vcvx-tnet"),
+    )
 
 
 # ---------------------------------------------------------------------------
 # IPAM
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("used, requested, expected", [
-    ({}, None, "10.100.0.2"),                                                       # first after the gateway
-    ({"10.100.0.2": "a"}, None, "10.100.0.3"),
-    ({"10.100.0.2": "a", "10.100.0.4": "c"}, None, "10.100.0.3"),                   # lowest hole first
-    ({"10.100.0.3": "b"}, None, "10.100.0.2"),
-    ({}, "10.100.0.77", "10.100.0.77"),
-    ({"10.100.0.2": "me"}, None, "10.100.0.2"),                                     # the port's own address is free for it
-    ({"10.100.0.9": "me"}, "10.100.0.9", "10.100.0.9"),
-])
+
+@pytest.mark.parametrize(
+    "used, requested, expected",
+    [
+        ({}, None, "10.100.0.2"),  # first after the gateway
+        ({"10.100.0.2": "a"}, None, "10.100.0.3"),
+        ({"10.100.0.2": "a", "10.100.0.4": "c"}, None, "10.100.0.3"),  # lowest hole first
+        ({"10.100.0.3": "b"}, None, "10.100.0.2"),
+        ({}, "10.100.0.77", "10.100.0.77"),
+        ({"10.100.0.2": "me"}, None, "10.100.0.2"),  # the port's own address is free for it
+        ({"10.100.0.9": "me"}, "10.100.0.9", "10.100.0.9"),
+    ],
+)
 def test_allocate(used, requested, expected):
     assert allocate_ip(SPEC, used, requested, port_id="me") == expected
 
 
-@pytest.mark.parametrize("requested, message", [
-    ("10.100.0.5", "is taken by port other"),
-    ("10.100.0.1", "gateway"),
-    ("10.100.0.0", "network address"),
-    ("10.100.0.255", "broadcast address"),
-    ("10.101.0.5", "not in the subnet"),
-    ("10.100.0.5; reboot", "not an IPv4 address"),
-])
+@pytest.mark.parametrize(
+    "requested, message",
+    [
+        ("10.100.0.5", "is taken by port other"),
+        ("10.100.0.1", "gateway"),
+        ("10.100.0.0", "network address"),
+        ("10.100.0.255", "broadcast address"),
+        ("10.101.0.5", "not in the subnet"),
+        ("10.100.0.5; reboot", "not an IPv4 address"),
+    ],
+)
 def test_allocate_refuses(requested, message):
     with pytest.raises(NetworkError, match=message):
         allocate_ip(SPEC, {"10.100.0.5": "other"}, requested, port_id="me")
 
 
 def test_pool_exhausted_and_allocation_range():
-    small = make_spec("small", "10.100.0.0/29", 7)            # .2 .. .6
-    used = {"10.100.0.%d" % i: "p%d" % i for i in range(2, 7)}
+    small = make_spec("small", "10.100.0.0/29", 7)  # .2 .. .6
+    used = {f"10.100.0.{i}": f"p{i}" for i in range(2, 7)}
     with pytest.raises(NetworkError, match="no free address left in 10.100.0.2..10.100.0.6"):
         allocate_ip(small, used)
     ranged = make_spec("r", "10.100.0.0/24", 7, allocation_start="10.100.0.100", allocation_end="10.100.0.101")
@@ -284,9 +318,9 @@ def test_release_and_reuse_is_deterministic():
     assert [ports[k].ip for k in "abc"] == ["10.100.0.2", "10.100.0.3", "10.100.0.4"]
     del ports["b"]
     ports, d = plan_port(SPEC, ports, "d", now="t")
-    assert d.ip == "10.100.0.3"                               # the released address, first free again
+    assert d.ip == "10.100.0.3"  # the released address, first free again
     again, d2 = plan_port(SPEC, ports, "d", now="later")
-    assert d2 == d and again == ports                         # same port, same answer, nothing new
+    assert d2 == d and again == ports  # same port, same answer, nothing new
     # the same reservations always give the same answers
     replay: dict = {}
     for pid in ("a", "b", "c"):
@@ -314,10 +348,11 @@ def test_plan_port_updates_and_conflicts():
 # MACs
 # ---------------------------------------------------------------------------
 
+
 def test_macs_unique_deterministic_and_local():
     macs = set()
     for i in range(500):
-        mac = generate_mac("tnet", "port-%d" % i, macs)
+        mac = generate_mac("tnet", f"port-{i}", macs)
         assert mac.startswith("fa:16:3e:") and net.validate_mac(mac) == mac
         macs.add(mac)
     assert len(macs) == 500
@@ -335,15 +370,14 @@ def test_mac_taken_gives_the_next_candidate():
 # dnsmasq files
 # ---------------------------------------------------------------------------
 
+
 def test_hosts_file_rendering():
     ports = {
         "b": Port(id="b", mac="fa:16:3e:00:00:0b", ip="10.100.0.10", hostname="web-b"),
         "a": Port(id="a", mac="fa:16:3e:00:00:0a", ip="10.100.0.9"),
         "c": Port(id="c", mac="fa:16:3e:00:00:0c", ip="10.100.0.100", hostname="c"),
     }
-    assert render_hosts(ports) == ("fa:16:3e:00:00:0a,10.100.0.9\n"
-                                   "fa:16:3e:00:00:0b,10.100.0.10,web-b\n"
-                                   "fa:16:3e:00:00:0c,10.100.0.100,c\n")
+    assert render_hosts(ports) == ("fa:16:3e:00:00:0a,10.100.0.9\nfa:16:3e:00:00:0b,10.100.0.10,web-b\nfa:16:3e:00:00:0c,10.100.0.100,c\n")
     assert render_hosts({}) == ""
 
 
@@ -356,27 +390,38 @@ def test_hosts_file_refuses_a_forged_record():
 def test_dnsmasq_conf():
     paths = NetworkPaths.of("/var/lib/virtcloud/networks", "tnet")
     conf = render_dnsmasq_conf(make_spec("tnet", "10.100.0.0/24", 100, lease_time=3600), paths).splitlines()
-    for line in ("interface=vcbr-tnet", "except-interface=lo", "bind-interfaces", "port=0", "dhcp-authoritative",
-                 "dhcp-range=set:tnet,10.100.0.0,static,255.255.255.0,3600s", "dhcp-option=tag:tnet,option:mtu,1450",
-                 "dhcp-option=tag:tnet,option:router,10.100.0.1",
-                 "dhcp-hostsfile=/var/lib/virtcloud/networks/tnet/hosts",
-                 "dhcp-leasefile=/var/lib/virtcloud/networks/tnet/leases",
-                 "pid-file=/var/lib/virtcloud/networks/tnet/dnsmasq.pid"):
+    for line in (
+        "interface=vcbr-tnet",
+        "except-interface=lo",
+        "bind-interfaces",
+        "port=0",
+        "dhcp-authoritative",
+        "dhcp-range=set:tnet,10.100.0.0,static,255.255.255.0,3600s",
+        "dhcp-option=tag:tnet,option:mtu,1450",
+        "dhcp-option=tag:tnet,option:router,10.100.0.1",
+        "dhcp-hostsfile=/var/lib/virtcloud/networks/tnet/hosts",
+        "dhcp-leasefile=/var/lib/virtcloud/networks/tnet/leases",
+        "pid-file=/var/lib/virtcloud/networks/tnet/dnsmasq.pid",
+    ):
         assert line in conf
 
 
-LEASES = ("1795326250 fa:16:3e:00:00:01 10.100.0.2 g1 01:fa:16:3e:00:00:01\n"
-          "1795326251 fa:16:3e:00:00:02 10.100.0.3 * 01:fa:16:3e:00:00:02\n"
-          "1795326252 fa:16:3e:00:00:03 10.100.0.4 g3 *\n"
-          "duid 00:01:00:01:2c:00:00:00:00:00:00:01\n")
+LEASES = (
+    "1795326250 fa:16:3e:00:00:01 10.100.0.2 g1 01:fa:16:3e:00:00:01\n"
+    "1795326251 fa:16:3e:00:00:02 10.100.0.3 * 01:fa:16:3e:00:00:02\n"
+    "1795326252 fa:16:3e:00:00:03 10.100.0.4 g3 *\n"
+    "duid 00:01:00:01:2c:00:00:00:00:00:00:01\n"
+)
 
 
 def test_leases_parse_and_prune():
     assert [(lease.mac, lease.ip) for lease in parse_leases(LEASES)] == [
-        ("fa:16:3e:00:00:01", "10.100.0.2"), ("fa:16:3e:00:00:02", "10.100.0.3"), ("fa:16:3e:00:00:03", "10.100.0.4")]
+        ("fa:16:3e:00:00:01", "10.100.0.2"),
+        ("fa:16:3e:00:00:02", "10.100.0.3"),
+        ("fa:16:3e:00:00:03", "10.100.0.4"),
+    ]
     # :01 keeps its address; :02 now has another one; :03 has none; :09 got .4 (held by :03's lease)
-    ports = ports_of(("a", "fa:16:3e:00:00:01", "10.100.0.2"), ("b", "fa:16:3e:00:00:02", "10.100.0.7"),
-                     ("d", "fa:16:3e:00:00:09", "10.100.0.4"))
+    ports = ports_of(("a", "fa:16:3e:00:00:01", "10.100.0.2"), ("b", "fa:16:3e:00:00:02", "10.100.0.7"), ("d", "fa:16:3e:00:00:09", "10.100.0.4"))
     text, stale = prune_leases(LEASES, ports)
     assert [lease.mac for lease in stale] == ["fa:16:3e:00:00:02", "fa:16:3e:00:00:03"]
     assert text == "1795326250 fa:16:3e:00:00:01 10.100.0.2 g1 01:fa:16:3e:00:00:01\nduid 00:01:00:01:2c:00:00:00:00:00:00:01\n"
@@ -386,6 +431,7 @@ def test_leases_parse_and_prune():
 # ---------------------------------------------------------------------------
 # Files: atomic writes, the lock, the store
 # ---------------------------------------------------------------------------
+
 
 def test_atomic_write_crash_leaves_the_old_file(tmp_path, monkeypatch):
     path = str(tmp_path / "ports.json")
@@ -398,9 +444,9 @@ def test_atomic_write_crash_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated crash"):
         atomic_write(path, "new, half written?\n")
     assert open(path, encoding="utf-8").read() == "old\n"
-    assert open(path + ".tmp", encoding="utf-8").read() == "new, half written?\n"   # the leftover is not the file
+    assert open(path + ".tmp", encoding="utf-8").read() == "new, half written?\n"  # the leftover is not the file
     monkeypatch.undo()
-    atomic_write(path, "new\n", mode=0o640)          # the next write takes the leftover's place
+    atomic_write(path, "new\n", mode=0o640)  # the next write takes the leftover's place
     assert open(path, encoding="utf-8").read() == "new\n"
     assert oct(os.stat(path).st_mode & 0o777) == "0o640" and not os.path.exists(path + ".tmp")
 
@@ -431,15 +477,23 @@ def test_damaged_reservations_are_refused(tmp_path):
         NetworkStore(paths, "tnet", "ctl").read_ports()
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({"version": 2, "network": "tnet", "ports": {}}, "not a version 1"),
-    ({"version": 1, "network": "other", "ports": {}}, "belongs to network 'other'"),
-    ({"version": 1, "network": "tnet", "ports": {"a": {"id": "b", "mac": "fa:16:3e:00:00:01", "ip": "10.100.0.2"}}}, "filed under"),
-    ({"version": 1, "network": "tnet", "ports": {"a": {"id": "a", "mac": "fa:16:3e:00:00:01", "ip": "10.100.0.2"},
-                                                 "b": {"id": "b", "mac": "fa:16:3e:00:00:02", "ip": "10.100.0.2"}}},
-     "gives ip 10.100.0.2 to ports a and b"),
-    ({"version": 1, "network": "tnet", "ports": {"a": {"id": "a", "mac": "fa:16:3e:00:00:01"}}}, "lacks 'ip'"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"version": 2, "network": "tnet", "ports": {}}, "not a version 1"),
+        ({"version": 1, "network": "other", "ports": {}}, "belongs to network 'other'"),
+        ({"version": 1, "network": "tnet", "ports": {"a": {"id": "b", "mac": "fa:16:3e:00:00:01", "ip": "10.100.0.2"}}}, "filed under"),
+        (
+            {
+                "version": 1,
+                "network": "tnet",
+                "ports": {"a": {"id": "a", "mac": "fa:16:3e:00:00:01", "ip": "10.100.0.2"}, "b": {"id": "b", "mac": "fa:16:3e:00:00:02", "ip": "10.100.0.2"}},
+            },
+            "gives ip 10.100.0.2 to ports a and b",
+        ),
+        ({"version": 1, "network": "tnet", "ports": {"a": {"id": "a", "mac": "fa:16:3e:00:00:01"}}}, "lacks 'ip'"),
+    ],
+)
 def test_bad_reservation_documents(doc, message):
     with pytest.raises(NetworkError, match=message):
         net.ports_from_document(doc, "tnet")
@@ -476,10 +530,12 @@ def test_lock_is_exclusive(tmp_path):
 # iproute2 output in
 # ---------------------------------------------------------------------------
 
+
 def test_parse_recorded_links():
     assert parse_link(LINK_BRIDGE) == dict(name="vcbr-tnet", kind="bridge", mtu=1450, up=True, master=None, addrgenmode="eui64")
-    assert parse_link(LINK_VXLAN) == dict(name="vcvx-tnet", kind="vxlan", mtu=1450, up=True, master="vcbr-tnet", vni=100,
-                                          local="127.0.0.1", port=4789, learning=False, addrgenmode="eui64")
+    assert parse_link(LINK_VXLAN) == dict(
+        name="vcvx-tnet", kind="vxlan", mtu=1450, up=True, master="vcbr-tnet", vni=100, local="127.0.0.1", port=4789, learning=False, addrgenmode="eui64"
+    )
     assert parse_link("[]") is None
     with pytest.raises(NetworkError, match="not JSON"):
         parse_link("Device does not exist")
@@ -500,6 +556,7 @@ def test_parse_recorded_addresses_routes_fdb():
 # Exact commands out
 # ---------------------------------------------------------------------------
 
+
 class Recorder:
     """A fake host: answers from a table keyed by the argv, records every command."""
 
@@ -512,7 +569,7 @@ class Recorder:
         key = " ".join(argv)
         if key in self.answers:
             return self.answers[key]
-        raise AssertionError("unexpected command: %s" % key)
+        raise AssertionError(f"unexpected command: {key}")
 
 
 def empty_host_answers():
@@ -530,8 +587,7 @@ def test_plan_from_nothing_exact_commands():
     steps = plan_links(dict(bridge=None, vxlan=None, peers=[]), wanted)
     assert [argv for _text, argv in steps] == [
         ["ip", "link", "add", "name", "vcbr-tnet", "mtu", "1450", "type", "bridge"],
-        ["ip", "link", "add", "name", "vcvx-tnet", "mtu", "1450", "type", "vxlan", "id", "100", "dstport", "4789",
-         "local", "10.247.0.11", "nolearning"],
+        ["ip", "link", "add", "name", "vcvx-tnet", "mtu", "1450", "type", "vxlan", "id", "100", "dstport", "4789", "local", "10.247.0.11", "nolearning"],
         ["ip", "link", "set", "dev", "vcvx-tnet", "master", "vcbr-tnet"],
         ["ip", "link", "set", "dev", "vcvx-tnet", "up"],
         ["ip", "link", "set", "dev", "vcbr-tnet", "addrgenmode", "none"],
@@ -557,13 +613,15 @@ def recorded_state(host_answers=None):
 def test_recorded_state_is_complete_for_its_options_but_ipv6():
     current = recorded_state()
     assert current == dict(
-        bridge=dict(name="vcbr-tnet", mtu=1450, up=True, addresses=["10.100.0.1/24"], addrgenmode="eui64",
-                    ipv6_addresses=["fe80::784d:fdff:fe22:f085/64"]),
+        bridge=dict(name="vcbr-tnet", mtu=1450, up=True, addresses=["10.100.0.1/24"], addrgenmode="eui64", ipv6_addresses=["fe80::784d:fdff:fe22:f085/64"]),
         vxlan=dict(name="vcvx-tnet", vni=100, local="127.0.0.1", port=4789, learning=False, mtu=1450, up=True, master="vcbr-tnet"),
-        peers=["10.247.0.11", "10.247.0.12"])
+        peers=["10.247.0.11", "10.247.0.12"],
+    )
     # recorded before the bridge lost its IPv6: only that is left to do
     assert [argv for _t, argv in plan_links(current, wanted_links(SPEC, "127.0.0.1", ["10.247.0.11", "10.247.0.12"], dhcp=True))] == [
-        ["ip", "link", "set", "dev", "vcbr-tnet", "addrgenmode", "none"], ["ip", "-6", "addr", "flush", "dev", "vcbr-tnet"]]
+        ["ip", "link", "set", "dev", "vcbr-tnet", "addrgenmode", "none"],
+        ["ip", "-6", "addr", "flush", "dev", "vcbr-tnet"],
+    ]
     done = dict(current, bridge=dict(current["bridge"], addrgenmode="none", ipv6_addresses=[]))
     assert plan_links(done, wanted_links(SPEC, "127.0.0.1", ["10.247.0.11", "10.247.0.12"], dhcp=True)) == []
     # a kernel without IPv6 (no inet6_addr_gen_mode) is left as it is
@@ -589,14 +647,19 @@ def test_plan_remakes_a_vxlan_with_another_vni():
     wanted = wanted_links(make_spec("tnet", "10.100.0.0/24", 200), "127.0.0.1", ["10.247.0.11"], dhcp=True)
     steps = plan_links(current, wanted)
     assert steps[0] == ("delete vcvx-tnet to make it again (vni 100)", ["ip", "link", "del", "dev", "vcvx-tnet"])
-    assert [argv[:3] for _t, argv in steps[1:]] == [["ip", "link", "add"], ["ip", "link", "set"], ["ip", "link", "set"],
-                                                    ["ip", "link", "set"], ["ip", "-6", "addr"], ["bridge", "fdb", "append"]]
+    assert [argv[:3] for _t, argv in steps[1:]] == [
+        ["ip", "link", "add"],
+        ["ip", "link", "set"],
+        ["ip", "link", "set"],
+        ["ip", "link", "set"],
+        ["ip", "-6", "addr"],
+        ["bridge", "fdb", "append"],
+    ]
     assert "id 200" in " ".join(steps[1][1])
 
 
 def test_plan_absent_and_wrong_device_kind():
-    assert [argv for _t, argv in plan_links_absent(recorded_state())] == [
-        ["ip", "link", "del", "dev", "vcvx-tnet"], ["ip", "link", "del", "dev", "vcbr-tnet"]]
+    assert [argv for _t, argv in plan_links_absent(recorded_state())] == [["ip", "link", "del", "dev", "vcvx-tnet"], ["ip", "link", "del", "dev", "vcbr-tnet"]]
     assert plan_links_absent(dict(bridge=None, vxlan=None, peers=[])) == []
     with pytest.raises(NetworkError, match="vcvx-tnet exists on this host but is a bridge device"):
         recorded_state({"ip -j -d link show dev vcvx-tnet": (0, LINK_BRIDGE, "")})
@@ -612,34 +675,40 @@ def test_tools_paths_are_used():
 # The backends, on a recorded host (no DHCP server involved) and on files
 # ---------------------------------------------------------------------------
 
+
 def test_present_check_mode_on_a_compute_host_changes_nothing(tmp_path):
     rec = Recorder(empty_host_answers())
-    out = net.network_present(Host(rec), SPEC, "10.247.0.11", ["10.247.0.10", "10.247.0.11", "10.247.0.12"], False,
-                              str(tmp_path), check_mode=True)
+    out = net.network_present(Host(rec), SPEC, "10.247.0.11", ["10.247.0.10", "10.247.0.11", "10.247.0.12"], False, str(tmp_path), check_mode=True)
     assert out.changed and out.changes[0] == "create bridge vcbr-tnet (mtu 1450)"
     assert out.before["bridge"] is None and out.after["peers"] == ["10.247.0.10", "10.247.0.12"]
-    assert rec.calls and all("show" in call for call in rec.calls)          # reads only
+    assert rec.calls and all("show" in call for call in rec.calls)  # reads only
 
 
 def test_present_refuses_a_vni_another_network_uses_before_changing_anything(tmp_path):
     answers = empty_host_answers()
-    answers["ip -j -d link show type vxlan"] = (0, json.dumps([{"ifname": "vcvx-private", "linkinfo": {
-        "info_kind": "vxlan", "info_data": {"id": SPEC.vni}}}]), "")
+    answers["ip -j -d link show type vxlan"] = (
+        0,
+        json.dumps([{"ifname": "vcvx-private", "linkinfo": {"info_kind": "vxlan", "info_data": {"id": SPEC.vni}}}]),
+        "",
+    )
     rec = Recorder(answers)
-    with pytest.raises(NetworkError, match="vni %d is already used on this host by vcvx-private: give network tnet a VNI of its own" % SPEC.vni):
+    with pytest.raises(NetworkError, match=f"vni {SPEC.vni} is already used on this host by vcvx-private: give network tnet a VNI of its own"):
         net.network_present(Host(rec), SPEC, "10.247.0.11", ["10.247.0.10"], False, str(tmp_path), check_mode=False)
-    assert all("show" in call for call in rec.calls)          # nothing was made
+    assert all("show" in call for call in rec.calls)  # nothing was made
 
 
-@pytest.mark.parametrize("local_ip, subnet, message", [
-    ("10.247.0.99", "10.100.0.0/24", "local_ip 10.247.0.99 is not an address of this host"),
-    ("10.247.0.11", "10.247.0.0/24", "overlaps the address 10.247.0.11/24 of eth0"),
-])
+@pytest.mark.parametrize(
+    "local_ip, subnet, message",
+    [
+        ("10.247.0.99", "10.100.0.0/24", "local_ip 10.247.0.99 is not an address of this host"),
+        ("10.247.0.11", "10.247.0.0/24", "overlaps the address 10.247.0.11/24 of eth0"),
+    ],
+)
 def test_present_refuses_before_changing_anything(tmp_path, local_ip, subnet, message):
     rec = Recorder(empty_host_answers())
     with pytest.raises(NetworkError, match=message):
         net.network_present(Host(rec), make_spec("tnet", subnet, 100), local_ip, [], False, str(tmp_path))
-    assert rec.calls and all("show" in call for call in rec.calls)          # it only looked
+    assert rec.calls and all("show" in call for call in rec.calls)  # it only looked
 
 
 def network_folder(tmp_path, spec=SPEC):
@@ -653,7 +722,7 @@ def network_folder(tmp_path, spec=SPEC):
 
 def test_ports_on_files_idempotent_release_reuse(tmp_path):
     paths, store = network_folder(tmp_path)
-    host = Host(Recorder({}), name="ctl")          # dnsmasq not running: no command at all
+    host = Host(Recorder({}), name="ctl")  # dnsmasq not running: no command at all
     check = net.port_present(host, "tnet", str(tmp_path), "p1", hostname="g1", check_mode=True)
     assert check.changed and check.result["port"]["ip"] == "10.100.0.2"
     assert store.read_ports() == {} and "dhcp" not in check.result
@@ -665,10 +734,10 @@ def test_ports_on_files_idempotent_release_reuse(tmp_path):
     second = net.port_present(host, "tnet", str(tmp_path), "p2")
     assert second.result["port"]["ip"] == "10.100.0.3"
     with open(paths.hosts, encoding="utf-8") as f:
-        assert f.read() == "%s,10.100.0.2,g1\n%s,10.100.0.3\n" % (first.result["port"]["mac"], second.result["port"]["mac"])
+        assert f.read() == f"{first.result['port']['mac']},10.100.0.2,g1\n{second.result['port']['mac']},10.100.0.3\n"
     # a lease of p1 is left in the lease file; releasing p1 drops it (dnsmasq is not running)
     with open(paths.leases, "w", encoding="utf-8") as f:
-        f.write("1795326250 %s 10.100.0.2 g1 *\n" % first.result["port"]["mac"])
+        f.write(f"1795326250 {first.result['port']['mac']} 10.100.0.2 g1 *\n")
     gone = net.port_absent(host, "tnet", str(tmp_path), "p1", check_mode=True)
     assert gone.changed and "p1" in store.read_ports()
     gone = net.port_absent(host, "tnet", str(tmp_path), "p1")
@@ -683,9 +752,9 @@ def test_hosts_file_lost_between_the_two_writes_is_made_again(tmp_path):
     paths, _store = network_folder(tmp_path)
     host = Host(Recorder({}), name="ctl")
     net.port_present(host, "tnet", str(tmp_path), "p1")
-    os.unlink(paths.hosts)              # as if the run died after ports.json
+    os.unlink(paths.hosts)  # as if the run died after ports.json
     out = net.port_present(host, "tnet", str(tmp_path), "p1")
-    assert out.changes == ["write %s again from %s" % (paths.hosts, paths.ports)]
+    assert out.changes == [f"write {paths.hosts} again from {paths.ports}"]
     assert open(paths.hosts, encoding="utf-8").read().startswith(out.result["port"]["mac"] + ",10.100.0.2")
 
 
@@ -697,21 +766,22 @@ def test_port_on_a_host_without_the_network(tmp_path):
 def test_absent_refuses_while_ports_exist(tmp_path):
     _paths, store = network_folder(tmp_path)
     store.write_ports(ports_of(("p1", "fa:16:3e:00:00:01", "10.100.0.2")))
-    rec = Recorder({"ip -j -d link show dev vcbr-tnet": (1, "", NO_DEVICE),
-                    "ip -j -d link show dev vcvx-tnet": (1, "", NO_DEVICE)})
+    rec = Recorder({"ip -j -d link show dev vcbr-tnet": (1, "", NO_DEVICE), "ip -j -d link show dev vcvx-tnet": (1, "", NO_DEVICE)})
     with pytest.raises(NetworkError, match=r"still has 1 port\(s\) \(p1\)"):
         net.network_absent(Host(rec, name="ctl"), "tnet", str(tmp_path))
 
 
 def test_absent_refuses_while_instances_are_attached(tmp_path):
     taps = json.loads(LINKS_MASTER) + [{"ifindex": 9, "ifname": "vnet0", "master": "vcbr-tnet"}]
-    rec = Recorder({
-        "ip -j -d link show dev vcbr-tnet": (0, LINK_BRIDGE, ""),
-        "ip -j addr show dev vcbr-tnet": (0, ADDR_BRIDGE, ""),
-        "ip -j -d link show dev vcvx-tnet": (0, LINK_VXLAN, ""),
-        "bridge -j fdb show dev vcvx-tnet": (0, FDB_VXLAN, ""),
-        "ip -j link show master vcbr-tnet": (0, json.dumps(taps), ""),
-    })
+    rec = Recorder(
+        {
+            "ip -j -d link show dev vcbr-tnet": (0, LINK_BRIDGE, ""),
+            "ip -j addr show dev vcbr-tnet": (0, ADDR_BRIDGE, ""),
+            "ip -j -d link show dev vcvx-tnet": (0, LINK_VXLAN, ""),
+            "bridge -j fdb show dev vcvx-tnet": (0, FDB_VXLAN, ""),
+            "ip -j link show master vcbr-tnet": (0, json.dumps(taps), ""),
+        }
+    )
     with pytest.raises(NetworkError, match="vnet0 are attached to vcbr-tnet"):
         net.network_absent(Host(rec), "tnet", str(tmp_path))
     assert not any("del" in call for call in rec.calls)
@@ -723,8 +793,7 @@ def test_a_folder_of_another_host_is_never_touched(tmp_path):
     store.write_ports(ports_of(("p1", "fa:16:3e:00:00:01", "10.100.0.2")))
     with open(paths.network, encoding="utf-8") as f:
         assert json.load(f)["host"] == "ctl"
-    node = Host(Recorder({"ip -j -d link show dev vcbr-tnet": (1, "", NO_DEVICE),
-                          "ip -j -d link show dev vcvx-tnet": (1, "", NO_DEVICE)}), name="node1")
+    node = Host(Recorder({"ip -j -d link show dev vcbr-tnet": (1, "", NO_DEVICE), "ip -j -d link show dev vcvx-tnet": (1, "", NO_DEVICE)}), name="node1")
     out = net.network_absent(node, "tnet", str(tmp_path))
     assert out.changes == [] and os.path.exists(paths.ports)
     with pytest.raises(NetworkError, match="belongs to host ctl, not to this host node1"):
@@ -735,7 +804,7 @@ def test_a_folder_of_another_host_is_never_touched(tmp_path):
 
 
 def test_a_second_dhcp_server_for_a_network_is_refused(tmp_path):
-    network_folder(tmp_path)                    # owned by ctl
+    network_folder(tmp_path)  # owned by ctl
     answers = {
         "ip -j -4 addr show": (0, ADDR_ALL, ""),
         "ip -j -4 route show": (0, ROUTES, ""),
@@ -746,8 +815,7 @@ def test_a_second_dhcp_server_for_a_network_is_refused(tmp_path):
         "ip -j -d link show type vxlan": (0, LINK_VXLAN, ""),
     }
     with pytest.raises(NetworkError, match="belongs to host ctl, not to this host node1: the DHCP server of a network runs on one host"):
-        net.network_present(Host(Recorder(answers), name="node1"), SPEC, "127.0.0.1", ["10.247.0.11", "10.247.0.12"], True,
-                            str(tmp_path), check_mode=True)
+        net.network_present(Host(Recorder(answers), name="node1"), SPEC, "127.0.0.1", ["10.247.0.11", "10.247.0.12"], True, str(tmp_path), check_mode=True)
 
 
 def test_a_folder_without_owner_is_left_alone_and_removal_names_the_owner_to_the_end(tmp_path, monkeypatch):
@@ -764,7 +832,7 @@ def test_a_folder_without_owner_is_left_alone_and_removal_names_the_owner_to_the
     monkeypatch.setattr(net.os, "unlink", watch)
     out = net.network_absent(Host(Recorder(dict(links_absent)), name="ctl"), "tnet", str(tmp_path))
     monkeypatch.undo()
-    assert out.changes == ["remove folder %s" % paths.dir] and not os.path.exists(paths.dir)
+    assert out.changes == [f"remove folder {paths.dir}"] and not os.path.exists(paths.dir)
     assert seen[-1] == ("network.json", "ctl") and all(owner == "ctl" for _name, owner in seen)
     # a folder without network.json (half made, or half removed) is nobody's: absent leaves it
     os.makedirs(paths.dir)

@@ -168,6 +168,7 @@ class Recorder:
 # Pure parsing
 # ---------------------------------------------------------------------------
 
+
 def test_parse_info_raw():
     info = parse_info(INFO_RAW)
     assert (info["format"], info["virtual_size"], info["actual_size"], info["dirty"]) == ("raw", 1048576, 4096, False)
@@ -194,13 +195,16 @@ def test_parse_info_chain():
     assert [(i["filename"], i["format"]) for i in chain] == [("ov.qcow2", "qcow2"), ("/tmp/qcap/base.raw", "raw")]
 
 
-@pytest.mark.parametrize("func, text, message", [
-    (parse_info, "qemu-img: oops", "not JSON"),
-    (parse_info, INFO_OVERLAY_CHAIN, "is a JSON list, expected a dict"),
-    (parse_info_chain, INFO_RAW, "is a JSON dict, expected a list"),
-    (parse_info_chain, "[]", "not a list of image objects"),
-    (parse_check, "", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "func, text, message",
+    [
+        (parse_info, "qemu-img: oops", "not JSON"),
+        (parse_info, INFO_OVERLAY_CHAIN, "is a JSON list, expected a dict"),
+        (parse_info_chain, INFO_RAW, "is a JSON dict, expected a list"),
+        (parse_info_chain, "[]", "not a list of image objects"),
+        (parse_check, "", "not JSON"),
+    ],
+)
 def test_parsers_refuse_bad_output(func, text, message):
     with pytest.raises(ValueError, match=message):
         func(text)
@@ -217,6 +221,7 @@ def test_parse_check():
 # ---------------------------------------------------------------------------
 # Exact commands out
 # ---------------------------------------------------------------------------
+
 
 def test_info_command_and_result():
     run = Recorder((0, INFO_OVERLAY, ""))
@@ -242,8 +247,11 @@ def test_info_failure_names_file_operation_and_stderr():
 
 def test_info_killed_by_limits():
     run = Recorder((-9, "", ""))
-    with pytest.raises(QemuImgError, match=r"info of /srv/disk failed \(rc -9\): killed by signal 9, probably by the resource limits "
-                                           r"\(CPU time 30 s, address space 1073741824 bytes\)"):
+    with pytest.raises(
+        QemuImgError,
+        match=r"info of /srv/disk failed \(rc -9\): killed by signal 9, probably by the resource limits "
+        r"\(CPU time 30 s, address space 1073741824 bytes\)",
+    ):
         QemuImg(run).info("/srv/disk", "qcow2")
 
 
@@ -330,20 +338,23 @@ def test_check_not_completed_raises():
         QemuImg(Recorder((1, "", "qemu-img: Check failed: Input/output error\n"))).check("/srv/disk", "qcow2")
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda q: q.info("disk", "qcow2"), "qemu-img info refused: path 'disk' is not an absolute path"),
-    (lambda q: q.info("-U", "qcow2"), "is not an absolute path"),
-    (lambda q: q.info("json:{}", "qcow2"), "is not an absolute path"),
-    (lambda q: q.info("/srv/disk", None), "format None is not one of raw, qcow2"),
-    (lambda q: q.info("/srv/disk", "qed"), "format 'qed' is not one of"),
-    (lambda q: q.create("/srv/disk", "qcow2", 0), "size 0 is not a positive number of bytes"),
-    (lambda q: q.create("/srv/disk", "qcow2", "10G"), "size '10G' is not a positive number of bytes"),
-    (lambda q: q.create("/srv/disk", "qcow2", True), "size True is not"),
-    (lambda q: q.create_overlay("/srv/disk", "base", "raw"), "backing file 'base' is not an absolute path"),
-    (lambda q: q.create_overlay("/srv/disk", "/srv/base", "auto"), "backing format 'auto' is not one of"),
-    (lambda q: q.convert("/srv/a", "qcow2", "b", "raw"), "destination 'b' is not an absolute path"),
-    (lambda q: q.resize("/srv/disk", "qcow2", -1), "size -1 is not"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda q: q.info("disk", "qcow2"), "qemu-img info refused: path 'disk' is not an absolute path"),
+        (lambda q: q.info("-U", "qcow2"), "is not an absolute path"),
+        (lambda q: q.info("json:{}", "qcow2"), "is not an absolute path"),
+        (lambda q: q.info("/srv/disk", None), "format None is not one of raw, qcow2"),
+        (lambda q: q.info("/srv/disk", "qed"), "format 'qed' is not one of"),
+        (lambda q: q.create("/srv/disk", "qcow2", 0), "size 0 is not a positive number of bytes"),
+        (lambda q: q.create("/srv/disk", "qcow2", "10G"), "size '10G' is not a positive number of bytes"),
+        (lambda q: q.create("/srv/disk", "qcow2", True), "size True is not"),
+        (lambda q: q.create_overlay("/srv/disk", "base", "raw"), "backing file 'base' is not an absolute path"),
+        (lambda q: q.create_overlay("/srv/disk", "/srv/base", "auto"), "backing format 'auto' is not one of"),
+        (lambda q: q.convert("/srv/a", "qcow2", "b", "raw"), "destination 'b' is not an absolute path"),
+        (lambda q: q.resize("/srv/disk", "qcow2", -1), "size -1 is not"),
+    ],
+)
 def test_bad_arguments_are_refused_before_running(call, message):
     run = Recorder()
     with pytest.raises(QemuImgError, match=re.escape(message)):
@@ -356,10 +367,12 @@ def test_existing_destination_is_never_overwritten(tmp_path):
     existing.write_bytes(b"data")
     run = Recorder()
     img = QemuImg(run)
-    for call in (lambda: img.create(str(existing), "raw", 512),
-                 lambda: img.create_overlay(str(existing), "/srv/base", "raw"),
-                 lambda: img.convert("/srv/base", "raw", str(existing), "qcow2")):
-        with pytest.raises(QemuImgError, match="refused: %s already exists" % existing):
+    for call in (
+        lambda: img.create(str(existing), "raw", 512),
+        lambda: img.create_overlay(str(existing), "/srv/base", "raw"),
+        lambda: img.convert("/srv/base", "raw", str(existing), "qcow2"),
+    ):
+        with pytest.raises(QemuImgError, match=f"refused: {existing} already exists"):
             call()
     assert run.calls == [] and existing.read_bytes() == b"data"
 
@@ -368,8 +381,9 @@ def test_existing_destination_is_never_overwritten(tmp_path):
 # The real qemu-img
 # ---------------------------------------------------------------------------
 
-needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("prlimit") is None,
-                                    reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed")
+needs_qemu_img = pytest.mark.skipif(
+    shutil.which("qemu-img") is None or shutil.which("prlimit") is None, reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"
+)
 
 
 def real_run(argv, data=None):
@@ -430,7 +444,7 @@ def test_real_convert_qcow2_to_raw(tmp_path, qemu_img):
 def test_real_wrong_format_fails_with_qemu_img_message(tmp_path, qemu_img):
     path = str(tmp_path / "base")
     qemu_img.create(path, "raw", 1048576)
-    with pytest.raises(QemuImgError, match=r"qemu-img info of %s failed \(rc 1\): .*Image is not in qcow2 format" % path):
+    with pytest.raises(QemuImgError, match=rf"qemu-img info of {path} failed \(rc 1\): .*Image is not in qcow2 format"):
         qemu_img.info(path, "qcow2")
 
 
@@ -440,6 +454,6 @@ def test_real_address_space_limit_applies(tmp_path):
     with open(path, "wb") as f:
         f.truncate(1048576)
     tight = QemuImg(real_run, limits=ProcessLimits(cpu_time=30, address_space=16 * 1024 * 1024))
-    with pytest.raises(QemuImgError, match="qemu-img info of %s failed" % path):
+    with pytest.raises(QemuImgError, match=f"qemu-img info of {path} failed"):
         tight.info(path, "raw")
     assert os.path.getsize(path) == 1048576

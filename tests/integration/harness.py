@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -60,7 +61,9 @@ def ansible_env() -> dict:
     return env
 
 
-def run_playbook(playbook: str, extra_vars: dict | None = None, inventory: str | None = None, check: bool = False, timeout: int = 900) -> PlaybookResult:
+def run_playbook(
+    playbook: str, extra_vars: dict | None = None, inventory: str | None = None, check: bool = False, timeout: int = 900, diff: bool = False
+) -> PlaybookResult:
     """Run ansible-playbook from the checkout; returns rc, output and the parsed recap."""
     argv = [os.path.join(VENV_BIN, "ansible-playbook"), os.path.join(TOP, "playbooks", playbook)]
     if inventory:
@@ -69,8 +72,103 @@ def run_playbook(playbook: str, extra_vars: dict | None = None, inventory: str |
         argv += ["-e", json.dumps(extra_vars)]
     if check:
         argv.append("--check")
+    if diff:
+        argv.append("--diff")
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=timeout, check=False)
     return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, parse_recap(proc.stdout))
+
+
+STATUS_RE = re.compile(r"^(\S+) \| (SUCCESS|CHANGED|FAILED!|UNREACHABLE!)(?= )", re.M)
+
+
+@dataclass
+class HostResult:
+    """One host's result of a module run: its status line and the module's JSON."""
+
+    status: str
+    result: dict
+    stdout: str = ""  # the whole output of the run (with --diff, the diff)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("SUCCESS", "CHANGED")
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.result.get("changed"))
+
+    @property
+    def msg(self) -> str:
+        return self.result.get("msg", "")
+
+    def __repr__(self):
+        return f"{self.status} {json.dumps({k: v for k, v in self.result.items() if k != 'instance'})[:1500]}"
+
+
+@dataclass
+class ModuleRun:
+    """A module run on one or more hosts: rc, output, and each host's JSON result."""
+
+    rc: int
+    stdout: str
+    stderr: str
+    hosts: dict = field(default_factory=dict)
+
+    @property
+    def results(self) -> dict:
+        """{host: module result}, with "_status" (the status line) and "failed" added."""
+        return {h: dict(r.result, _status=r.status, failed=not r.ok) for h, r in self.hosts.items()}
+
+    def one(self, host: str) -> HostResult:
+        assert host in self.hosts, f"no result for {host}:\n{self.stdout[-2000:]}\n{self.stderr[-2000:]}"
+        return self.hosts[host]
+
+    def ok(self) -> bool:
+        return self.rc == 0 and bool(self.hosts) and all(r.ok for r in self.hosts.values())
+
+    def changed(self) -> dict:
+        return {h: r.changed for h, r in self.hosts.items()}
+
+    def __repr__(self):
+        return f"rc={self.rc}\n{self.stdout[-4000:]}\n{self.stderr[-2000:]}"
+
+
+def run_module(
+    lab,
+    pattern: str,
+    module: str,
+    args: dict | str,
+    check: bool = False,
+    diff: bool = False,
+    extra_vars: dict | None = None,
+    timeout: int = 300,
+) -> ModuleRun:
+    """Run a module (virtcloud.compute.MODULE unless MODULE has a dot) ad hoc on the lab hosts PATTERN over SSH.
+
+    The one way the lab tests call a module: each host's JSON result comes from ansible's --tree files, its
+    status from its status line; a Python traceback in any result fails the test at once.
+    """
+    name = module if "." in module else f"virtcloud.compute.{module}"
+    with tempfile.TemporaryDirectory(prefix="vc-module-") as tree:
+        argv = [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, pattern, "-m", name, "--tree", tree]
+        argv += ["-a", args if isinstance(args, str) else json.dumps(args)]
+        if extra_vars:
+            argv += ["-e", json.dumps(extra_vars)]
+        if check:
+            argv.append("--check")
+        if diff:
+            argv.append("--diff")
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=timeout, check=False)
+        found = {}
+        for host in os.listdir(tree):
+            with open(os.path.join(tree, host), encoding="utf-8") as f:
+                found[host] = json.load(f)
+    run = ModuleRun(proc.returncode, proc.stdout, proc.stderr)
+    for host, status in STATUS_RE.findall(proc.stdout):
+        if host in found:
+            run.hosts[host] = HostResult(status, found[host], proc.stdout)
+    assert "Traceback" not in proc.stdout + proc.stderr + json.dumps(found), proc.stdout[-3000:] + proc.stderr[-2000:]
+    return run
 
 
 class LabHandle:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tempfile
 import uuid
 
 import pytest
 
-from harness import GUEST_IMAGE, TOP, VENV_BIN, ansible_env, parse_recap
+from harness import GUEST_IMAGE, TOP, run_module, run_playbook
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import build_domain, domain_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import Instance
@@ -25,13 +24,8 @@ SERVICE_FILE = "/run/virtcloud/service.json"
 
 
 def playbook(lab, name, extra, check=False, diff=False):
-    argv = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", lab.inventory, os.path.join(PLAYBOOKS, name), "-e", json.dumps(extra)]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=300, check=False)
-    return proc.returncode, proc.stdout + proc.stderr, parse_recap(proc.stdout)
+    result = run_playbook(os.path.join(PLAYBOOKS, name), extra, inventory=lab.inventory, check=check, diff=diff, timeout=300)
+    return result.rc, result.stdout + result.stderr, result.recap
 
 
 def gather(lab, host, **extra):
@@ -48,19 +42,6 @@ def set_service(lab, host, state, reason="", check=False, diff=False):
     )
     assert rc == 0, output[-3000:]
     return recap[host]["changed"], output
-
-
-def adhoc(lab, host, module, args):
-    proc = subprocess.run(
-        [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, host, "-m", module, "-a", args],
-        capture_output=True,
-        text=True,
-        cwd=TOP,
-        env=ansible_env(),
-        timeout=120,
-        check=False,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 def host_python(lab, host, code):
@@ -292,8 +273,8 @@ def test_libvirt_not_answering_marks_the_service_down(lab):
     ],
 )
 def test_bad_input_fails_clearly(lab, host, module, args, message):
-    rc, out = adhoc(lab, host, module, args)
-    assert rc != 0
-    assert "FAILED!" in out and message in out, out
-    assert "Traceback" not in out and "MODULE FAILURE" not in out, out
+    run = run_module(lab, host, module, args)
+    result = run.one(host)
+    assert run.rc != 0 and result.status == "FAILED!" and message in result.msg, run
+    assert "MODULE FAILURE" not in run.stdout, run
     assert lab.ssh(host, f"test -e {SERVICE_FILE} && echo yes || echo no").strip() == "no"

@@ -13,18 +13,15 @@ other (one store, one cache, one instance directory).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 
 import pytest
 
-from harness import GUEST_IMAGE, TOP, VENV_BIN, Console, ansible_env, domain_xml, run_playbook
+from harness import GUEST_IMAGE, TOP, VENV_BIN, Console, domain_xml, run_module, run_playbook
 
 PLAYBOOKS = os.path.join(TOP, "tests", "integration", "playbooks")
 CONSTRAINTS = os.path.join(TOP, "constraints.txt")
@@ -68,38 +65,11 @@ class Images:
 
     def module(self, host, module, args, check=False, diff=False, venv=True, hosts=None):
         """Run virtcloud.compute.MODULE on HOST (or the pattern HOSTS) ad hoc; returns ({host: result}, stdout)."""
-        with tempfile.TemporaryDirectory(prefix="vcimg-tree-") as tree:
-            argv = [
-                os.path.join(VENV_BIN, "ansible"),
-                "-i",
-                self.lab.inventory,
-                hosts or host,
-                "-m",
-                f"virtcloud.compute.{module}",
-                "-a",
-                json.dumps(args),
-                "--tree",
-                tree,
-            ]
-            if venv:
-                argv += ["-e", f"ansible_python_interpreter={self.venv}/bin/python"]
-            if check:
-                argv.append("--check")
-            if diff:
-                argv.append("--diff")
-            proc = subprocess.run(argv, capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=600, check=False)
-            results = {}
-            for name in os.listdir(tree):
-                with open(os.path.join(tree, name), encoding="utf-8") as f:
-                    results[name] = json.load(f)
-        # the tree files leave out "failed": take it from the status line of each host
-        for name, status in re.findall(r"^(\S+) \| (FAILED!|UNREACHABLE!|SUCCESS|CHANGED) ", proc.stdout, re.M):
-            if name in results:
-                results[name]["failed"] = status in ("FAILED!", "UNREACHABLE!")
-        assert results, f"no result from {module} on {hosts or host}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
-        for result in results.values():
-            assert "Traceback" not in json.dumps(result), result
-        return (results if hosts else results[host]), proc.stdout
+        extra = {"ansible_python_interpreter": f"{self.venv}/bin/python"} if venv else None
+        run = run_module(self.lab, hosts or host, module, args, check=check, diff=diff, extra_vars=extra, timeout=600)
+        results = run.results
+        assert results, f"no result from {module} on {hosts or host}: {run!r}"
+        return (results if hosts else results[host]), run.stdout
 
     def ok(self, host, module, args, **kwargs):
         result, _out = self.module(host, module, args, **kwargs)

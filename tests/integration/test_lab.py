@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import uuid
 
 import pytest
 
-from harness import GUEST_IMAGE, VENV_BIN, Console, ansible_env, domain_xml, run_playbook
+from harness import GUEST_IMAGE, Console, domain_xml, run_module, run_playbook
 
 COMPUTE = ["node1", "node2", "node3"]
 NET_XML = (
@@ -22,17 +21,14 @@ NET_XML = (
 
 
 def test_ansible_reaches_every_host_over_ssh(lab):
-    def adhoc(*args):
-        proc = subprocess.run(
-            [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, "all"] + list(args), capture_output=True, text=True, env=ansible_env(), check=False
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    pongs = re.findall(r'^(\S+) \| SUCCESS => \{\n(?:.*\n)*?\s+"ping": "pong"', adhoc("-m", "ansible.builtin.ping"), re.M)
+    pings = run_module(lab, "all", "ansible.builtin.ping", "")
+    assert pings.ok(), pings
+    pongs = [h for h, r in pings.results.items() if r.get("ping") == "pong"]
     assert sorted(pongs) == sorted(COMPUTE + ["controller"])
     # each answers with its own hostname: its own UTS namespace behind its own sshd
-    names = dict(re.findall(r"^(\S+) \| CHANGED \| rc=0 >>\n(\S+)$", adhoc("-m", "ansible.builtin.command", "-a", "hostname"), re.M))
+    hostnames = run_module(lab, "all", "ansible.builtin.command", "hostname")
+    assert hostnames.ok(), hostnames
+    names = {h: r["stdout"].strip() for h, r in hostnames.results.items()}
     assert names == {h: h for h in COMPUTE + ["controller"]}
 
 

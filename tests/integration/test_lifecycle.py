@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from harness import GUEST_IMAGE, VENV_BIN, Console, ansible_env
+from harness import GUEST_IMAGE, Console, HostResult, run_module
 
 HOST = "node1"
 NET = "vclifecycle"
@@ -27,35 +27,10 @@ NET_XML = (
     f"<network><name>{NET}</name><bridge name='vclc0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
     "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>"
 )
-RESULT_RE = re.compile(rf"^{HOST} \| (SUCCESS|CHANGED|FAILED!)(?: \| rc=-?\d+)? => ", re.M)
 
 
-class Run:
-    """One module run on the lab host: ok, changed, the result dict and the whole output."""
-
-    def __init__(self, proc):
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-        match = RESULT_RE.search(proc.stdout)
-        assert match, f"no result line for {HOST} in:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        self.status = match.group(1)
-        self.result, _end = json.JSONDecoder().raw_decode(proc.stdout[match.end() :])
-        self.ok = self.status != "FAILED!"
-        self.changed = bool(self.result.get("changed"))
-        self.msg = self.result.get("msg", "")
-        assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
-
-    def __repr__(self):
-        return f"{self.status} {json.dumps({k: v for k, v in self.result.items() if k != 'instance'})[:1500]}"
-
-
-def module(lab, name, args, check=False, diff=False) -> Run:
-    argv = [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, HOST, "-m", "virtcloud.compute." + name, "-a", json.dumps(args)]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    return Run(subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=300, check=False))
+def module(lab, name, args, check=False, diff=False) -> HostResult:
+    return run_module(lab, HOST, name, args, check=check, diff=diff).one(HOST)
 
 
 class Instance:

@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import LAB
-from harness import GUEST_IMAGE, VENV_BIN, Console, ansible_env
+from harness import GUEST_IMAGE, Console, ModuleRun, run_module
 
 NET = "tnet"
 # not the compute_node role's network (10.100.0.0/24, VNI 100), which may be up in the same lab
@@ -34,7 +34,6 @@ VXLAN = "vcvx-" + NET
 HOSTS = ["controller", "node1", "node2", "node3"]
 UNUSED_IP = "10.101.0.250"  # nobody has it: the guests' negative control
 LAB_NET = LAB.address("controller").rsplit(".", 1)[0]  # e.g. 10.252.0
-RESULT_RE = re.compile(r"^(\S+) \| (SUCCESS|CHANGED|FAILED!|UNREACHABLE!)(?: \| rc=-?\d+ \|)? => ", re.M)
 
 # what the tests learn on the way (ports, guests), shared in file order
 SEEN: dict = {"guests": {}}
@@ -45,36 +44,8 @@ SEEN: dict = {"guests": {}}
 # ---------------------------------------------------------------------------
 
 
-class Adhoc:
-    def __init__(self, rc: int, stdout: str, stderr: str):
-        self.rc, self.stdout, self.stderr = rc, stdout, stderr
-        self.results = {}
-        decoder = json.JSONDecoder()
-        for m in RESULT_RE.finditer(stdout):
-            obj, _end = decoder.raw_decode(stdout, m.end())
-            obj["_status"] = m.group(2)
-            self.results[m.group(1)] = obj
-
-    def changed(self) -> dict:
-        return {h: bool(r.get("changed")) for h, r in self.results.items()}
-
-    def ok(self) -> bool:
-        return self.rc == 0 and all(r["_status"] in ("SUCCESS", "CHANGED") for r in self.results.values())
-
-    def __repr__(self):
-        return f"rc={self.rc}\n{self.stdout[-4000:]}\n{self.stderr[-2000:]}"
-
-
-def adhoc(lab, pattern: str, module: str, args: dict, check: bool = False, diff: bool = False) -> Adhoc:
-    """Run one of the collection's modules through real ansible (ad-hoc, over SSH)."""
-    argv = [os.path.join(VENV_BIN, "ansible"), "-i", lab.inventory, pattern, "-m", "virtcloud.compute." + module, "-a", json.dumps(args)]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    env = dict(ansible_env(), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
-    return Adhoc(proc.returncode, proc.stdout, proc.stderr)
+def adhoc(lab, pattern: str, module: str, args: dict, check: bool = False, diff: bool = False) -> ModuleRun:
+    return run_module(lab, pattern, module, args, check=check, diff=diff)
 
 
 def state_dir(lab) -> str:
@@ -96,7 +67,7 @@ def net_args(lab, **extra) -> dict:
     return args
 
 
-def port(lab, check=False, diff=False, **args) -> Adhoc:
+def port(lab, check=False, diff=False, **args) -> ModuleRun:
     return adhoc(lab, "controller", "network_port", dict(args, network=NET, state_dir=state_dir(lab)), check=check, diff=diff)
 
 

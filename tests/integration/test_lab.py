@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from conftest import LAB
 from harness import GUEST_IMAGE, Console, domain_xml, run_module, run_playbook
 
 COMPUTE = ["node1", "node2", "node3"]
@@ -154,7 +155,7 @@ def test_lab_up_repairs_a_host_whose_daemons_died(lab):
         (dict(lab_hosts=17), "lab_hosts must be a whole number from 1 to 16"),
         (dict(lab_name="Bad_Name"), "lab name 'Bad_Name' is not valid"),
         (dict(lab_network="8.8.8.0/24"), "is not a private range"),
-        (dict(lab_network="10.252.0.0/24", lab_name="other"), "already in use on this machine"),
+        (dict(lab_network=LAB.vars["lab_network"], lab_name="other"), "already in use on this machine"),  # the test lab's own network
         (dict(lab_non_shared=["node9"]), "lab_non_shared names hosts that the lab does not have: node9"),
     ],
 )

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt as lv
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 
@@ -207,17 +208,11 @@ def test_parse_recorded_instance_domain():
     assert dom["disks"][0]["source"].endswith(f"/{DOMAIN_UUID}/disk")
 
 
-def test_record_fallback_reader_without_domain_xml(monkeypatch):
-    strict = lv.read_record(DOMAIN)
-    monkeypatch.setattr(lv, "HAS_DOMAIN_XML", False)
-    loose = lv.read_record(DOMAIN)
-    assert loose == strict
+def test_the_facts_read_the_record_with_the_one_reader():
+    assert lv.read_record(DOMAIN) == dx.read_record(DOMAIN)
 
 
-@pytest.mark.parametrize("strict", [True, False])
-def test_record_broken(monkeypatch, strict):
-    if not strict:
-        monkeypatch.setattr(lv, "HAS_DOMAIN_XML", False)
+def test_record_broken():
     broken = DOMAIN.replace('"ram_mb":512', '"ram_mb":"lots"')
     dom = lv.parse_domain(broken)
     assert dom["record"] is None

@@ -25,33 +25,12 @@ from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt 
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, Instance
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
+from ansible_collections.virtcloud.compute.tests.unit.plugins.module_utils.fake_libvirt import UUID, Clock, FakeConn, record
 
-UUID = "3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b"
 REQ = "req-0b0e4c83-2a3f-4c52-9d3f-2b8e2f0d4c11"
 NETS = {"net1": {"bridge": "vcbr0"}}
 
 SHUTOFF, RUNNING, PAUSED = lv.VIR_DOMAIN_SHUTOFF, lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED
-
-
-def record(**overrides):
-    data = {
-        "uuid": UUID,
-        "name": "web-1",
-        "project": "demo",
-        "flavor": {"name": "m1.tiny", "vcpus": 1, "ram_mb": 256, "disk_gb": 1},
-        "image": {"id": "vctest"},
-        "ports": [{"network": "net1", "mac": "fa:16:3e:00:00:01", "ip": "10.0.0.5"}],
-        "vm_state": "active",
-        "task_state": None,
-        "power_state": 1,
-        "host": "node1",
-        "created_at": "2024-05-01T12:00:00Z",
-        "updated_at": "2024-05-01T12:00:00Z",
-        "launched_at": "2024-05-01T12:00:00Z",
-        "config_drive": False,
-    }
-    data.update(overrides)
-    return Instance.from_dict(data).to_dict()
 
 
 # --------------------------------------------------------------------------- observed states
@@ -352,194 +331,10 @@ def test_the_metadata_element_is_the_one_the_builder_writes():
     assert not dx.differs(etree.tostring(root, encoding="unicode"), built)
 
 
-# --------------------------------------------------------------------------- a fake libvirt
-
-
-class FakeError(lv._LIBVIRT_ERROR):  # pylint: disable=protected-access
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def get_error_code(self):
-        return self.code
-
-    def get_error_message(self):
-        return self.message
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += max(seconds, 0.01)
-
-
-class FakeDomain:
-    """A guest: ``acpi`` says what it does with the power button ('off' after ``presses_needed``, 'ignore', 'reboot')."""
-
-    def __init__(self, conn, xml):
-        self.conn = conn
-        self.xml = xml
-        self.live_xml = self.saved_xml = None
-        root = etree.fromstring(xml.encode())
-        self._name = root.findtext("name")
-        self._uuid = root.findtext("uuid")
-        self.st = SHUTOFF
-        self.saved = False
-        self.dom_id = -1
-        self.presses = 0
-        self.acpi = "off"
-        self.presses_needed = 1
-        self.fail = {}
-        self.calls = []
-
-    def _check(self, op):
-        self.calls.append(op)
-        if self._uuid not in self.conn.domains:
-            raise FakeError(42, "Domain not found")
-        if op in self.fail:
-            effect, message = self.fail[op]
-            if effect is not None:
-                self.st = effect
-            raise FakeError(1, message)
-
-    def _run(self, state):
-        self.st = state
-        self.conn.next_id += 1
-        self.dom_id = self.conn.next_id
-
-    def name(self):
-        return self._name
-
-    def ID(self):  # noqa: N802 (libvirt's name)
-        return self.dom_id
-
-    def state(self):
-        self._check("state")
-        return [self.st, 0]
-
-    def XMLDesc(self, flags=0):  # noqa: N802
-        self._check("XMLDesc")
-        return self.xml if flags & lv.VIR_DOMAIN_XML_INACTIVE or self.st == SHUTOFF else self.live_xml
-
-    def createWithFlags(self, flags=0):  # noqa: N802
-        self._check("create")
-        if self.st != SHUTOFF:
-            raise FakeError(55, "domain is already running")
-        # a managed save restores the state it was saved in (libvirt without SAVE_RUNNING),
-        # with the live XML of the moment it was saved
-        self._run(PAUSED if flags & 1 or self.saved == "paused" else RUNNING)
-        self.live_xml = self.saved_xml if self.saved else self.xml
-        self.saved = False
-
-    def suspend(self):
-        self._check("suspend")
-        self.st = PAUSED
-
-    def resume(self):
-        self._check("resume")
-        self.st = RUNNING
-
-    def managedSave(self, flags=0):  # noqa: N802
-        self._check("managedSave")
-        self.saved = "paused" if self.st == PAUSED else "running"
-        self.saved_xml = self.live_xml
-        self.st, self.dom_id = SHUTOFF, -1
-
-    def hasManagedSaveImage(self, flags=0):  # noqa: N802
-        return int(bool(self.saved))
-
-    def managedSaveRemove(self, flags=0):  # noqa: N802
-        self._check("managedSaveRemove")
-        self.saved = False
-
-    def destroy(self):
-        self._check("destroy")
-        if self.st == SHUTOFF:
-            raise FakeError(55, "domain is not running")
-        self.st, self.dom_id = SHUTOFF, -1
-
-    def shutdownFlags(self, flags=0):  # noqa: N802
-        self._check("shutdown")
-        assert flags == lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
-        if self.st != RUNNING:
-            raise FakeError(55, "domain is not running")
-        self.presses += 1
-        if self.presses >= self.presses_needed:
-            if self.acpi == "off":
-                self.st, self.dom_id = SHUTOFF, -1
-            elif self.acpi == "reboot":
-                self._run(RUNNING)
-
-    def undefineFlags(self, flags=0):  # noqa: N802
-        self._check("undefine")
-        assert flags == lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | lv.VIR_DOMAIN_UNDEFINE_NVRAM
-        del self.conn.domains[self._uuid]
-
-    def setMetadata(self, kind, xml, key, uri, flags):  # noqa: N802
-        self._check("setMetadata")
-        assert (kind, key, uri) == (lv.VIR_DOMAIN_METADATA_ELEMENT, "vc", dx.NS)
-        if flags & lv.VIR_DOMAIN_AFFECT_LIVE and self.st == SHUTOFF:
-            raise FakeError(55, "domain is not running")
-        if flags & lv.VIR_DOMAIN_AFFECT_LIVE:
-            self.live_xml = self._with_metadata(self.live_xml, xml, key, uri)
-        if flags & lv.VIR_DOMAIN_AFFECT_CONFIG:
-            self.xml = self._with_metadata(self.xml, xml, key, uri)
-
-    @staticmethod
-    def _with_metadata(domain_xml, xml, key, uri):
-        root = etree.fromstring(domain_xml.encode())
-        metadata = root.find("metadata")
-        for old in metadata.findall(f"{{{uri}}}instance"):
-            metadata.remove(old)
-        given = etree.fromstring(xml.encode())
-        new = etree.SubElement(metadata, f"{{{uri}}}instance", nsmap={key: uri})
-        for name, value in given.attrib.items():
-            new.set(name, value)
-        new.text = given.text
-        return etree.tostring(root, encoding="unicode")
-
-
-class FakeConn:
-    def __init__(self):
-        self.domains = {}
-        self.next_id = 0
-        self.defines = 0
-
-    def lookupByUUIDString(self, uuid):  # noqa: N802
-        if uuid not in self.domains:
-            raise FakeError(42, "Domain not found")
-        return self.domains[uuid]
-
-    def lookupByName(self, name):  # noqa: N802
-        for dom in self.domains.values():
-            if dom.name() == name:
-                return dom
-        raise FakeError(42, "Domain not found")
-
-    def defineXML(self, xml):  # noqa: N802
-        self.defines += 1
-        uuid = etree.fromstring(xml.encode()).findtext("uuid")
-        dom = self.domains.get(uuid)
-        if dom is None:
-            dom = self.domains[uuid] = FakeDomain(self, xml)
-        else:
-            dom.xml = xml
-        return dom
-
-    def listAllDomains(self, flags=0):  # noqa: N802
-        return list(self.domains.values())
-
-
 @pytest.fixture()
 def env(tmp_path):
     conn = FakeConn()
-    clock = Clock()
+    clock = Clock(1000.0, min_step=0.01)
     ops = gu.DomainOps(conn, clock=clock, sleep=clock.sleep)
     path = str(tmp_path / "instances")
     os.makedirs(f"{path}/{UUID}")
@@ -1101,3 +896,62 @@ def test_snapshot_folder_must_exist_except_in_check_mode(disk_env, tmp_path):
     with pytest.raises(dm.DomainError, match="does not exist"):
         act(disk_env, "snapshot", snapshot_path=target, qemu_img=FakeQemuImg())
     assert stored(disk_env)["actions"] == [] and stored(disk_env)["task_state"] is None
+
+
+# --------------------------------------------------------------------------- instance.json, the readable mirror of the record
+
+
+def mirrored(env):
+    return rec.read_record_file(f"{env[3]}/{UUID}")
+
+
+def test_instance_json_equals_the_domain_record_after_every_change(env):
+    ensure(env)
+    assert mirrored(env).to_dict() == stored(env)
+    for action in ("pause", "lock", "unlock", "unpause", "stop", "start", "suspend", "resume", "reboot"):
+        act(env, action)
+        assert mirrored(env).to_dict() == stored(env), action
+    assert [a["action"] for a in mirrored(env).to_dict()["actions"]][-3:] == ["suspend", "resume", "reboot"]
+
+
+def test_instance_json_follows_a_failed_action_too(env):
+    ensure(env)
+    env[0].domains[UUID].fail["suspend"] = (None, "cannot pause")
+    with pytest.raises(ac.ActionFailed):
+        act(env, "pause")
+    assert mirrored(env).to_dict() == stored(env)
+    assert mirrored(env).actions[-1].result == "Error"
+
+
+def test_the_record_file_reader(tmp_path):
+    assert rec.read_record_file(str(tmp_path)) is None
+    inst = Instance.from_dict(record())
+    assert rec.write_record_file(str(tmp_path), inst)
+    assert not rec.write_record_file(str(tmp_path), inst)
+    assert rec.read_record_file(str(tmp_path)).to_dict() == inst.to_dict()
+    assert oct(os.stat(tmp_path / "instance.json").st_mode & 0o777) == "0o600"
+    (tmp_path / "instance.json").write_text('{"uuid": "x"}', encoding="ascii")
+    with pytest.raises(rec.RecordError, match="does not hold a valid instance record"):
+        rec.read_record_file(str(tmp_path))
+
+
+def test_job_info_names_the_job_type_and_migrate_passes_what_it_is_given():
+    class Dom:
+        calls = []
+
+        def jobStats(self, flags):  # noqa: N802 (libvirt's name)
+            self.calls.append(("jobStats", flags))
+            return {"type": 2, "time_elapsed": 1500, "data_remaining": 10}
+
+        def abortJob(self):  # noqa: N802
+            self.calls.append(("abortJob",))
+
+        def migrateToURI3(self, uri, params, flags):  # noqa: N802
+            self.calls.append(("migrate", uri, params, flags))
+
+    dom = Dom()
+    assert gu.DomainOps.job_info(dom) == {"type": "unbounded", "time_elapsed": 1500, "data_remaining": 10}
+    gu.DomainOps.job_info(dom, completed=True)
+    gu.DomainOps.abort_job(dom)
+    gu.DomainOps.migrate(dom, "qemu+ssh://node2/system", {"migrate_uri": "tcp://10.0.0.2"}, 1)
+    assert dom.calls == [("jobStats", 0), ("jobStats", 1), ("abortJob",), ("migrate", "qemu+ssh://node2/system", {"migrate_uri": "tcp://10.0.0.2"}, 1)]

@@ -202,7 +202,7 @@ class InstanceAction:
     options: tuple = ()
     needs_qemu_img: bool = False
     removes: bool = False  # the domain is gone afterwards (delete)
-    own_log: bool = False  # the steps write their own log entry, without a task state (lock, unlock)
+    locks: bool | None = None  # True lock, False unlock: a desired lock state, logged without a task state
     prepare: Callable | None = None  # prepare(action, inst, idir, args, check_mode) -> plan; raises to refuse
     steps: Callable | None = None
 
@@ -254,7 +254,9 @@ def _reboot_hard(job: Job) -> dict:
     return {"reboot": job.ops.hard_reboot(job.dom, job.timeout)}
 
 
-def _lock(job: Job, locked: bool, request_id: str, reason: str | None) -> None:
+def _lock(job: Job, request_id: str, reason: str | None) -> None:
+    """lock, unlock: Nova's lock (``nova lock --reason``), its own action log entry."""
+    locked = job.action.locks
     set_lock(job.inst, locked, request_id, reason=reason)
     job.ops.save_record(job.dom, job.inst, job.idir)
     job.info(("locked" if locked else "unlocked") + (f" ({reason})" if reason else ""))
@@ -511,8 +513,8 @@ REGISTRY = {
         _action("unpause", (_V.PAUSED,), "unpause", _T.UNPAUSING, vm_state=_V.ACTIVE, domain=RUNNING, steps=_reach_target),
         _action("suspend", (_V.ACTIVE,), "suspend", _T.SUSPENDING, vm_state=_V.SUSPENDED, domain=SUSPENDED, steps=_reach_target),
         _action("resume", (_V.SUSPENDED,), "resume", _T.RESUMING, vm_state=_V.ACTIVE, domain=RUNNING, steps=_reach_target),
-        _action("lock", ANY, "lock", task_states=ANY, must_have_launched=False, lock_checked=False, options=(REASON,), own_log=True, steps=_lock),
-        _action("unlock", ANY, "unlock", task_states=ANY, must_have_launched=False, lock_checked=False, own_log=True, steps=_lock),
+        _action("lock", ANY, "lock", task_states=ANY, must_have_launched=False, lock_checked=False, options=(REASON,), locks=True, steps=_lock),
+        _action("unlock", ANY, "unlock", task_states=ANY, must_have_launched=False, lock_checked=False, locks=False, steps=_lock),
         _action(
             "delete", ANY, "delete", _T.DELETING, task_states=ANY, must_have_launched=False, vm_state=_V.DELETED, domain=ABSENT, removes=True, steps=_delete
         ),
@@ -705,10 +707,8 @@ def action_decision(record, action, observed):
             return "noop"
         raise DomainError(f"cannot {action}: no such instance on this host")
     inst = as_instance(record)
-    if action == "lock" and inst.locked or action == "unlock" and not inst.locked:
-        return "noop"
-    if target.own_log:
-        return "run"
+    if target.locks is not None:
+        return "noop" if inst.locked == target.locks else "run"
     if not target.always and target.domain is not None and inst.vm_state == target.vm_state and inst.task_state is None and observed == target.domain:
         return "noop"
     check_action(inst, action)
@@ -865,8 +865,8 @@ def _run_locked(job: Job, *, request_id, reason, check_mode):
         if target.removes:
             result["ports"] = [p.to_dict() for p in inst.ports]
         return result
-    if target.own_log:
-        target.steps(job, action == "lock", request_id, reason)
+    if target.locks is not None:
+        target.steps(job, request_id, reason)
         return _result(inst, action, True, observed)
 
     before_vm_state = inst.vm_state

@@ -314,7 +314,7 @@ def check_image_fits(inst, image, virtual_size, action="rebuild"):
         raise DomainError(f"{where}: its virtual size of {virtual_size} bytes is larger than the {flavor.disk_gb} GB root disk of flavor {flavor.name}")
 
 
-def _prepare_snapshot(action, inst, idir, args, check_mode=False):
+def _prepare_snapshot(action: InstanceAction, inst: Instance, idir: str, args: ActionArgs, check_mode: bool = False) -> dict:
     """The snapshot file must not exist, its folder must (except in check mode), the root disk too."""
     del action
     root = f"{idir}/{ROOT_DISK}"
@@ -328,7 +328,7 @@ def _prepare_snapshot(action, inst, idir, args, check_mode=False):
     return {"snapshot": {"path": path, "format": SNAPSHOT_FORMAT, "image": inst.image.to_dict()}}
 
 
-def _prepare_image(action, inst, idir, args, check_mode=False):
+def _prepare_image(action: InstanceAction, inst: Instance, idir: str, args: ActionArgs, check_mode: bool = False) -> dict:
     """rebuild, rescue: the image's base must be in this host's cache and readable (and, for rebuild, fit the flavor)."""
     del idir
     name = action.name
@@ -596,7 +596,7 @@ def required_if() -> list:
 # --------------------------------------------------------------------------- the state table
 
 
-def check_action(record, action, *, is_admin=False):
+def check_action(record, action: str, *, is_admin: bool = False) -> None:
     """Raise :class:`ActionRefused` unless Nova's table allows ``action`` now.
 
     The checks run in Nova's order: the lock (``@check_instance_lock``, which an admin
@@ -622,7 +622,7 @@ def check_action(record, action, *, is_admin=False):
         )
 
 
-def is_allowed(record, action, *, is_admin=False):
+def is_allowed(record, action: str, *, is_admin: bool = False) -> bool:
     try:
         check_action(record, action, is_admin=is_admin)
     except ActionRefused:
@@ -630,7 +630,7 @@ def is_allowed(record, action, *, is_admin=False):
     return True
 
 
-def allowed_actions(record, *, is_admin=False):
+def allowed_actions(record, *, is_admin: bool = False) -> list:
     """The actions Nova's table allows now, sorted."""
     inst = as_instance(record)
     return [action for action in sorted(REGISTRY) if is_allowed(inst, action, is_admin=is_admin)]
@@ -848,7 +848,7 @@ def _power(ops, uuid):
     return 0 if dom is None else ops.power_state(dom)
 
 
-def _run_locked(job: Job, *, request_id, reason, check_mode):
+def _run_locked(job: Job, *, request_id: str, reason: str | None, check_mode: bool) -> dict:
     ops, inst, target = job.ops, job.inst, job.action
     action = target.name
     observed = ops.observe(job.dom)

@@ -472,7 +472,9 @@ class DomainOps:
             raise DomainError(f"unknown step {step!r}")
         return None
 
-    def reach(self, dom, wanted, *, shutdown_timeout, retry_interval, timeout, wait=True, name="the domain", on_step=None):
+    def reach(
+        self, dom, wanted: str, *, shutdown_timeout: int, retry_interval: int, timeout: float, wait: bool = True, name: str = "the domain", on_step=None
+    ) -> tuple:
         """The power state machine: run the steps from the domain's real state to ``wanted``.
 
         The state is read again after each step and the next step planned from it (a
@@ -501,7 +503,7 @@ class DomainOps:
     # -- jobs and migration ---------------------------------------------------------------
 
     @staticmethod
-    def job_info(dom, completed=False):
+    def job_info(dom, completed: bool = False) -> dict:
         """The domain's current job (or, with ``completed``, the last finished one), as libvirt's jobStats.
 
         ``type`` is named (none, bounded, unbounded, completed, failed, cancelled); the
@@ -515,13 +517,13 @@ class DomainOps:
         return stats
 
     @staticmethod
-    def abort_job(dom):
+    def abort_job(dom) -> None:
         """Stop the domain's running job (a migration); libvirt's abortJob."""
         with libvirt_errors("aborting the domain's job"):
             dom.abortJob()
 
     @staticmethod
-    def migrate(dom, dest_uri, params, flags):
+    def migrate(dom, dest_uri: str, params: dict | None, flags: int) -> None:
         """libvirt's migrateToURI3 to ``dest_uri`` (qemu+ssh or qemu+tls), returning when the migration ends.
 
         ``params`` are libvirt's typed migration parameters (``migrate_uri``,

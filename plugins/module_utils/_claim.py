@@ -14,14 +14,14 @@ as a domain) or when the spawn fails.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import os
-from contextlib import contextmanager
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._files import file_lock, write_json
 
 DEFAULT_CLAIMS_FILE = "/var/lib/virtcloud/claims.json"
+LOCK_TIMEOUT = 120  # seconds a claim waits for the other claims of the host
 
 
 class ClaimError(VirtcloudError):
@@ -59,16 +59,10 @@ def shortfalls(state: dict, flavor: dict, host: str) -> list[str]:
     return out
 
 
-@contextmanager
-def locked(path: str):
-    """An exclusive lock beside the claims file, held for the whole check-and-record."""
+def locked(path: str, timeout: float = LOCK_TIMEOUT):
+    """An exclusive lock beside the claims file, held for the whole check-and-record (ClaimError after ``timeout`` s)."""
     os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    with open(path + ".lock", "a", encoding="ascii") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return file_lock(path + ".lock", timeout, f"the claims file {path}", error=ClaimError)
 
 
 def read_claims(path: str) -> dict:
@@ -85,12 +79,7 @@ def read_claims(path: str) -> dict:
 
 
 def write_claims(path: str, claims: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(claims, f, sort_keys=True, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, claims)
 
 
 def pending(claims: dict, defined_uuids: set) -> list[dict]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import uuid
 
-REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_request_id
+
 LOG_FILE = "/var/log/virtcloud/virtcloud.log"
 
 
@@ -71,7 +71,7 @@ def request_id(value: str | None) -> str:
     """The given request id, checked, or a new one."""
     if value is None or value == "":
         return new_request_id()
-    if not REQUEST_ID_RE.match(value):
+    if not is_request_id(value):
         raise VirtcloudError(f"request_id {value!r} is not of the form req-<uuid> (lowercase hex): pass the workflow's id unchanged")
     return value
 

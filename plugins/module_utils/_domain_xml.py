@@ -398,6 +398,11 @@ def _record_element(root):
     return None if metadata is None else metadata.find(RECORD_TAG)
 
 
+def record_element_xml(record, rescue=False):
+    """The ``<instance>`` metadata element as :func:`build_domain` writes it, for ``setMetadata`` (which adds the namespace)."""
+    return etree.tostring(record_element(record, rescue, namespaced=False), encoding="unicode")
+
+
 def read_instance(xml):
     """The :class:`Instance` kept in the domain's metadata, or None when there is none."""
     element = _record_element(_parse(xml))

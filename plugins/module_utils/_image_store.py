@@ -14,7 +14,7 @@ The image store (Glance's part, on the image host)
 
     <store>/<image id>/image        the image file, exactly the bytes imported
     <store>/<image id>/image.json   the record (below)
-    <store>/.lock                   fcntl lock held by every change of the store
+    <store>/.lock                   the lock held by every change of the store
     <store>/.import-*/              an import in progress (removed when it fails)
     <store>/.deleted-*/             a delete in progress
 
@@ -52,11 +52,11 @@ The image cache (nova-compute's ``_base``, on each compute host)
 
     <instances_path>/_base/<sha1 of image id>        the base file (qcow2, or raw)
     <instances_path>/_base/<sha1 of image id>.info   what was verified (JSON)
-    <instances_path>/_base/<sha1 of image id>.lock   fcntl lock of this base file
+    <instances_path>/_base/<sha1 of image id>.lock   the lock of this base file
     <instances_path>/_base/.fetch-<sha1>-*/          a fetch in progress
 
-``ImageCache.ensure`` takes the base file's lock (POSIX ``lockf``, which NFS
-carries too, so hosts sharing ``instances_path`` fetch once), then:
+``ImageCache.ensure`` takes the base file's lock (``_files.file_lock``, a ``flock``
+that NFS carries as a POSIX lock, so hosts sharing ``instances_path`` fetch once), then:
 
 - present and verified: use it (``fetched: false``). Verification on every use:
   the ``.info`` side file must name this image; the file's size, mtime, ctime and
@@ -87,8 +87,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
-import fcntl
 import hashlib
 import http.client
 import ipaddress
@@ -107,6 +105,8 @@ from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import SSLValidationError, open_url
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._files import file_lock, fsync_dir, write_json
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
     ImageInspectError,
     ImageUnsafe,
@@ -137,16 +137,15 @@ VERIFY_MODES = ("quick", "full")
 MAX_PROPERTIES = 128  # Glance's image_property_quota default
 MAX_VALUE = 255
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+:@() -]{0,253}[A-Za-z0-9._+:@()-])?$")
-OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$")
-PROPERTY_KEY_RE = re.compile(r"^[a-z0-9_:]{1,255}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+:@() -]{0,253}[A-Za-z0-9._+:@()-])?\Z")
+OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}\Z")
+PROPERTY_KEY_RE = re.compile(r"^[a-z0-9_:]{1,255}\Z")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Paths that reach command lines (scp's remote side) and the file system.
-SAFE_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+@-]+/?)*$")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+SAFE_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+@-]+/?)*\Z")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
 
 RECORD_FIELDS = (
     "id",
@@ -412,33 +411,6 @@ def _owner(value) -> str | None:
 # ---------------------------------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str, data: dict, mode: int = 0o644) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync, rename over ``path``."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def read_json(path: str, what: str):
     try:
         with open(path, encoding="utf-8") as f:
@@ -449,27 +421,9 @@ def read_json(path: str, what: str):
         raise ImageStoreError(f"{what} {path} cannot be read: {exc}") from exc
 
 
-@contextlib.contextmanager
-def file_lock(path: str, timeout: float, what: str):
-    """An exclusive POSIX (lockf) lock on ``path``, waiting up to ``timeout`` seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise ImageStoreError(
-                        f"{what} is locked by another run ({path}) for more than {timeout} s; wait for it to finish, or raise timeout"
-                    ) from exc
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
+def store_lock(path: str, timeout: float, what: str):
+    """The lock file ``path`` beside what it protects (``_files.file_lock``); ImageStoreError after ``timeout`` seconds."""
+    return file_lock(path, timeout, what, error=ImageStoreError)
 
 
 def _remove_tree(path: str) -> None:
@@ -507,7 +461,7 @@ def copy_file(src: str, out, size_cap: int) -> tuple[int, str]:
 
 
 def check_url(url) -> str:
-    if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
+    if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+(/\S*)?\Z", url):
         raise ImageStoreError(f"url {url!r} is not an http:// or https:// address (for a file on the image host use src)")
     return url
 
@@ -733,7 +687,7 @@ class ImageStore:
             return []
         out = []
         for entry in sorted(os.listdir(self.path)):
-            if UUID_RE.match(entry) and os.path.isdir(os.path.join(self.path, entry)):
+            if is_uuid(entry) and os.path.isdir(os.path.join(self.path, entry)):
                 record = self.get(entry)
                 if record is not None:
                     out.append(record)
@@ -784,7 +738,7 @@ class ImageStore:
             yield
             return
         os.makedirs(self.path, mode=0o755, exist_ok=True)
-        with file_lock(os.path.join(self.path, LOCK_FILE), self.lock_timeout, f"image store {self.path}"):
+        with store_lock(os.path.join(self.path, LOCK_FILE), self.lock_timeout, f"image store {self.path}"):
             self._clean_stale()
             yield
 
@@ -960,7 +914,7 @@ class ImageStore:
             actions.append(f"update {', '.join(fields)} of {ident}")
             after["updated_at"] = self._now()
             if not self.check_mode:
-                write_json_atomic(os.path.join(self.image_dir(existing["id"]), RECORD_FILE), after)
+                write_json(os.path.join(self.image_dir(existing["id"]), RECORD_FILE), after)
                 self._log("info", f"updated {', '.join(fields)} of {ident}")
         return dict(changed=changed, before=existing, after=after, actions=actions)
 
@@ -1032,13 +986,13 @@ class ImageStore:
                 raise ImageUnsafe(source, exc.declared, exc.detected, exc.reason) from exc
             record = self._new_record(spec, image_id, size, info["virtual_size"], sha)
             os.chmod(data, 0o644)
-            write_json_atomic(os.path.join(work, RECORD_FILE), record)
+            write_json(os.path.join(work, RECORD_FILE), record)
             os.chmod(work, 0o755)
             try:
                 os.rename(work, os.path.join(self.path, image_id))
             except OSError as exc:
                 raise ImageStoreError(f"image {image_id} cannot be put in place in {self.path}: {exc.strerror or exc}") from exc
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except BaseException:
             _remove_tree(work)
             raise
@@ -1059,9 +1013,9 @@ class ImageStore:
             if not self.check_mode:
                 trash = os.path.join(self.path, f"{DELETED_PREFIX}{existing['id']}-{uuid.uuid4().hex[:8]}")
                 os.rename(self.image_dir(existing["id"]), trash)
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
                 with contextlib.suppress(OSError):
-                    write_json_atomic(os.path.join(trash, RECORD_FILE), dict(existing, status="deleted", updated_at=self._now()))
+                    write_json(os.path.join(trash, RECORD_FILE), dict(existing, status="deleted", updated_at=self._now()))
                 _remove_tree(trash)
                 self._log("info", f"deleted image {existing['id']} ({existing['name']})")
             return dict(changed=True, before=existing, after=None, actions=[action])
@@ -1236,7 +1190,7 @@ class ImageCache:
             )
             return result
         os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
-        with file_lock(path + ".lock", self.lock_timeout, f"base file of image {image_id}"):
+        with store_lock(path + ".lock", self.lock_timeout, f"base file of image {image_id}"):
             for entry in os.listdir(self.base_dir):
                 if entry.startswith(f"{FETCH_PREFIX}{os.path.basename(path)}-"):
                     _remove_tree(os.path.join(self.base_dir, entry))
@@ -1244,7 +1198,7 @@ class ImageCache:
             if state["ok"]:
                 if state["hashed"] and state["info"].get("stat") != state["stat"]:
                     # the hash still matches: remember the new stat, so the next use does not hash again
-                    write_json_atomic(path + ".info", dict(state["info"], stat=state["stat"], verified_at=now_iso()))
+                    write_json(path + ".info", dict(state["info"], stat=state["stat"], verified_at=now_iso()))
                 return self._result(result, state["info"], state["virtual_size"], hashed=state["hashed"])
             if state["present"]:
                 result["repaired"] = state["reason"]
@@ -1334,12 +1288,12 @@ class ImageCache:
             )
             # the side file first, without stat: a crash before the rename leaves a side file that
             # nothing matches; a crash after it, one that makes the next use hash and then record the stat
-            write_json_atomic(path + ".info", side)
+            write_json(path + ".info", side)
             os.replace(base, path)
-            _fsync_dir(self.base_dir)
+            fsync_dir(self.base_dir)
             side["stat"] = self._stat(path)
             side["verified_at"] = now_iso()
-            write_json_atomic(path + ".info", side)
+            write_json(path + ".info", side)
         finally:
             _remove_tree(work)
         result.update(

@@ -15,11 +15,11 @@ filter plugins and unit tests use it alike.
 * Nova's three state fields: :class:`VmState`, :class:`TaskState`,
   :class:`PowerState` (Nova's numbers and names) and the libvirt domain state to
   power state mapping of nova/virt/libvirt/guest.py.
-* :data:`ACTIONS`, the allowed-action table of nova/compute/api.py
-  (``@check_instance_lock`` / ``@check_instance_state``), :func:`check_action`,
-  :func:`begin_action` / :func:`finish_action` and the action log of
-  ``nova instance-action-list`` (Nova's action names: ``createImage``,
-  ``live-migration``, ``shelveOffload``, ...).
+* The action log of ``nova instance-action-list`` (:class:`ActionEntry`, Nova's action
+  names: ``createImage``, ``live-migration``, ``shelveOffload``, ...), :func:`set_lock`
+  and :func:`update_task_state`. Nova's table of which action is allowed when
+  (``check_action``, ``begin_action``, ``finish_action``) is the action registry in
+  ``_actions``, where each action is one object.
 * :func:`config_drive_files`, the content of a config drive (``meta_data.json`` as
   Nova writes it, and ``user_data``).
 
@@ -42,6 +42,8 @@ import re
 import secrets
 import uuid as uuid_mod
 from collections.abc import Mapping
+
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_host_name, is_instance_name, is_request_id, is_simple_name, is_uuid
 
 RECORD_VERSION = 1
 
@@ -232,14 +234,8 @@ def power_state_name(state):
 
 # --------------------------------------------------------------------------- validators
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-INSTANCE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*\Z")
 INSTANCE_NAME_MAX = 63
-# projects, networks, availability zones, server groups, flavors
-SIMPLE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}\Z")
-HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,252}\Z")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
-REQUEST_ID_RE = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # nova/api/validation/parameter_types.py allows word characters, '.', '-', ':' and space
 EXTRA_SPEC_KEY_RE = re.compile(r"^[A-Za-z0-9_.: -]{1,255}\Z")
 PROPERTY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}\Z")
@@ -267,26 +263,26 @@ def _show(value):
 
 def validate_uuid(value, what="uuid"):
     """A canonical UUID (8-4-4-4-12 hex), returned in lower case."""
-    if not isinstance(value, str) or not UUID_RE.match(value.lower()):
+    if not isinstance(value, str) or not is_uuid(value, any_case=True):
         raise InstanceError(f"{what} {_show(value)} is not a UUID: give 8-4-4-4-12 hexadecimal digits such as 3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b")
     return value.lower()
 
 
 def validate_instance_name(value):
     """An instance name: hostname-safe, 1..63 characters, no '..', not a UUID."""
-    if not isinstance(value, str) or not 1 <= len(value) <= INSTANCE_NAME_MAX or not INSTANCE_NAME_RE.match(value) or ".." in value:
+    if not is_instance_name(value):
         raise InstanceError(
             f"instance name {_show(value)} is not valid: use 1 to {INSTANCE_NAME_MAX} characters from letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, without '..'"
         )
-    if UUID_RE.match(value.lower()):
+    if is_uuid(value, any_case=True):
         raise InstanceError(f"instance name {_show(value)} is a UUID, which would be ambiguous with instance ids: choose another name")
     return value
 
 
 def validate_simple_name(value, what):
     """A project, network, zone, server group or flavor name: 1..64 of [A-Za-z0-9._-], no '..'."""
-    if not isinstance(value, str) or not SIMPLE_NAME_RE.match(value) or ".." in value:
+    if not is_simple_name(value):
         raise InstanceError(
             f"{what} {_show(value)} is not valid: use 1 to 64 characters from letters, digits, '.', '_' and '-', starting with a letter or digit, without '..'"
         )
@@ -299,7 +295,7 @@ def validate_project(value):
 
 def validate_host_name(value):
     """A compute host name as the inventory knows it."""
-    if not isinstance(value, str) or not HOST_NAME_RE.match(value) or ".." in value:
+    if not is_host_name(value):
         raise InstanceError(
             f"host name {_show(value)} is not valid: use 1 to 253 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
@@ -341,7 +337,7 @@ def new_request_id():
 
 
 def validate_request_id(value):
-    if not isinstance(value, str) or not REQUEST_ID_RE.match(value):
+    if not is_request_id(value):
         raise InstanceError(f"request id {_show(value)} is not valid: give 'req-' followed by a lower-case UUID, as new_request_id() makes")
     return value
 
@@ -383,7 +379,7 @@ def _int_in_range(value, what, low, high):
     return value
 
 
-def _text(value, what, max_len, *, allow_empty=True, multiline=False):
+def check_text(value, what, max_len, *, allow_empty=True, multiline=False):
     if not isinstance(value, str):
         raise InstanceError(f"{what} must be a string, got {_show(value)}")
     if not allow_empty and not value:
@@ -416,7 +412,7 @@ def validate_extra_specs(value):
     for key, val in _mapping(value, "flavor extra_specs").items():
         if not isinstance(key, str) or not EXTRA_SPEC_KEY_RE.match(key):
             raise InstanceError(f"flavor extra_specs key {_show(key)} is not valid: use 1 to 255 of letters, digits, '_', '.', ':', '-' and space")
-        specs[key] = _text(val, f"flavor extra_specs value of {key}", 255)
+        specs[key] = check_text(val, f"flavor extra_specs value of {key}", 255)
     return specs
 
 
@@ -427,8 +423,8 @@ def validate_meta(value, what="instance metadata"):
     if len(items) > MAX_META_ITEMS:
         raise InstanceError(f"{what} has {len(items)} items; at most {MAX_META_ITEMS} are allowed")
     for key, val in items.items():
-        _text(key, f"{what} key", MAX_META_LEN, allow_empty=False)
-        meta[key] = _text(val, f"{what} value of {key}", MAX_META_LEN)
+        check_text(key, f"{what} key", MAX_META_LEN, allow_empty=False)
+        meta[key] = check_text(val, f"{what} value of {key}", MAX_META_LEN)
     return meta
 
 
@@ -439,7 +435,7 @@ def validate_image_properties(value):
         if not isinstance(key, str) or not PROPERTY_KEY_RE.match(key):
             raise InstanceError(f"image property name {_show(key)} is not valid: use 1 to 255 of letters, digits, '_', '.', ':' and '-'")
         if isinstance(val, str):
-            props[key] = _text(val, f"image property {key}", 255)
+            props[key] = check_text(val, f"image property {key}", 255)
         elif val is None or isinstance(val, (bool, int, float)):
             props[key] = val
         else:
@@ -472,24 +468,24 @@ def validate_user_data(value):
 
 def validate_image_id(value):
     """An image id: a UUID or a simple name."""
-    if isinstance(value, str) and UUID_RE.match(value.lower()):
+    if is_uuid(value, any_case=True):
         return value.lower()
     return validate_simple_name(value, "image id")
 
 
-def _vm_state(value):
+def check_vm_state(value):
     if value not in VmState.ALL:
         raise InstanceError(f"vm_state {_show(value)} is not one of Nova's vm states: {', '.join(VmState.ALL)}")
     return value
 
 
-def _task_state(value):
+def check_task_state(value):
     if value is not None and value not in TaskState.ALL:
         raise InstanceError(f"task_state {_show(value)} is not null or one of Nova's task states: {', '.join(TaskState.ALL)}")
     return value
 
 
-def _power_state(value):
+def check_power_state(value):
     if isinstance(value, bool) or value not in PowerState.ALL:
         raise InstanceError(f"power_state {_show(value)} is not one of Nova's power states {list(PowerState.ALL)}")
     return value
@@ -600,7 +596,7 @@ class ActionEntry:
             start_time=validate_timestamp(data["start_time"], "action start_time"),
             finish_time=_optional_timestamp(data.get("finish_time"), "action finish_time"),
             result=result,
-            message=None if message is None else _text(message, "action message", MAX_MESSAGE_LEN, multiline=True),
+            message=None if message is None else check_text(message, "action message", MAX_MESSAGE_LEN, multiline=True),
         )
 
     def to_dict(self):
@@ -707,13 +703,13 @@ class Instance:  # pylint: disable=too-many-instance-attributes
             availability_zone=validate_simple_name(data.get("availability_zone", "nova"), "availability zone"),
             server_group=None if group is None else validate_simple_name(group, "server group name"),
             ports=ports,
-            vm_state=_vm_state(data.get("vm_state", VmState.BUILDING)),
-            task_state=_task_state(data.get("task_state", TaskState.SCHEDULING)),
-            power_state=_power_state(data.get("power_state", PowerState.NOSTATE)),
+            vm_state=check_vm_state(data.get("vm_state", VmState.BUILDING)),
+            task_state=check_task_state(data.get("task_state", TaskState.SCHEDULING)),
+            power_state=check_power_state(data.get("power_state", PowerState.NOSTATE)),
             host=None if host is None else validate_host_name(host),
             launched_at=_optional_timestamp(data.get("launched_at"), "launched_at"),
             locked=locked,
-            locked_reason=None if reason is None else _text(reason, "locked_reason", 255),
+            locked_reason=None if reason is None else check_text(reason, "locked_reason", 255),
             actions=[ActionEntry.from_dict(a) for a in actions_in],
             meta=validate_meta(data.get("meta", {})),
             public_keys=validate_public_keys(data.get("public_keys", {})),
@@ -780,151 +776,54 @@ def as_instance(record):
     return Instance.from_dict(record)
 
 
-# --------------------------------------------------------------------------- the action table
+# --------------------------------------------------------------------------- the action log
 
 ANY = None
 NO_TASK = frozenset({None})
 RESULTS = ("Success", "Error")
+# The names an action log entry may carry: Nova's instance-action names (nova/compute/
+# instance_actions.py). Each action of the registry in ``_actions`` logs one of them
+# (a unit test holds the two equal); the state table itself is that registry.
+ACTION_LOG_NAMES = frozenset(
+    {
+        "create",
+        "start",
+        "stop",
+        "reboot",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "createImage",
+        "createBackup",
+        "rebuild",
+        "evacuate",
+        "rescue",
+        "unrescue",
+        "shelve",
+        "shelveOffload",
+        "unshelve",
+        "resize",
+        "migrate",
+        "confirmResize",
+        "revertResize",
+        "live-migration",
+        "delete",
+        "restore",
+        "attach_volume",
+        "detach_volume",
+        "attach_interface",
+        "detach_interface",
+        "lock",
+        "unlock",
+    }
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class ActionRule:
-    """When an action is allowed, as nova/compute/api.py decorates it.
-
-    vm_states / task_states: allowed values, ``None`` meaning any (Nova's
-    ``check_instance_state(vm_state=None, task_state=None)``).
-    """
-
-    vm_states: frozenset | None
-    log_name: str
-    task_state: str | None = None  # task_state set when the action begins
-    task_states: frozenset | None = NO_TASK
-    must_have_launched: bool = True
-    lock_checked: bool = True
-
-
-def _rule(vm_states, log_name, task_state=None, **kwargs):
-    return ActionRule(None if vm_states is ANY else frozenset(vm_states), log_name, task_state, **kwargs)
-
-
-_V = VmState
-_T = TaskState
-_VOLUME_STATES = (_V.ACTIVE, _V.PAUSED, _V.STOPPED, _V.RESIZED, _V.SOFT_DELETED, _V.SHELVED, _V.SHELVED_OFFLOADED)
-
-# Checked against nova/compute/api.py (Victoria..2023.x): the decorators of each API call.
-ACTIONS = {
-    # create: the build itself (not an API-decorated call): only while building
-    "create": _rule((_V.BUILDING,), "create", _T.SCHEDULING, task_states=ANY, must_have_launched=False, lock_checked=False),
-    "start": _rule((_V.STOPPED,), "start", _T.POWERING_ON),
-    "stop": _rule((_V.ACTIVE, _V.ERROR), "stop", _T.POWERING_OFF),
-    "reboot": _rule(_V.ALLOW_SOFT_REBOOT, "reboot", _T.REBOOTING),
-    "reboot_hard": _rule(_V.ALLOW_HARD_REBOOT, "reboot", _T.REBOOTING_HARD, task_states=frozenset(_T.ALLOW_REBOOT)),
-    "pause": _rule((_V.ACTIVE,), "pause", _T.PAUSING),
-    "unpause": _rule((_V.PAUSED,), "unpause", _T.UNPAUSING),
-    "suspend": _rule((_V.ACTIVE,), "suspend", _T.SUSPENDING),
-    "resume": _rule((_V.SUSPENDED,), "resume", _T.RESUMING),
-    "snapshot": _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), "createImage", _T.IMAGE_SNAPSHOT_PENDING),
-    "backup": _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), "createBackup", _T.IMAGE_BACKUP),
-    "rebuild": _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), "rebuild", _T.REBUILDING),
-    "evacuate": _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), "evacuate", _T.REBUILDING),
-    "rescue": _rule((_V.ACTIVE, _V.STOPPED, _V.ERROR), "rescue", _T.RESCUING),
-    "unrescue": _rule((_V.RESCUED,), "unrescue", _T.UNRESCUING),
-    "shelve": _rule((_V.ACTIVE, _V.STOPPED, _V.PAUSED, _V.SUSPENDED), "shelve", _T.SHELVING),
-    "shelve_offload": _rule((_V.SHELVED,), "shelveOffload", _T.SHELVING_OFFLOADING),
-    "unshelve": _rule((_V.SHELVED, _V.SHELVED_OFFLOADED), "unshelve", _T.UNSHELVING),
-    "resize": _rule((_V.ACTIVE, _V.STOPPED), "resize", _T.RESIZE_PREP),
-    "migrate": _rule((_V.ACTIVE, _V.STOPPED), "migrate", _T.RESIZE_PREP),
-    "confirm_resize": _rule((_V.RESIZED,), "confirmResize", _T.RESIZE_CONFIRMING),
-    "revert_resize": _rule((_V.RESIZED,), "revertResize", _T.RESIZE_REVERTING),
-    "live_migrate": _rule((_V.ACTIVE, _V.PAUSED), "live-migration", _T.MIGRATING),
-    "delete": _rule(ANY, "delete", _T.DELETING, task_states=ANY, must_have_launched=False),
-    "force_delete": _rule(ANY, "delete", _T.DELETING, task_states=ANY, must_have_launched=False),
-    "soft_delete": _rule(ANY, "delete", _T.SOFT_DELETING, task_states=ANY),
-    "restore": _rule((_V.SOFT_DELETED,), "restore", _T.RESTORING),
-    "attach_volume": _rule(_VOLUME_STATES, "attach_volume"),
-    "detach_volume": _rule(_VOLUME_STATES, "detach_volume"),
-    "attach_interface": _rule((_V.ACTIVE, _V.PAUSED, _V.STOPPED), "attach_interface"),
-    "detach_interface": _rule((_V.ACTIVE, _V.PAUSED, _V.STOPPED), "detach_interface"),
-    "lock": _rule(ANY, "lock", task_states=ANY, must_have_launched=False, lock_checked=False),
-    "unlock": _rule(ANY, "unlock", task_states=ANY, must_have_launched=False, lock_checked=False),
-}
-ACTION_LOG_NAMES = frozenset(rule.log_name for rule in ACTIONS.values())
-
-
-def _rule_for(action):
-    try:
-        return ACTIONS[action]
-    except (KeyError, TypeError):
-        raise InstanceError(f"unknown action {_show(action)}; known actions: {', '.join(sorted(ACTIONS))}") from None
-
-
-def _states_text(states):
+def states_text(states):
+    """``a, b or c`` of a set of states (None written as None), sorted."""
     names = ["None" if s is None else s for s in sorted(states, key=lambda s: (s is not None, s or ""))]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-
-
-def check_action(record, action, *, is_admin=False):
-    """Raise :class:`ActionRefused` unless Nova's table allows ``action`` now.
-
-    The checks run in Nova's order: the lock (``@check_instance_lock``, which an admin
-    passes), then vm_state, task_state and launched_at (``@check_instance_state``).
-    """
-    inst = as_instance(record)
-    rule = _rule_for(action)
-    state = inst.vm_state if inst.task_state is None else f"{inst.vm_state} with task {inst.task_state} in progress"
-    details = {"action": action, "uuid": inst.uuid, "name": inst.name, "vm_state": inst.vm_state, "task_state": inst.task_state}
-    if rule.lock_checked and inst.locked and not is_admin:
-        reason = f"reason: {inst.locked_reason}" if inst.locked_reason else "no reason given"
-        raise ActionRefused(f"Cannot {action} instance {inst.label()}: it is locked ({reason}); unlock it first", reason="locked", **details)
-    if rule.vm_states is not None and inst.vm_state not in rule.vm_states:
-        raise ActionRefused(
-            f"Cannot {action} instance {inst.label()} while it is {state}: {action} needs vm_state {_states_text(rule.vm_states)}", reason="vm_state", **details
-        )
-    if rule.task_states is not None and inst.task_state not in rule.task_states:
-        needs = "no task in progress (task_state None)" if rule.task_states == NO_TASK else f"task_state {_states_text(rule.task_states)}"
-        raise ActionRefused(f"Cannot {action} instance {inst.label()} while it is {state}: {action} needs {needs}", reason="task_state", **details)
-    if rule.must_have_launched and not inst.launched_at:
-        raise ActionRefused(
-            f"Cannot {action} instance {inst.label()} while it is {state}: it has never been launched (launched_at is empty)", reason="not_launched", **details
-        )
-
-
-def is_allowed(record, action, *, is_admin=False):
-    try:
-        check_action(record, action, is_admin=is_admin)
-    except ActionRefused:
-        return False
-    return True
-
-
-def allowed_actions(record, *, is_admin=False):
-    """The actions Nova's table allows now, sorted."""
-    inst = as_instance(record)
-    return [action for action in sorted(ACTIONS) if is_allowed(inst, action, is_admin=is_admin)]
-
-
-# actions after whose success Nova sets launched_at (spawn, rebuild, finish_resize, unshelve)
-_LAUNCHING = frozenset({"create", "rebuild", "evacuate", "unshelve", "resize", "migrate"})
-
-
-def begin_action(record, action, request_id, task_state=None, *, is_admin=False, now=None):
-    """Check the action, then set the task state and open an action log entry.
-
-    ``task_state`` defaults to the action's own (``pausing`` for pause, ...).
-    A refused action raises :class:`ActionRefused` and leaves the record unchanged.
-    Changes ``record`` (an :class:`Instance`) in place and returns it.
-    """
-    if not isinstance(record, Instance):
-        raise InstanceError("begin_action needs an Instance record; build one with Instance.from_dict()")
-    check_action(record, action, is_admin=is_admin)
-    rule = ACTIONS[action]
-    request_id = validate_request_id(request_id)
-    new_task = _task_state(rule.task_state if task_state is None else task_state)
-    now = utcnow() if now is None else validate_timestamp(now)
-    record.task_state = new_task
-    record.updated_at = now
-    record.actions.append(ActionEntry(action=rule.log_name, request_id=request_id, start_time=now))
-    return record
 
 
 def update_task_state(record, task_state, *, expected_task_state=NO_TASK, now=None):
@@ -934,48 +833,10 @@ def update_task_state(record, task_state, *, expected_task_state=NO_TASK, now=No
     expected = frozenset(expected_task_state) if not isinstance(expected_task_state, frozenset) else expected_task_state
     if record.task_state not in expected:
         raise InstanceError(
-            f"instance {record.label()} has task_state {record.task_state}, expected {_states_text(expected)}: "
-            "another action changed it; look at the action log"
+            f"instance {record.label()} has task_state {record.task_state}, expected {states_text(expected)}: another action changed it; look at the action log"
         )
-    record.task_state = _task_state(task_state)
+    record.task_state = check_task_state(task_state)
     record.updated_at = utcnow() if now is None else validate_timestamp(now)
-    return record
-
-
-def finish_action(record, action, request_id, *, vm_state=None, task_state=None, power_state=None, result="Success", message=None, now=None):
-    """Close the action's open log entry and set the states it ended in.
-
-    ``vm_state``/``power_state`` None leave them as they are; ``task_state`` is set
-    (None: no task in progress). ``result`` is 'Success' or 'Error'.
-    """
-    if not isinstance(record, Instance):
-        raise InstanceError("finish_action needs an Instance record")
-    rule = _rule_for(action)
-    request_id = validate_request_id(request_id)
-    if result not in RESULTS:
-        raise InstanceError(f"result {_show(result)} must be 'Success' or 'Error'")
-    if message is not None:
-        _text(message, "action message", MAX_MESSAGE_LEN, multiline=True)
-    new_vm = record.vm_state if vm_state is None else _vm_state(vm_state)
-    new_task = _task_state(task_state)
-    new_power = record.power_state if power_state is None else _power_state(power_state)
-    now = utcnow() if now is None else validate_timestamp(now)
-    for entry in reversed(record.actions):
-        if entry.action == rule.log_name and entry.request_id == request_id and entry.finish_time is None:
-            break
-    else:
-        raise InstanceError(
-            f"instance {record.label()} has no open {rule.log_name} action for request {request_id}: call begin_action first (with the same request id)"
-        )
-    entry.finish_time = now
-    entry.result = result
-    entry.message = message
-    record.vm_state = new_vm
-    record.task_state = new_task
-    record.power_state = new_power
-    record.updated_at = now
-    if result == "Success" and action in _LAUNCHING and new_vm == VmState.ACTIVE:
-        record.launched_at = now
     return record
 
 
@@ -991,7 +852,7 @@ def set_lock(record, locked, request_id, *, reason=None, now=None):
         raise InstanceError(f"locked must be true or false, got {_show(locked)}")
     request_id = validate_request_id(request_id)
     if reason is not None:
-        _text(reason, "lock reason", 255)
+        check_text(reason, "lock reason", 255)
     if record.locked == locked:
         return False
     now = utcnow() if now is None else validate_timestamp(now)

@@ -31,7 +31,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,5}$")
+from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write
+
+LAB_NAME_RE = re.compile(r"[a-z][a-z0-9]{1,5}")
 MAX_HOSTS = 16
 RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -139,7 +141,7 @@ class LabSpec:
 
 def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str, kvm: bool = False) -> LabSpec:
     """Validate the options and compute names and addresses; raises LabError."""
-    if not LAB_NAME_RE.match(name or ""):
+    if not LAB_NAME_RE.fullmatch(name or ""):
         raise LabError(
             f"lab name {name!r} is not valid: use 2 to 6 lowercase letters or digits, starting with a letter "
             "(it prefixes interface names, which Linux limits to 15 characters)"
@@ -417,11 +419,7 @@ class Lab:
         except OSError:
             pass
         if self.change(f"write {what} {path}"):
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(content)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
+            atomic_write(path, content, mode)
         return True
 
     def _host_up(self, host: HostSpec, netns_present: bool) -> list[tuple[HostSpec, str]]:

@@ -74,7 +74,6 @@ import math
 import os
 import re
 import socket
-import tempfile
 import time
 import traceback
 from urllib.parse import parse_qsl, urlsplit
@@ -104,24 +103,10 @@ except ImportError:
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import LIBVIRT_POWER_STATE
 
-try:
-    from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import (
-        read_record as _strict_read_record,
-    )
-    from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError as _RecordError
-
-    HAS_DOMAIN_XML = True
-except ImportError:
-    _strict_read_record = None
-    HAS_DOMAIN_XML = False
-
-    class _RecordError(Exception):
-        """Stands in for the record validator's error when it is not installed."""
-
-
-# The collection's XML namespace for the instance record in <metadata>.
-RECORD_NS = "https://virtcloud.invalid/xmlns/compute/1"
-RECORD_TAG = f"{{{RECORD_NS}}}instance"
+from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import DomainXmlError
+from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import read_record as _read_record_of_domain
+from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write, json_text
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_host_name, is_simple_name, is_uuid
 
 GIB = 1024**3
 MIB = 1024**2
@@ -209,9 +194,6 @@ VIR_DOMAIN_AFFECT_LIVE = 1
 VIR_DOMAIN_AFFECT_CONFIG = 2
 VIR_DOMAIN_METADATA_ELEMENT = 2
 
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,252}\Z")
-ZONE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}\Z")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_REASON = 255  # Nova's services.disabled_reason column
 NO_RECORD = "no virtcloud record in its metadata"
@@ -415,7 +397,7 @@ def lookup_domain(conn, name_or_uuid: str):
     """The virDomain with this UUID or name, or None when there is none."""
     ref = _check_domain_ref(name_or_uuid)
     lookups = []
-    if UUID_RE.match(ref):
+    if is_uuid(ref, any_case=True):
         lookups.append(("lookupByUUIDString", ref.lower()))
     lookups.append(("lookupByName", ref))
     for method, value in lookups:
@@ -685,38 +667,15 @@ def _memory_mb(element) -> int:
     return int(math.ceil(value * factor / MIB))
 
 
-def _record_from_element(element):
-    """The fallback record reader: the JSON text of <vc:instance>, checked for what the facts use."""
-    try:
-        record = json.loads(element.text or "")
-    except ValueError as exc:
-        raise _RecordError(f"the record is not JSON: {exc}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("uuid"), str) or not isinstance(record.get("flavor"), dict):
-        raise _RecordError("the record has no uuid or flavor")
-    flavor = record["flavor"]
-    for key in ("vcpus", "ram_mb", "disk_gb", "ephemeral_gb", "swap_mb"):
-        value = flavor.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise _RecordError(f"flavor {key} is {value!r}, not a whole number >= 0")
-    return record
-
-
 def read_record(xml):
     """The instance record (a dict) in the domain's <metadata>, or None when there is none.
 
-    Uses ``_domain_xml.read_record`` (which validates the whole record) when that
-    module is installed. Raises HostFactsError when a record is there but not valid.
+    ``_domain_xml.read_record`` reads it (the one reader, which validates the whole
+    record); a record that is there but not valid raises HostFactsError.
     """
-    root = _parse_xml(xml, "the domain XML")
-    metadata = root.find("metadata")
-    element = None if metadata is None else metadata.find(RECORD_TAG)
-    if element is None:
-        return None
     try:
-        if HAS_DOMAIN_XML:
-            return _strict_read_record(xml)
-        return _record_from_element(element)
-    except _RecordError as exc:
+        return _read_record_of_domain(xml)
+    except DomainXmlError as exc:
         raise HostFactsError(f"the virtcloud record in its metadata is not valid: {exc}") from None
 
 
@@ -863,7 +822,7 @@ def check_reserved(value, name: str) -> int:
 
 
 def check_host_name(value, what: str = "host") -> str:
-    if not isinstance(value, str) or not HOST_NAME_RE.match(value) or ".." in value:
+    if not is_host_name(value):
         raise HostFactsError(f"{what} {value!r} is not a valid host name: use 1 to 253 letters, digits, '.', '_' and '-', starting with a letter or digit")
     return value
 
@@ -871,7 +830,7 @@ def check_host_name(value, what: str = "host") -> str:
 def check_zone(value) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not ZONE_RE.match(value) or ".." in value:
+    if not is_simple_name(value):
         raise HostFactsError(f"availability_zone {value!r} is not valid: use 1 to 64 letters, digits, '.', '_' and '-', starting with a letter or digit")
     return value
 
@@ -972,29 +931,12 @@ def service_state(record: dict | None, host: str) -> dict:
 
 
 def write_service_record(path: str, record: dict) -> None:
-    """Write the record atomically: a temporary file in the same folder, fsync, rename, fsync the folder."""
+    """Write the record atomically (``_files.atomic_write``: a temporary file beside it, fsync, rename)."""
     folder = os.path.dirname(path) or "."
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        atomic_write(path, json_text(record), 0o644)
     except OSError as exc:
-        raise ServiceRecordError(f"cannot write the service record in {folder}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, sort_keys=True, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ServiceRecordError(f"cannot write the service record {path}: {exc.strerror or exc}") from None
 
 

@@ -61,7 +61,7 @@ defaults to ``/var/lib/virtcloud/networks``):
                    with this ``--conf-file`` in this host's network namespace
 ``leases``         dnsmasq's lease file
 ``dnsmasq.log``    dnsmasq's log (``log-dhcp``)
-``.lock``          the lock every change takes (``fcntl.flock``)
+``.lock``          the lock every change takes (``_files.file_lock``, flock)
 =================  ===========================================================
 
 Only the owner uses the folder: a host that can see another host's folder (shared
@@ -108,8 +108,6 @@ through an injected ``run(argv, data=None) -> (rc, stdout, stderr)``.
 from __future__ import annotations
 
 import datetime
-import errno
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -121,11 +119,12 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write, file_lock, json_text
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_uuid
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,9}\Z")
 PORT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}\Z")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
 # a path that is safe in dnsmasq's configuration file and on a command line
 PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")
@@ -228,7 +227,7 @@ def validate_hostname(value) -> str:
 
 def validate_uuid(value) -> str:
     text = value.lower() if isinstance(value, str) else value
-    if not isinstance(text, str) or not UUID_RE.match(text):
+    if not isinstance(text, str) or not is_uuid(text):
         raise NetworkError(f"instance uuid {value!r} is not a UUID (8-4-4-4-12 hexadecimal digits)")
     return text
 
@@ -668,28 +667,6 @@ def prune_leases(text: str, ports: dict[str, Port]) -> tuple[str, list[Lease]]:
 # ---------------------------------------------------------------------------
 
 
-def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text``: temporary file, fsync, rename, fsync of the folder.
-
-    A crash at any point leaves either the old or the new file, never a part.
-    The temporary file is ``<path>.tmp``; callers hold the folder's lock.
-    """
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
@@ -708,40 +685,9 @@ def read_json(path: str, what: str):
         raise NetworkError(f"{what} {path} is not valid JSON ({exc}): restore it from a backup; it is never rewritten while damaged") from None
 
 
-def dump_json(data) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
-class FileLock:
-    """An exclusive ``fcntl.flock`` on ``path``, waited for up to ``timeout`` seconds."""
-
-    def __init__(self, path: str, timeout: float = 30):
-        self.path = path
-        self.timeout = timeout
-        self.fd: int | None = None
-
-    def __enter__(self) -> "FileLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    os.close(fd)
-                    raise NetworkError(
-                        f"the lock {self.path} is held by another run for more than {self.timeout} s: wait for it to end and try again"
-                    ) from None
-                time.sleep(0.1)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+def network_lock(path: str, timeout: float = 30):
+    """An exclusive lock on ``path`` (``_files.file_lock``), waited for up to ``timeout`` seconds; NetworkError after."""
+    return file_lock(path, timeout, f"the network folder {os.path.dirname(path)}", error=NetworkError)
 
 
 class NetworkStore:
@@ -781,8 +727,9 @@ class NetworkStore:
                 "runs on one host (run this there, or give this host a state_dir of its own)"
             )
 
-    def lock(self, timeout: float = 30) -> FileLock:
-        return FileLock(self.paths.lock, timeout)
+    def lock(self, timeout: float = 30):
+        """The network folder's lock (``.lock`` beside ports.json), held around read-change-write."""
+        return network_lock(self.paths.lock, timeout)
 
     def read_spec(self) -> NetworkSpec | None:
         data = read_json(self.paths.network, "network definition")
@@ -793,10 +740,10 @@ class NetworkStore:
         return None if doc is None else ports_from_document(doc, self.name)
 
     def write_ports(self, ports: dict[str, Port]) -> None:
-        atomic_write(self.paths.ports, dump_json(ports_document(self.name, ports)))
+        atomic_write(self.paths.ports, json_text(ports_document(self.name, ports)))
 
     def write_spec(self, spec: NetworkSpec) -> None:
-        atomic_write(self.paths.network, dump_json(dict(spec.to_dict(), host=self.host_name)))
+        atomic_write(self.paths.network, json_text(dict(spec.to_dict(), host=self.host_name)))
 
 
 # ---------------------------------------------------------------------------
@@ -1148,7 +1095,7 @@ def host_peers(local_ip: str, peers: list) -> list[str]:
 
 
 def _empty_ports_doc(name: str) -> str:
-    return dump_json(ports_document(name, {}))
+    return json_text(ports_document(name, {}))
 
 
 def network_present(

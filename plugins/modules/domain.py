@@ -206,10 +206,8 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     request_id,
     wait_argument_spec,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    InstanceError,
-    ensure_domain,
-)
+from ansible_collections.virtcloud.compute.plugins.module_utils._domain import ensure_domain
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
 
 

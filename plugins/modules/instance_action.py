@@ -267,13 +267,14 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     connection_argument_spec,
     request_id,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    ACTIONS,
+from ansible_collections.virtcloud.compute.plugins.module_utils._actions import (
+    IMAGE_FORMATS,
+    INSTANCE_ACTIONS,
     ActionFailed,
-    InstanceError,
+    required_if,
     run_instance_action,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, InstanceError
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
@@ -281,20 +282,18 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import
 def main():
     argument_spec = dict(
         instance=dict(type="str", required=True),
-        action=dict(type="str", required=True, choices=list(ACTIONS)),
+        action=dict(type="str", required=True, choices=list(INSTANCE_ACTIONS)),
         reason=dict(type="str"),
         instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
         shutdown_timeout=dict(type="int", default=60),
         retry_interval=dict(type="int", default=10),
         timeout=dict(type="int", default=120),
         image=dict(type="dict", options=dict(id=dict(type="str", required=True), properties=dict(type="dict", default={}))),
-        image_format=dict(type="str", default="qcow2", choices=["qcow2", "raw"]),
+        image_format=dict(type="str", default="qcow2", choices=list(IMAGE_FORMATS)),
         snapshot_path=dict(type="path"),
     )
     argument_spec.update(connection_argument_spec())
-    module = AnsibleModule(
-        argument_spec=argument_spec, supports_check_mode=True, required_if=[("action", "rebuild", ["image"]), ("action", "snapshot", ["snapshot_path"])]
-    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, required_if=required_if())
     require_libraries(module)
     p = module.params
 

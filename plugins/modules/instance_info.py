@@ -142,10 +142,8 @@ unreadable:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec
-from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    InstanceError,
-    list_instances,
-)
+from ansible_collections.virtcloud.compute.plugins.module_utils._domain import list_instances
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
 
 

@@ -13,39 +13,24 @@ import os
 import pytest
 from lxml import etree
 
+from ansible_collections.virtcloud.compute.plugins.module_utils import _actions as ac
+from ansible_collections.virtcloud.compute.plugins.module_utils import _config_drive as cd
 from ansible_collections.virtcloud.compute.plugins.module_utils import _domain as dm
+from ansible_collections.virtcloud.compute.plugins.module_utils import _files as fi
+from ansible_collections.virtcloud.compute.plugins.module_utils import _guest as gu
+from ansible_collections.virtcloud.compute.plugins.module_utils import _instance as inst_mod
+from ansible_collections.virtcloud.compute.plugins.module_utils import _record as rec
 from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt as lv
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, Instance
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
+from ansible_collections.virtcloud.compute.tests.unit.plugins.module_utils.fake_libvirt import UUID, Clock, FakeConn, record
 
-UUID = "3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b"
 REQ = "req-0b0e4c83-2a3f-4c52-9d3f-2b8e2f0d4c11"
 NETS = {"net1": {"bridge": "vcbr0"}}
 
 SHUTOFF, RUNNING, PAUSED = lv.VIR_DOMAIN_SHUTOFF, lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED
-
-
-def record(**overrides):
-    data = {
-        "uuid": UUID,
-        "name": "web-1",
-        "project": "demo",
-        "flavor": {"name": "m1.tiny", "vcpus": 1, "ram_mb": 256, "disk_gb": 1},
-        "image": {"id": "vctest"},
-        "ports": [{"network": "net1", "mac": "fa:16:3e:00:00:01", "ip": "10.0.0.5"}],
-        "vm_state": "active",
-        "task_state": None,
-        "power_state": 1,
-        "host": "node1",
-        "created_at": "2024-05-01T12:00:00Z",
-        "updated_at": "2024-05-01T12:00:00Z",
-        "launched_at": "2024-05-01T12:00:00Z",
-        "config_drive": False,
-    }
-    data.update(overrides)
-    return Instance.from_dict(data).to_dict()
 
 
 # --------------------------------------------------------------------------- observed states
@@ -67,13 +52,13 @@ def record(**overrides):
     ],
 )
 def test_observed_state(state, saved, expected):
-    assert dm.observed_state(state, saved) == expected
+    assert gu.observed_state(state, saved) == expected
 
 
 @pytest.mark.parametrize("bad", [8, -2, True, None, "running"])
 def test_observed_state_rejects_unknown_numbers(bad):
     with pytest.raises(dm.DomainError, match="not one of libvirt"):
-        dm.observed_state(bad)
+        gu.observed_state(bad)
 
 
 # --------------------------------------------------------------------------- steps
@@ -113,24 +98,24 @@ def test_observed_state_rejects_unknown_numbers(bad):
     ],
 )
 def test_plan_steps(current, wanted, steps):
-    assert dm.plan_steps(current, wanted) == steps
+    assert gu.plan_steps(current, wanted) == steps
 
 
 def test_a_shut_off_domain_cannot_be_suspended():
     with pytest.raises(dm.DomainError, match="cannot suspend domain x: it is shut off.*start it first"):
-        dm.plan_steps("shutoff", "suspended", "domain x")
+        gu.plan_steps("shutoff", "suspended", "domain x")
     with pytest.raises(dm.DomainError, match="cannot suspend"):
-        dm.plan_steps("absent", "suspended", "domain x")
+        gu.plan_steps("absent", "suspended", "domain x")
 
 
 def test_a_domain_in_no_state_is_left_alone():
     with pytest.raises(dm.DomainError, match="no state"):
-        dm.next_step("nostate", "running")
+        gu.next_step("nostate", "running")
 
 
 def test_unknown_wanted_state():
     with pytest.raises(dm.DomainError, match="wanted state"):
-        dm.next_step("running", "hibernated")
+        gu.next_step("running", "hibernated")
 
 
 # --------------------------------------------------------------------------- shutdown schedule
@@ -148,13 +133,13 @@ def test_unknown_wanted_state():
     ],
 )
 def test_shutdown_schedule(timeout, interval, presses):
-    assert dm.shutdown_schedule(timeout, interval) == presses
+    assert gu.shutdown_schedule(timeout, interval) == presses
 
 
 @pytest.mark.parametrize("timeout, interval", [(-1, 10), (60, -1), (1.5, 10), (True, 10), ("60", 10)])
 def test_shutdown_schedule_rejects_bad_numbers(timeout, interval):
     with pytest.raises(dm.DomainError, match="whole number of seconds"):
-        dm.shutdown_schedule(timeout, interval)
+        gu.shutdown_schedule(timeout, interval)
 
 
 # --------------------------------------------------------------------------- instance action decisions
@@ -202,10 +187,10 @@ def test_shutdown_schedule_rejects_bad_numbers(timeout, interval):
 def test_action_decision(action, vm_state, observed, decision):
     rec = record(vm_state=vm_state)
     if decision in ("noop", "run"):
-        assert dm.action_decision(rec, action, observed) == decision
+        assert ac.action_decision(rec, action, observed) == decision
     else:
         with pytest.raises(ActionRefused) as err:
-            dm.action_decision(rec, action, observed)
+            ac.action_decision(rec, action, observed)
         assert err.value.reason == decision
         assert f"Cannot {action} instance web-1 ({UUID}) while it is {vm_state}" in str(err.value)
 
@@ -213,31 +198,31 @@ def test_action_decision(action, vm_state, observed, decision):
 def test_a_locked_instance_refuses_changes_but_not_what_is_already_done():
     rec = record(vm_state="stopped", locked=True, locked_reason="legal hold")
     with pytest.raises(ActionRefused, match=r"Cannot start instance web-1 .*locked \(reason: legal hold\); unlock it first"):
-        dm.action_decision(rec, "start", "shutoff")
+        ac.action_decision(rec, "start", "shutoff")
     with pytest.raises(ActionRefused, match="locked"):
-        dm.action_decision(rec, "delete", "shutoff")
+        ac.action_decision(rec, "delete", "shutoff")
     with pytest.raises(ActionRefused, match="locked"):
-        dm.action_decision(rec, "reboot_hard", "shutoff")
-    assert dm.action_decision(rec, "stop", "shutoff") == "noop"  # nothing to do, nothing done
-    assert dm.action_decision(rec, "lock", "shutoff") == "noop"
-    assert dm.action_decision(rec, "unlock", "shutoff") == "run"
+        ac.action_decision(rec, "reboot_hard", "shutoff")
+    assert ac.action_decision(rec, "stop", "shutoff") == "noop"  # nothing to do, nothing done
+    assert ac.action_decision(rec, "lock", "shutoff") == "noop"
+    assert ac.action_decision(rec, "unlock", "shutoff") == "run"
 
 
 def test_a_task_in_progress_refuses_a_second_action():
     rec = record(task_state="powering-off")
     with pytest.raises(ActionRefused, match="task powering-off in progress"):
-        dm.action_decision(rec, "pause", "running")
+        ac.action_decision(rec, "pause", "running")
     # not even the desired state is taken as reached while a task runs
     with pytest.raises(ActionRefused):
-        dm.action_decision(record(vm_state="stopped", task_state="powering-on"), "stop", "shutoff")
+        ac.action_decision(record(vm_state="stopped", task_state="powering-on"), "stop", "shutoff")
 
 
 def test_unknown_instance():
-    assert dm.action_decision(None, "delete", "absent") == "noop"
+    assert ac.action_decision(None, "delete", "absent") == "noop"
     with pytest.raises(dm.DomainError, match="no such instance"):
-        dm.action_decision(None, "start", "absent")
+        ac.action_decision(None, "start", "absent")
     with pytest.raises(dm.DomainError, match="not one of"):
-        dm.action_decision(record(), "hibernate", "running")
+        ac.action_decision(record(), "hibernate", "running")
 
 
 @pytest.mark.parametrize(
@@ -252,7 +237,7 @@ def test_unknown_instance():
     ],
 )
 def test_vm_state_after_failure(before, action, observed, after):
-    assert dm.vm_state_after_failure(before, dm.ACTION_TARGETS[action], observed) == after
+    assert ac.vm_state_after_failure(before, ac.REGISTRY[action], observed) == after
 
 
 # --------------------------------------------------------------------------- config drive
@@ -278,9 +263,9 @@ ENV = ["env", "LC_ALL=C", "LANG=C", "MTOOLS_SKIP_CHECK=1"]
 
 
 def test_config_drive_commands():
-    drive = dm.ConfigDrive(Recorder(), tools=TOOLS)
-    files = dm.config_drive_files(record(config_drive=True, user_data="#!/bin/sh\necho hi\n"))
-    cmds = drive.commands("/i/disk.config.tmp", files, dm.ConfigDrive.volume_id(UUID))
+    drive = cd.ConfigDrive(Recorder(), tools=TOOLS)
+    files = inst_mod.config_drive_files(record(config_drive=True, user_data="#!/bin/sh\necho hi\n"))
+    cmds = drive.commands("/i/disk.config.tmp", files, cd.ConfigDrive.volume_id(UUID))
     assert cmds == [
         (ENV + ["/usr/sbin/mkfs.vfat", "-n", "config-2", "-i", "3f2a6c1e", "/i/disk.config.tmp"], None),
         (ENV + ["/usr/bin/mmd", "-i", "/i/disk.config.tmp", "::/openstack"], None),
@@ -297,14 +282,14 @@ def test_config_drive_commands():
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a//b", "a/./b", "a b", "a;b", ""])
 def test_config_drive_refuses_odd_file_names(name):
-    with pytest.raises(dm.DomainError, match="plain relative path"):
-        dm.ConfigDrive(Recorder(), tools=TOOLS).commands("/i/x", {name: b""}, "3f2a6c1e")
+    with pytest.raises(cd.ConfigDriveError, match="plain relative path"):
+        cd.ConfigDrive(Recorder(), tools=TOOLS).commands("/i/x", {name: b""}, "3f2a6c1e")
 
 
 def test_config_drive_build_is_atomic_and_cleans_up(tmp_path):
     path = str(tmp_path / "disk.config")
     runner = Recorder()
-    dm.ConfigDrive(runner, tools=TOOLS).build(path, {"openstack/latest/meta_data.json": b"{}"}, "3f2a6c1e")
+    cd.ConfigDrive(runner, tools=TOOLS).build(path, {"openstack/latest/meta_data.json": b"{}"}, "3f2a6c1e")
     assert os.path.getsize(path) == 4 * 1024 * 1024
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert os.listdir(tmp_path) == ["disk.config"]
@@ -312,8 +297,8 @@ def test_config_drive_build_is_atomic_and_cleans_up(tmp_path):
     assert os.path.dirname(tmp) == str(tmp_path) and tmp != path  # built beside, renamed into place
 
     failing = Recorder({"mcopy": (1, "", "Disk full")})
-    with pytest.raises(dm.DomainError, match=r"making the config drive .* \(mcopy\) failed \(rc 1\): Disk full"):
-        dm.ConfigDrive(failing, tools=TOOLS).build(str(tmp_path / "other"), {"a": b"x"}, "3f2a6c1e")
+    with pytest.raises(cd.ConfigDriveError, match=r"making the config drive .* \(mcopy\) failed \(rc 1\): Disk full"):
+        cd.ConfigDrive(failing, tools=TOOLS).build(str(tmp_path / "other"), {"a": b"x"}, "3f2a6c1e")
     assert sorted(os.listdir(tmp_path)) == ["disk.config"]  # no temporary left
 
 
@@ -322,7 +307,7 @@ def test_config_drive_read_back(tmp_path):
     path.write_bytes(b"\0")
     listing = "::/openstack/\n::/openstack/latest/\n::/openstack/latest/meta_data.json"
     runner = Recorder({"mdir": (0, listing, ""), "meta_data.json -": (0, '{"uuid": "x"}', "")})
-    drive = dm.ConfigDrive(runner, tools=TOOLS)
+    drive = cd.ConfigDrive(runner, tools=TOOLS)
     files = drive.read(str(path))
     assert files == {"openstack/latest/meta_data.json": '{"uuid": "x"}'}
     assert runner.calls[1][0] == ENV + ["/usr/bin/mcopy", "-n", "-i", str(path), "::/openstack/latest/meta_data.json", "-"]
@@ -338,7 +323,7 @@ def test_the_metadata_element_is_the_one_the_builder_writes():
     root = etree.fromstring(built.encode())
     metadata = root.find("metadata")
     metadata.remove(metadata[0])
-    element = etree.fromstring(dm.record_element_xml(inst).encode())
+    element = etree.fromstring(dx.record_element_xml(inst).encode())
     moved = etree.SubElement(metadata, f"{{{dx.NS}}}instance", nsmap={"vc": dx.NS})
     for key, value in element.attrib.items():
         moved.set(key, value)
@@ -346,195 +331,11 @@ def test_the_metadata_element_is_the_one_the_builder_writes():
     assert not dx.differs(etree.tostring(root, encoding="unicode"), built)
 
 
-# --------------------------------------------------------------------------- a fake libvirt
-
-
-class FakeError(lv._LIBVIRT_ERROR):  # pylint: disable=protected-access
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def get_error_code(self):
-        return self.code
-
-    def get_error_message(self):
-        return self.message
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += max(seconds, 0.01)
-
-
-class FakeDomain:
-    """A guest: ``acpi`` says what it does with the power button ('off' after ``presses_needed``, 'ignore', 'reboot')."""
-
-    def __init__(self, conn, xml):
-        self.conn = conn
-        self.xml = xml
-        self.live_xml = self.saved_xml = None
-        root = etree.fromstring(xml.encode())
-        self._name = root.findtext("name")
-        self._uuid = root.findtext("uuid")
-        self.st = SHUTOFF
-        self.saved = False
-        self.dom_id = -1
-        self.presses = 0
-        self.acpi = "off"
-        self.presses_needed = 1
-        self.fail = {}
-        self.calls = []
-
-    def _check(self, op):
-        self.calls.append(op)
-        if self._uuid not in self.conn.domains:
-            raise FakeError(42, "Domain not found")
-        if op in self.fail:
-            effect, message = self.fail[op]
-            if effect is not None:
-                self.st = effect
-            raise FakeError(1, message)
-
-    def _run(self, state):
-        self.st = state
-        self.conn.next_id += 1
-        self.dom_id = self.conn.next_id
-
-    def name(self):
-        return self._name
-
-    def ID(self):  # noqa: N802 (libvirt's name)
-        return self.dom_id
-
-    def state(self):
-        self._check("state")
-        return [self.st, 0]
-
-    def XMLDesc(self, flags=0):  # noqa: N802
-        self._check("XMLDesc")
-        return self.xml if flags & dm.VIR_DOMAIN_XML_INACTIVE or self.st == SHUTOFF else self.live_xml
-
-    def createWithFlags(self, flags=0):  # noqa: N802
-        self._check("create")
-        if self.st != SHUTOFF:
-            raise FakeError(55, "domain is already running")
-        # a managed save restores the state it was saved in (libvirt without SAVE_RUNNING),
-        # with the live XML of the moment it was saved
-        self._run(PAUSED if flags & 1 or self.saved == "paused" else RUNNING)
-        self.live_xml = self.saved_xml if self.saved else self.xml
-        self.saved = False
-
-    def suspend(self):
-        self._check("suspend")
-        self.st = PAUSED
-
-    def resume(self):
-        self._check("resume")
-        self.st = RUNNING
-
-    def managedSave(self, flags=0):  # noqa: N802
-        self._check("managedSave")
-        self.saved = "paused" if self.st == PAUSED else "running"
-        self.saved_xml = self.live_xml
-        self.st, self.dom_id = SHUTOFF, -1
-
-    def hasManagedSaveImage(self, flags=0):  # noqa: N802
-        return int(bool(self.saved))
-
-    def managedSaveRemove(self, flags=0):  # noqa: N802
-        self._check("managedSaveRemove")
-        self.saved = False
-
-    def destroy(self):
-        self._check("destroy")
-        if self.st == SHUTOFF:
-            raise FakeError(55, "domain is not running")
-        self.st, self.dom_id = SHUTOFF, -1
-
-    def shutdownFlags(self, flags=0):  # noqa: N802
-        self._check("shutdown")
-        assert flags == dm.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
-        if self.st != RUNNING:
-            raise FakeError(55, "domain is not running")
-        self.presses += 1
-        if self.presses >= self.presses_needed:
-            if self.acpi == "off":
-                self.st, self.dom_id = SHUTOFF, -1
-            elif self.acpi == "reboot":
-                self._run(RUNNING)
-
-    def undefineFlags(self, flags=0):  # noqa: N802
-        self._check("undefine")
-        assert flags == dm.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | dm.VIR_DOMAIN_UNDEFINE_NVRAM
-        del self.conn.domains[self._uuid]
-
-    def setMetadata(self, kind, xml, key, uri, flags):  # noqa: N802
-        self._check("setMetadata")
-        assert (kind, key, uri) == (dm.VIR_DOMAIN_METADATA_ELEMENT, "vc", dx.NS)
-        if flags & dm.VIR_DOMAIN_AFFECT_LIVE and self.st == SHUTOFF:
-            raise FakeError(55, "domain is not running")
-        if flags & dm.VIR_DOMAIN_AFFECT_LIVE:
-            self.live_xml = self._with_metadata(self.live_xml, xml, key, uri)
-        if flags & dm.VIR_DOMAIN_AFFECT_CONFIG:
-            self.xml = self._with_metadata(self.xml, xml, key, uri)
-
-    @staticmethod
-    def _with_metadata(domain_xml, xml, key, uri):
-        root = etree.fromstring(domain_xml.encode())
-        metadata = root.find("metadata")
-        for old in metadata.findall(f"{{{uri}}}instance"):
-            metadata.remove(old)
-        given = etree.fromstring(xml.encode())
-        new = etree.SubElement(metadata, f"{{{uri}}}instance", nsmap={key: uri})
-        for name, value in given.attrib.items():
-            new.set(name, value)
-        new.text = given.text
-        return etree.tostring(root, encoding="unicode")
-
-
-class FakeConn:
-    def __init__(self):
-        self.domains = {}
-        self.next_id = 0
-        self.defines = 0
-
-    def lookupByUUIDString(self, uuid):  # noqa: N802
-        if uuid not in self.domains:
-            raise FakeError(42, "Domain not found")
-        return self.domains[uuid]
-
-    def lookupByName(self, name):  # noqa: N802
-        for dom in self.domains.values():
-            if dom.name() == name:
-                return dom
-        raise FakeError(42, "Domain not found")
-
-    def defineXML(self, xml):  # noqa: N802
-        self.defines += 1
-        uuid = etree.fromstring(xml.encode()).findtext("uuid")
-        dom = self.domains.get(uuid)
-        if dom is None:
-            dom = self.domains[uuid] = FakeDomain(self, xml)
-        else:
-            dom.xml = xml
-        return dom
-
-    def listAllDomains(self, flags=0):  # noqa: N802
-        return list(self.domains.values())
-
-
 @pytest.fixture()
 def env(tmp_path):
     conn = FakeConn()
-    clock = Clock()
-    ops = dm.DomainOps(conn, clock=clock, sleep=clock.sleep)
+    clock = Clock(1000.0, min_step=0.01)
+    ops = gu.DomainOps(conn, clock=clock, sleep=clock.sleep)
     path = str(tmp_path / "instances")
     os.makedirs(f"{path}/{UUID}")
     (tmp_path / "instances" / UUID / "disk").write_bytes(b"")
@@ -549,7 +350,7 @@ def ensure(env, rec=None, **kwargs):
 
 def act(env, action, instance=UUID, **kwargs):
     conn, _clock, ops, path, locks = env
-    return dm.run_instance_action(conn, instance=instance, action=action, request_id=REQ, instances_path=path, ops=ops, lock_dir=locks, **kwargs)
+    return ac.run_instance_action(conn, instance=instance, action=action, request_id=REQ, instances_path=path, ops=ops, lock_dir=locks, **kwargs)
 
 
 def stored(env):
@@ -787,7 +588,7 @@ def test_failed_action_is_logged_and_keeps_vm_state(env):
     conn = env[0]
     ensure(env, record(vm_state="stopped", power_state=4), state="shutoff")
     conn.domains[UUID].fail["create"] = (None, "unable to open disk")
-    with pytest.raises(dm.ActionFailed, match="start of instance web-1 .* failed: .*unable to open disk.*vm_state is now stopped") as err:
+    with pytest.raises(ac.ActionFailed, match="start of instance web-1 .* failed: .*unable to open disk.*vm_state is now stopped") as err:
         act(env, "start")
     rec = stored(env)
     assert err.value.record == rec
@@ -800,12 +601,12 @@ def test_failed_action_in_an_unexpected_state_sets_error(env):
     conn = env[0]
     ensure(env)
     conn.domains[UUID].fail["managedSave"] = (PAUSED, "no space left on device")
-    with pytest.raises(dm.ActionFailed, match="vm_state is now error, the domain is paused"):
+    with pytest.raises(ac.ActionFailed, match="vm_state is now error, the domain is paused"):
         act(env, "suspend")
     rec = stored(env)
     assert rec["vm_state"] == "error" and rec["task_state"] is None and rec["actions"][-1]["result"] == "Error"
     # Nova's table lets stop and hard reboot out of error
-    assert dm.action_decision(rec, "reboot_hard", "paused") == "run"
+    assert ac.action_decision(rec, "reboot_hard", "paused") == "run"
 
 
 def test_delete(env):
@@ -837,19 +638,19 @@ def test_list_instances(env):
 
 def test_instance_lock_times_out(tmp_path):
     clock = Clock()
-    with dm.instance_lock(UUID, 5, lock_dir=str(tmp_path)):
-        with pytest.raises(dm.DomainError, match="busy: another action holds"):
-            with dm.instance_lock(UUID, 1, lock_dir=str(tmp_path), clock=clock, sleep=clock.sleep):
+    with rec.instance_lock("/unused", UUID, 5, lock_dir=str(tmp_path)):
+        with pytest.raises(rec.RecordError, match="busy: another run holds"):
+            with rec.instance_lock("/unused", UUID, 1, lock_dir=str(tmp_path), clock=clock, sleep=clock.sleep):
                 pass
-    with dm.instance_lock(UUID, 1, lock_dir=str(tmp_path)):
+    with rec.instance_lock("/unused", UUID, 1, lock_dir=str(tmp_path)):
         pass
 
 
 def test_record_files_are_written_atomically(tmp_path):
     path = str(tmp_path / "instance.json")
-    assert dm.atomic_write(path, b"one")
-    assert not dm.atomic_write(path, b"one")
-    assert dm.atomic_write(path, b"two")
+    assert fi.atomic_write(path, b"one", 0o600)
+    assert not fi.atomic_write(path, b"one", 0o600)
+    assert fi.atomic_write(path, b"two", 0o600)
     assert os.listdir(tmp_path) == ["instance.json"] and oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 
@@ -956,12 +757,12 @@ def test_build_params_refuse_an_interface_that_is_no_port():
 )
 def test_check_image_fits(flavor_disk, props, vsize, message):
     inst = Instance.from_dict(record(flavor={"name": "m1.tiny", "vcpus": 1, "ram_mb": 256, "disk_gb": flavor_disk}))
-    image = dm.Image.from_dict({"id": IMAGE2, "properties": props})
+    image = ac.Image.from_dict({"id": IMAGE2, "properties": props})
     if message is None:
-        dm.check_image_fits(inst, image, vsize)
+        ac.check_image_fits(inst, image, vsize)
     else:
         with pytest.raises(dm.DomainError, match=message):
-            dm.check_image_fits(inst, image, vsize)
+            ac.check_image_fits(inst, image, vsize)
 
 
 @pytest.mark.parametrize(
@@ -978,7 +779,7 @@ def test_check_image_fits(flavor_disk, props, vsize, message):
 )
 def test_disk_action_arguments_are_checked_first(disk_env, action, kwargs, message):
     before = copy.deepcopy(stored(disk_env))
-    with pytest.raises((dm.DomainError, dm.InstanceError), match=message):
+    with pytest.raises((dm.DomainError, ac.InstanceError), match=message):
         act(disk_env, action, qemu_img=FakeQemuImg(), **kwargs)
     assert stored(disk_env) == before
 
@@ -1014,7 +815,7 @@ def test_snapshot_of_a_stopped_instance_does_not_pause_or_share(disk_env, tmp_pa
 
 def test_a_failed_snapshot_resumes_the_guest_and_leaves_no_file(disk_env, tmp_path):
     target = str(tmp_path / "snap.qcow2")
-    with pytest.raises(dm.ActionFailed, match="disk full"):
+    with pytest.raises(ac.ActionFailed, match="disk full"):
         act(disk_env, "snapshot", snapshot_path=target, qemu_img=FakeQemuImg(fail="convert"))
     assert disk_env[0].domains[UUID].st == RUNNING
     assert not os.path.exists(target) and not os.path.exists(target + ".part")
@@ -1095,3 +896,62 @@ def test_snapshot_folder_must_exist_except_in_check_mode(disk_env, tmp_path):
     with pytest.raises(dm.DomainError, match="does not exist"):
         act(disk_env, "snapshot", snapshot_path=target, qemu_img=FakeQemuImg())
     assert stored(disk_env)["actions"] == [] and stored(disk_env)["task_state"] is None
+
+
+# --------------------------------------------------------------------------- instance.json, the readable mirror of the record
+
+
+def mirrored(env):
+    return rec.read_record_file(f"{env[3]}/{UUID}")
+
+
+def test_instance_json_equals_the_domain_record_after_every_change(env):
+    ensure(env)
+    assert mirrored(env).to_dict() == stored(env)
+    for action in ("pause", "lock", "unlock", "unpause", "stop", "start", "suspend", "resume", "reboot"):
+        act(env, action)
+        assert mirrored(env).to_dict() == stored(env), action
+    assert [a["action"] for a in mirrored(env).to_dict()["actions"]][-3:] == ["suspend", "resume", "reboot"]
+
+
+def test_instance_json_follows_a_failed_action_too(env):
+    ensure(env)
+    env[0].domains[UUID].fail["suspend"] = (None, "cannot pause")
+    with pytest.raises(ac.ActionFailed):
+        act(env, "pause")
+    assert mirrored(env).to_dict() == stored(env)
+    assert mirrored(env).actions[-1].result == "Error"
+
+
+def test_the_record_file_reader(tmp_path):
+    assert rec.read_record_file(str(tmp_path)) is None
+    inst = Instance.from_dict(record())
+    assert rec.write_record_file(str(tmp_path), inst)
+    assert not rec.write_record_file(str(tmp_path), inst)
+    assert rec.read_record_file(str(tmp_path)).to_dict() == inst.to_dict()
+    assert oct(os.stat(tmp_path / "instance.json").st_mode & 0o777) == "0o600"
+    (tmp_path / "instance.json").write_text('{"uuid": "x"}', encoding="ascii")
+    with pytest.raises(rec.RecordError, match="does not hold a valid instance record"):
+        rec.read_record_file(str(tmp_path))
+
+
+def test_job_info_names_the_job_type_and_migrate_passes_what_it_is_given():
+    class Dom:
+        calls = []
+
+        def jobStats(self, flags):  # noqa: N802 (libvirt's name)
+            self.calls.append(("jobStats", flags))
+            return {"type": 2, "time_elapsed": 1500, "data_remaining": 10}
+
+        def abortJob(self):  # noqa: N802
+            self.calls.append(("abortJob",))
+
+        def migrateToURI3(self, uri, params, flags):  # noqa: N802
+            self.calls.append(("migrate", uri, params, flags))
+
+    dom = Dom()
+    assert gu.DomainOps.job_info(dom) == {"type": "unbounded", "time_elapsed": 1500, "data_remaining": 10}
+    gu.DomainOps.job_info(dom, completed=True)
+    gu.DomainOps.abort_job(dom)
+    gu.DomainOps.migrate(dom, "qemu+ssh://node2/system", {"migrate_uri": "tcp://10.0.0.2"}, 1)
+    assert dom.calls == [("jobStats", 0), ("jobStats", 1), ("abortJob",), ("migrate", "qemu+ssh://node2/system", {"migrate_uri": "tcp://10.0.0.2"}, 1)]

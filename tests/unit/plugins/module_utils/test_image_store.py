@@ -495,12 +495,12 @@ class TestImport:
         os.makedirs(store.path)
         with open(os.path.join(store.path, ".lock"), "w", encoding="ascii"):
             pass
-        # a POSIX lock held by another process
+        # the store's lock (flock) held by another process
         holder = subprocess.Popen(
             [
                 "python3",
                 "-c",
-                "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+                "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
                 os.path.join(store.path, ".lock"),
             ],
             stdout=subprocess.PIPE,
@@ -510,7 +510,7 @@ class TestImport:
             assert holder.stdout.readline().strip() == "locked"
             waiting = ImageStore(store.path, qemu_img=store.qemu_img, lock_timeout=0.5)
             started = time.monotonic()
-            with pytest.raises(ImageStoreError, match="locked by another run"):
+            with pytest.raises(ImageStoreError, match="busy: another run holds the lock"):
                 waiting.ensure(name="good", src=qcow2)
             assert 0.4 < time.monotonic() - started < 5
         finally:

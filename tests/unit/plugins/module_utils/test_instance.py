@@ -10,6 +10,7 @@ import json
 import pytest
 
 from ansible_collections.virtcloud.compute.plugins.module_utils import _instance as inst_mod
+from ansible_collections.virtcloud.compute.plugins.module_utils._actions import REGISTRY, allowed_actions, begin_action, check_action, finish_action
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import (
     ActionRefused,
     Instance,
@@ -17,11 +18,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
     PowerState,
     TaskState,
     VmState,
-    allowed_actions,
-    begin_action,
-    check_action,
     config_drive_files,
-    finish_action,
     new_request_id,
     power_state_from_libvirt,
     sanitize_hostname,
@@ -121,7 +118,7 @@ NOVA_TABLE = {
 
 def test_every_state_and_action_is_known():
     assert set(VmState.ALL) == set(ALL_VM)
-    assert set(inst_mod.ACTIONS) == set(NOVA_TABLE)
+    assert set(REGISTRY) == set(NOVA_TABLE)
 
 
 @pytest.mark.parametrize("action", sorted(NOVA_TABLE))

@@ -10,8 +10,10 @@ import os
 
 import pytest
 
+from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt as lv
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.tests.unit.plugins.module_utils.fake_libvirt import Clock, FakeConn, FakeDomain, FakeLibvirtError
 
 # Recorded on lab host node1 (Debian 12, libvirt 9.0.0, QEMU 7.2.22, /dev/kvm hidden):
 #   virsh capabilities > capabilities-node1.xml
@@ -207,17 +209,11 @@ def test_parse_recorded_instance_domain():
     assert dom["disks"][0]["source"].endswith(f"/{DOMAIN_UUID}/disk")
 
 
-def test_record_fallback_reader_without_domain_xml(monkeypatch):
-    strict = lv.read_record(DOMAIN)
-    monkeypatch.setattr(lv, "HAS_DOMAIN_XML", False)
-    loose = lv.read_record(DOMAIN)
-    assert loose == strict
+def test_the_facts_read_the_record_with_the_one_reader():
+    assert lv.read_record(DOMAIN) == dx.read_record(DOMAIN)
 
 
-@pytest.mark.parametrize("strict", [True, False])
-def test_record_broken(monkeypatch, strict):
-    if not strict:
-        monkeypatch.setattr(lv, "HAS_DOMAIN_XML", False)
+def test_record_broken():
     broken = DOMAIN.replace('"ram_mb":512', '"ram_mb":"lots"')
     dom = lv.parse_domain(broken)
     assert dom["record"] is None
@@ -462,65 +458,9 @@ def test_zone_refused(value):
 # --------------------------------------------------------------------------- domains: lookup, state, wait
 
 
-class FakeLibvirtError(Exception):
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
-
-    def get_error_code(self):
-        return self.code
-
-    def get_error_message(self):
-        return str(self)
-
-
-@pytest.fixture()
-def fake_libvirt(monkeypatch):
-    monkeypatch.setattr(lv, "_LIBVIRT_ERROR", FakeLibvirtError)
-
-
-class FakeDomain:
-    def __init__(self, name, states):
-        self._name = name
-        self.states = list(states)
-
-    def name(self):
-        return self._name
-
-    def state(self):
-        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        if state is None:
-            raise FakeLibvirtError("Domain not found", lv.VIR_ERR_NO_DOMAIN)
-        if state == "boom":
-            raise FakeLibvirtError("internal error: cannot talk", 1)
-        return state
-
-
-class FakeConn:
-    def __init__(self, domains):
-        self.domains = domains
-        self.calls = []
-
-    def lookupByUUIDString(self, value):
-        self.calls.append(("uuid", value))
-        for dom in self.domains.values():
-            if getattr(dom, "uuid", None) == value:
-                return dom
-        raise FakeLibvirtError("Domain not found: no domain with matching uuid", lv.VIR_ERR_NO_DOMAIN)
-
-    def lookupByName(self, value):
-        self.calls.append(("name", value))
-        if value == "broken":
-            raise FakeLibvirtError("cannot connect", 38)
-        if value in self.domains:
-            return self.domains[value]
-        raise FakeLibvirtError("Domain not found", lv.VIR_ERR_NO_DOMAIN)
-
-
-def test_lookup_domain(fake_libvirt):
-    dom = FakeDomain("instance-x", [(1, 1)])
-    dom.uuid = DOMAIN_UUID
-    conn = FakeConn({"instance-x": dom})
+def test_lookup_domain():
+    dom = FakeDomain(name="instance-x", uuid=DOMAIN_UUID, script=[(1, 1)])
+    conn = FakeConn([dom], broken={"broken"})
     assert lv.lookup_domain(conn, "instance-x") is dom
     assert lv.lookup_domain(conn, DOMAIN_UUID.upper()) is dom
     assert conn.calls[-1] == ("uuid", DOMAIN_UUID)
@@ -532,38 +472,25 @@ def test_lookup_domain(fake_libvirt):
         lv.lookup_domain(conn, "bad\nname")
 
 
-def test_domain_state(fake_libvirt):
-    assert lv.domain_state(FakeDomain("d", [(5, 1)])) == (5, 1, "shut off")
-    assert lv.domain_state(FakeDomain("d", [(2, 0)])) == (2, 0, "idle")
-    assert lv.domain_state(FakeDomain("d", [None])) == (lv.STATE_ABSENT, 0, "absent")
+def test_domain_state():
+    assert lv.domain_state(FakeDomain(name="d", script=[(5, 1)])) == (5, 1, "shut off")
+    assert lv.domain_state(FakeDomain(name="d", script=[(2, 0)])) == (2, 0, "idle")
+    assert lv.domain_state(FakeDomain(name="d", script=[None])) == (lv.STATE_ABSENT, 0, "absent")
     assert lv.domain_state(None) == (lv.STATE_ABSENT, 0, "absent")
     with pytest.raises(lv.LibvirtError, match="reading the state of domain d failed: internal error"):
-        lv.domain_state(FakeDomain("d", ["boom"]))
+        lv.domain_state(FakeDomain(name="d", script=["boom"]))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def test_wait_reaches_state(fake_libvirt):
+def test_wait_reaches_state():
     clock = Clock()
-    dom = FakeDomain("web", [(1, 1), (4, 1), (5, 1)])
+    dom = FakeDomain(name="web", script=[(1, 1), (4, 1), (5, 1)])
     assert lv.wait_for_state(dom, lv.VIR_DOMAIN_SHUTOFF, 10, 1, clock=clock, sleep=clock.sleep) == (5, 1, "shut off")
     assert clock.sleeps == [1, 1]
 
 
-def test_wait_timeout_names_domain_wanted_and_current(fake_libvirt):
+def test_wait_timeout_names_domain_wanted_and_current():
     clock = Clock()
-    dom = FakeDomain("instance-web", [(1, 1)])
+    dom = FakeDomain(name="instance-web", script=[(1, 1)])
     with pytest.raises(lv.WaitTimeout) as err:
         lv.wait_for_state(dom, (lv.VIR_DOMAIN_SHUTOFF, lv.VIR_DOMAIN_CRASHED), 3, 1, clock=clock, sleep=clock.sleep)
     assert str(err.value) == "domain instance-web did not become shut off or crashed within 3 s: it is running (reason: booted)"
@@ -571,19 +498,19 @@ def test_wait_timeout_names_domain_wanted_and_current(fake_libvirt):
     assert clock.now == 3
 
 
-def test_wait_with_lookup_for_absent_and_defined(fake_libvirt):
+def test_wait_with_lookup_for_absent_and_defined():
     clock = Clock()
-    found = iter([FakeDomain("x", [(5, 2)]), FakeDomain("x", [(5, 2)]), None])
+    found = iter([FakeDomain(name="x", script=[(5, 2)]), FakeDomain(name="x", script=[(5, 2)]), None])
     assert lv.wait_for_state(lambda: next(found), lv.STATE_ABSENT, 10, 0.5, clock=clock, sleep=clock.sleep)[2] == "absent"
     clock = Clock()
     with pytest.raises(lv.WaitTimeout, match="domain web did not become running within 2 s: it is absent$"):
         lv.wait_for_state(lambda: None, lv.VIR_DOMAIN_RUNNING, 2, 0.5, name="web", clock=clock, sleep=clock.sleep)
 
 
-def test_wait_sleep_never_overshoots(fake_libvirt):
+def test_wait_sleep_never_overshoots():
     clock = Clock()
     with pytest.raises(lv.WaitTimeout):
-        lv.wait_for_state(FakeDomain("d", [(1, 1)]), 5, 2.5, 1, clock=clock, sleep=clock.sleep)
+        lv.wait_for_state(FakeDomain(name="d", script=[(1, 1)]), 5, 2.5, 1, clock=clock, sleep=clock.sleep)
     assert clock.sleeps == [1, 1, 0.5]
 
 
@@ -599,10 +526,10 @@ def test_wait_timing_checked(timeout, interval, message):
         lv.wait_for_state(None, lv.VIR_DOMAIN_RUNNING, timeout, interval)
 
 
-def test_libvirt_errors_context(fake_libvirt):
+def test_libvirt_errors_context():
     with pytest.raises(lv.LibvirtError) as err:
         with lv.libvirt_errors("defining domain web"):
-            raise FakeLibvirtError("XML error: bad", 27)
+            raise FakeLibvirtError(27, "XML error: bad")
     assert str(err.value) == "defining domain web failed: XML error: bad (libvirt error code 27)"
     assert err.value.code == 27
 
@@ -701,60 +628,6 @@ def test_service_write_error_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- gathering with a fake libvirt
 
 
-class FakeDom:
-    def __init__(self, xml, state=(1, 1), block=None):
-        self.xml = xml
-        self._state = state
-        self.block = block or {}
-
-    def XMLDesc(self, _flags):
-        return self.xml
-
-    def state(self):
-        return self._state
-
-    def name(self):
-        return lv.parse_domain(self.xml)["name"]
-
-    def blockInfo(self, target):
-        if target not in self.block:
-            raise FakeLibvirtError("cannot access storage file", 38)
-        return self.block[target]
-
-
-class FakeHost:
-    def __init__(self, domains, caps=CAPS):
-        self.domains = domains
-        self.caps = caps
-
-    def getCapabilities(self):
-        return self.caps
-
-    def getInfo(self):
-        return ["x86_64", 4698, 2, 2596, 1, 1, 2, 1]
-
-    def getMemoryStats(self, _cell):
-        return {"total": 24684084, "free": 1}
-
-    def getType(self):
-        return "QEMU"
-
-    def getVersion(self):
-        return 7002022
-
-    def getLibVersion(self):
-        return 9000000
-
-    def getHostname(self):
-        return "node2"
-
-    def getDomainCapabilities(self, *_args):
-        raise FakeLibvirtError("the accel 'kvm' is not supported", 1)
-
-    def listAllDomains(self, _flags):
-        return self.domains
-
-
 FOREIGN = (
     "<domain type='qemu'><name>foreign-1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>"
     "<memory unit='MiB'>300</memory><vcpu>1</vcpu><devices><disk type='file' device='disk'>"
@@ -762,9 +635,9 @@ FOREIGN = (
 )
 
 
-def test_gather_host_facts(fake_libvirt, tmp_path):
-    inst_dom = FakeDom(DOMAIN, state=(5, 1), block={"vda": (GIB, GIB // 4, GIB // 4)})
-    foreign = FakeDom(FOREIGN, state=(1, 1), block={"vda": (2 * GIB, 0, 0)})
+def test_gather_host_facts(tmp_path):
+    inst_dom = FakeDomain(xml=DOMAIN, state=(5, 1), block={"vda": (GIB, GIB // 4, GIB // 4)})
+    foreign = FakeDomain(xml=FOREIGN, state=(1, 1), block={"vda": (2 * GIB, 0, 0)})
     (tmp_path / "inst").mkdir()
     facts = lv.gather_host_facts(
         uri="qemu:///system",
@@ -773,7 +646,7 @@ def test_gather_host_facts(fake_libvirt, tmp_path):
         availability_zone="az1",
         aggregates=[{"name": "ssd", "metadata": {"ssd": "true"}}],
         service_file=str(tmp_path / "none.json"),
-        connector=lambda uri: FakeHost([inst_dom, foreign]),
+        connector=lambda uri: FakeConn([inst_dom, foreign], caps=CAPS),
     )
     st = os.statvfs(str(tmp_path / "inst"))
     assert facts["host"] == "node2" and facts["hypervisor_hostname"] == "node2"

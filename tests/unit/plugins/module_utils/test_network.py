@@ -12,10 +12,11 @@ import threading
 
 import pytest
 
+from ansible_collections.virtcloud.compute.plugins.module_utils import _files as files
 from ansible_collections.virtcloud.compute.plugins.module_utils import _network as net
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._network import (
-    FileLock,
+    network_lock,
     Host,
     NetworkError,
     NetworkPaths,
@@ -440,15 +441,15 @@ def test_atomic_write_crash_leaves_the_old_file(tmp_path, monkeypatch):
     def crash(_src, _dst):
         raise OSError(5, "simulated crash before the rename")
 
-    monkeypatch.setattr(net.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         atomic_write(path, "new, half written?\n")
     assert open(path, encoding="utf-8").read() == "old\n"
-    assert open(path + ".tmp", encoding="utf-8").read() == "new, half written?\n"  # the leftover is not the file
+    assert os.listdir(tmp_path) == ["ports.json"]  # the half-made temporary file is gone, not left beside
     monkeypatch.undo()
-    atomic_write(path, "new\n", mode=0o640)  # the next write takes the leftover's place
+    atomic_write(path, "new\n", mode=0o640)
     assert open(path, encoding="utf-8").read() == "new\n"
-    assert oct(os.stat(path).st_mode & 0o777) == "0o640" and not os.path.exists(path + ".tmp")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640" and os.listdir(tmp_path) == ["ports.json"]
 
 
 def test_store_keeps_old_reservations_when_a_write_dies(tmp_path, monkeypatch):
@@ -461,7 +462,7 @@ def test_store_keeps_old_reservations_when_a_write_dies(tmp_path, monkeypatch):
     def no_space(_src, _dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(net.os, "replace", no_space)
+    monkeypatch.setattr(files.os, "replace", no_space)
     with pytest.raises(OSError):
         store.write_ports({})
     monkeypatch.undo()
@@ -501,14 +502,14 @@ def test_bad_reservation_documents(doc, message):
 
 def test_lock_is_exclusive(tmp_path):
     path = str(tmp_path / ".lock")
-    with FileLock(path):
-        with pytest.raises(NetworkError, match="held by another run"):
-            with FileLock(path, timeout=0.2):
+    with network_lock(path):
+        with pytest.raises(NetworkError, match="network folder .* is busy: another run holds the lock"):
+            with network_lock(path, timeout=0.2):
                 pass
     held, released = threading.Event(), threading.Event()
 
     def hold():
-        with FileLock(path):
+        with network_lock(path):
             held.set()
             released.wait(5)
 
@@ -517,12 +518,12 @@ def test_lock_is_exclusive(tmp_path):
     assert held.wait(5)
     try:
         with pytest.raises(NetworkError):
-            with FileLock(path, timeout=0.2):
+            with network_lock(path, timeout=0.2):
                 pass
     finally:
         released.set()
         t.join()
-    with FileLock(path, timeout=1):
+    with network_lock(path, timeout=1):
         pass
 
 

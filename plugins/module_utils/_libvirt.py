@@ -101,6 +101,15 @@ except ImportError:
     HAS_LXML = False
     LXML_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import (
+    ALLOCATION_DEFAULTS,
+    DEFAULT_CPU_ALLOCATION_RATIO,
+    DEFAULT_DISK_ALLOCATION_RATIO,
+    DEFAULT_RAM_ALLOCATION_RATIO,
+    DEFAULT_RESERVED_HOST_DISK_MB,
+    DEFAULT_RESERVED_HOST_MEMORY_MB,
+    flavor_needs,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import LIBVIRT_POWER_STATE
 
@@ -126,12 +135,6 @@ RECORD_TAG = f"{{{RECORD_NS}}}instance"
 GIB = 1024**3
 MIB = 1024**2
 
-# Nova's defaults (nova/conf/compute.py initial_*_allocation_ratio, reserved_host_*).
-DEFAULT_CPU_ALLOCATION_RATIO = 4.0
-DEFAULT_RAM_ALLOCATION_RATIO = 1.0
-DEFAULT_DISK_ALLOCATION_RATIO = 1.0
-DEFAULT_RESERVED_HOST_MEMORY_MB = 512
-DEFAULT_RESERVED_HOST_DISK_MB = 0
 DEFAULT_AVAILABILITY_ZONE = "nova"
 
 # vm_states whose instances claim no resources (vm_states.ALLOW_RESOURCE_REMOVAL).
@@ -760,14 +763,6 @@ def parse_domain(xml) -> dict:
 # --------------------------------------------------------------------------- host state (pure)
 
 
-def _flavor_numbers(flavor: dict) -> tuple:
-    """(vcpus, ram_mb, disk_mb) a flavor claims: root + ephemeral + swap for disk."""
-    vcpus = int(flavor.get("vcpus") or 0)
-    ram = int(flavor.get("ram_mb") or 0)
-    disk = int(flavor.get("disk_gb") or 0) * 1024 + int(flavor.get("ephemeral_gb") or 0) * 1024 + int(flavor.get("swap_mb") or 0)
-    return vcpus, ram, disk
-
-
 def claims_resources(instance: dict) -> bool:
     """An instance in vm_state deleted or shelved_offloaded claims nothing on the host (Nova)."""
     return instance.get("vm_state") not in VM_STATES_NOT_CLAIMING
@@ -802,7 +797,7 @@ def host_state(
     claiming = [i for i in instances if claims_resources(i)]
     inst_vcpus = inst_ram = inst_disk = 0
     for instance in claiming:
-        vcpus, ram, disk = _flavor_numbers(instance.get("flavor") or {})
+        vcpus, ram, disk = flavor_needs(instance.get("flavor") or {})
         inst_vcpus += vcpus
         inst_ram += ram
         inst_disk += disk
@@ -842,17 +837,7 @@ def host_state(
 
 def check_ratio(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise HostFactsError(
-            "{} must be a number above 0 (Nova's default is {}), got {!r}".format(
-                name,
-                {
-                    "cpu_allocation_ratio": DEFAULT_CPU_ALLOCATION_RATIO,
-                    "ram_allocation_ratio": DEFAULT_RAM_ALLOCATION_RATIO,
-                    "disk_allocation_ratio": DEFAULT_DISK_ALLOCATION_RATIO,
-                }.get(name, 1.0),
-                value,
-            )
-        )
+        raise HostFactsError(f"{name} must be a number above 0 (Nova's default is {ALLOCATION_DEFAULTS.get(name, 1.0)}), got {value!r}")
     return float(value)
 
 

@@ -22,6 +22,7 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.capacity
 attributes:
   check_mode:
     support: full
@@ -55,26 +56,6 @@ options:
   host:
     description: The host's name in messages (default the node's hostname).
     type: str
-  cpu_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 4.0
-  ram_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 1.0
-  disk_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 1.0
-  reserved_host_memory_mb:
-    description: As in compute_facts.
-    type: int
-    default: 512
-  reserved_host_disk_mb:
-    description: As in compute_facts.
-    type: int
-    default: 0
 """
 
 EXAMPLES = r"""
@@ -100,6 +81,7 @@ figures:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import allocation_argument_spec, allocation_params
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
@@ -124,11 +106,7 @@ def main():
         instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
         claims_file=dict(type="path", default=DEFAULT_CLAIMS_FILE),
         host=dict(type="str"),
-        cpu_allocation_ratio=dict(type="float", default=4.0),
-        ram_allocation_ratio=dict(type="float", default=1.0),
-        disk_allocation_ratio=dict(type="float", default=1.0),
-        reserved_host_memory_mb=dict(type="int", default=512),
-        reserved_host_disk_mb=dict(type="int", default=0),
+        **allocation_argument_spec(),
     )
     module = AnsibleModule(argument_spec=spec, required_if=[("state", "present", ("flavor",))], supports_check_mode=True)
     p = module.params
@@ -140,9 +118,7 @@ def main():
         require_libraries(module, lxml=False)
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
-        options = allocation_options(
-            p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"], p["reserved_host_memory_mb"], p["reserved_host_disk_mb"]
-        )
+        options = allocation_options(**allocation_params(p))
         seen = {}
 
         def read_host(extra):

@@ -1412,7 +1412,7 @@ def _prepare_disk_action(inst, action, idir, args, check_mode=False):
         )
     try:
         virtual_size = args.qemu_img.info(base, args.image_format, force_share=False)["virtual_size"]
-    except (QemuImgError, VirtcloudError) as exc:
+    except VirtcloudError as exc:
         raise DomainError(f"cannot {action} instance {inst.label()}: the cached image {base} cannot be read as {args.image_format}: {exc}") from None
     if action == "rebuild":
         check_image_fits(inst, image, virtual_size)

@@ -43,10 +43,12 @@ import secrets
 import uuid as uuid_mod
 from collections.abc import Mapping
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+
 RECORD_VERSION = 1
 
 
-class InstanceError(Exception):
+class InstanceError(VirtcloudError):
     """A value or a request about an instance is wrong; the message says what to do."""
 
 

@@ -31,6 +31,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 MAX_HOSTS = 16
 RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -66,7 +68,7 @@ HOST_PRIVATE_BINDS = (
 DAEMON_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}
 
 
-class LabError(Exception):
+class LabError(VirtcloudError):
     """A lab operation failed; the message says what and what to do."""
 
 

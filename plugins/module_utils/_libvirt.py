@@ -124,7 +124,7 @@ except ImportError:
     _strict_read_record = None
     HAS_DOMAIN_XML = False
 
-    class _RecordError(Exception):
+    class _RecordError(VirtcloudError):
         """Stands in for the record validator's error when it is not installed."""
 
 

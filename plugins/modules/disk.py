@@ -170,7 +170,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     request_id,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -214,7 +214,7 @@ def main():
             result = disks.converted(p["src"], p["src_format"], p["path"], p["format"], compress=p["compress"])
         else:
             result = disks.absent(p["path"])
-    except (VirtcloudError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"disk {p['path']}: {exc}")

@@ -112,7 +112,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, command_runner
 from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -130,7 +130,7 @@ def main():
 
     try:
         info = Disks(QemuImg(run)).info(p["path"], p["format"], backing_chain=p["backing_chain"])
-    except (VirtcloudError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"disk {p['path']}: {exc}")

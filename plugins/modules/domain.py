@@ -207,7 +207,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     wait_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    InstanceError,
     ensure_domain,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
@@ -252,7 +251,7 @@ def main():
             run=run,
             log=None if module.check_mode else log,
         )
-    except (VirtcloudError, InstanceError) as exc:
+    except VirtcloudError as exc:
         close_all()
         module.fail_json(msg=str(exc))
     close_all()

@@ -281,11 +281,10 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
-    ImageInspectError,
     require_oslo,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageStore
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -353,7 +352,7 @@ def main():
                 known_hosts=p["known_hosts"],
                 connect_timeout=p["connect_timeout"],
             )
-    except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"image store {p['store_path']}: {exc} (is the disk full, or the store not writable?)")

@@ -246,11 +246,10 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
-    ImageInspectError,
     require_oslo,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageCache, ScpSource
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -296,7 +295,7 @@ def main():
         result = cache.ensure(
             p["image_id"], expected_sha256=p["sha256"], expected_size=p["size"], expected_format=p["disk_format"], force_raw=p["force_raw"], verify=p["verify"]
         )
-    except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"image cache in {p['instances_path']}: {exc} (is the disk full, or the directory not writable?)")

@@ -270,7 +270,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
     ACTIONS,
     ActionFailed,
-    InstanceError,
     run_instance_action,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused
@@ -325,7 +324,7 @@ def main():
     except ActionFailed as exc:
         close_all()
         module.fail_json(msg=str(exc), action=p["action"], instance=exc.record)
-    except (VirtcloudError, InstanceError) as exc:
+    except VirtcloudError as exc:
         close_all()
         module.fail_json(msg=str(exc), action=p["action"])
     close_all()

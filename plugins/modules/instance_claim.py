@@ -84,7 +84,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import allocation_argument_spec, allocation_params
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     allocation_options,
     check_host_name,
@@ -128,7 +128,7 @@ def main():
             return figures, {i["uuid"] for i in seen["instances"]}
 
         result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
-    except (VirtcloudError, InstanceError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     finally:
         close_all()

@@ -143,7 +143,6 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
-    InstanceError,
     list_instances,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
@@ -161,7 +160,7 @@ def main():
     p = module.params
     try:
         instances, unreadable = list_instances(connect(p["uri"]), uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])
-    except (VirtcloudError, InstanceError) as exc:
+    except VirtcloudError as exc:
         close_all()
         module.fail_json(msg=str(exc))
     close_all()

@@ -11,8 +11,9 @@ Sections:
   refused: it carries the libvirt API unauthenticated and unencrypted (SASL aside),
   so anybody who reaches the port controls every domain on the host. ``no_verify=1``
   (skip the TLS certificate or SSH host key check) is refused for the same reason.
-* **Connection and errors** (``connect``): one connection per URI per module run,
-  cached; every ``libvirt.libvirtError`` becomes a :class:`LibvirtError` (a
+* **Connection and errors** (``with connection(uri) as conn:``, ``connect``): one
+  connection per URI per module run, cached, closed when the ``with`` block ends;
+  every ``libvirt.libvirtError`` becomes a :class:`LibvirtError` (a
   ``VirtcloudError``) naming the operation, libvirt's message and error code.
 * **Domains**: ``lookup_domain`` (None when absent), ``domain_state``
   (state number, reason number, virsh's state name), ``wait_for_state``.
@@ -396,13 +397,39 @@ def connect(uri: str):
 
 
 def close_all() -> None:
-    """Close the connections this run opened."""
+    """Close the connections this run opened (the end of the outermost :func:`connections` block)."""
     while _CONNECTIONS:
         _uri, conn = _CONNECTIONS.popitem()
         try:
             conn.close()
         except _LIBVIRT_ERROR:
             pass
+
+
+_SCOPES: list = []
+
+
+@contextlib.contextmanager
+def connections():
+    """Every libvirt connection :func:`connect` opens inside the block is closed when the outermost block ends.
+
+    For code that connects lazily or not at all (compute_facts reports a libvirtd that does not
+    answer as a fact; instance_claim connects only under its lock). Otherwise use :func:`connection`.
+    """
+    _SCOPES.append(True)
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+        if not _SCOPES:
+            close_all()
+
+
+@contextlib.contextmanager
+def connection(uri: str):
+    """``with connection(uri) as conn:``: the run's libvirt connection for URI, closed when the block ends."""
+    with connections():
+        yield connect(uri)
 
 
 # --------------------------------------------------------------------------- domains

@@ -200,7 +200,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     NO_RECORD,
-    close_all,
+    connections,
     gather_host_facts,
     require_libraries,
 )
@@ -229,19 +229,18 @@ def main():
     p = module.params
     try:
         request_id(p["request_id"])
-        facts = gather_host_facts(
-            uri=p["uri"],
-            instances_path=p["instances_path"],
-            host=p["host"],
-            availability_zone=p["availability_zone"],
-            aggregates=p["aggregates"],
-            **allocation_params(p),
-            service_file=p["service_file"],
-        )
+        with connections():
+            facts = gather_host_facts(
+                uri=p["uri"],
+                instances_path=p["instances_path"],
+                host=p["host"],
+                availability_zone=p["availability_zone"],
+                aggregates=p["aggregates"],
+                **allocation_params(p),
+                service_file=p["service_file"],
+            )
     except VirtcloudError as exc:
-        close_all()
         module.fail_json(msg=str(exc))
-    close_all()
     if not facts["service"]["up"]:
         module.warn(f"host {facts['host']}: libvirt does not answer, the facts say service.up=false: {facts['service']['down_reason']}")
     for other in facts["other_domains"]:

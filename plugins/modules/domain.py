@@ -209,7 +209,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
     ensure_domain,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connection, require_libraries
 
 
 def main():
@@ -234,27 +234,26 @@ def main():
 
     try:
         log = HostLog("domain", request_id(p["request_id"]))
-        result = ensure_domain(
-            connect(p["uri"]),
-            p["instance"],
-            state=p["state"],
-            instances_path=p["instances_path"],
-            domain_type=p["domain_type"],
-            machine=p["machine"],
-            networks=p["networks"],
-            reboot=p["reboot"],
-            shutdown_timeout=p["shutdown_timeout"],
-            retry_interval=p["retry_interval"],
-            wait=p["wait"],
-            timeout=p["timeout"],
-            check_mode=module.check_mode,
-            run=run,
-            log=None if module.check_mode else log,
-        )
+        with connection(p["uri"]) as conn:
+            result = ensure_domain(
+                conn,
+                p["instance"],
+                state=p["state"],
+                instances_path=p["instances_path"],
+                domain_type=p["domain_type"],
+                machine=p["machine"],
+                networks=p["networks"],
+                reboot=p["reboot"],
+                shutdown_timeout=p["shutdown_timeout"],
+                retry_interval=p["retry_interval"],
+                wait=p["wait"],
+                timeout=p["timeout"],
+                check_mode=module.check_mode,
+                run=run,
+                log=None if module.check_mode else log,
+            )
     except VirtcloudError as exc:
-        close_all()
         module.fail_json(msg=str(exc))
-    close_all()
     diff = result.pop("diff")
     for warning in result.pop("warnings"):
         module.warn(warning)

@@ -273,7 +273,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
     run_instance_action,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connection, require_libraries
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
@@ -301,33 +301,30 @@ def main():
 
     try:
         req = request_id(p["request_id"])
-        result = run_instance_action(
-            connect(p["uri"]),
-            instance=p["instance"],
-            action=p["action"],
-            request_id=req,
-            instances_path=p["instances_path"],
-            reason=p["reason"],
-            shutdown_timeout=p["shutdown_timeout"],
-            retry_interval=p["retry_interval"],
-            timeout=p["timeout"],
-            check_mode=module.check_mode,
-            log=HostLog("instance_action", req),
-            image=p["image"],
-            image_format=p["image_format"],
-            snapshot_path=p["snapshot_path"],
-            qemu_img=QemuImg(run),
-        )
+        with connection(p["uri"]) as conn:
+            result = run_instance_action(
+                conn,
+                instance=p["instance"],
+                action=p["action"],
+                request_id=req,
+                instances_path=p["instances_path"],
+                reason=p["reason"],
+                shutdown_timeout=p["shutdown_timeout"],
+                retry_interval=p["retry_interval"],
+                timeout=p["timeout"],
+                check_mode=module.check_mode,
+                log=HostLog("instance_action", req),
+                image=p["image"],
+                image_format=p["image_format"],
+                snapshot_path=p["snapshot_path"],
+                qemu_img=QemuImg(run),
+            )
     except ActionRefused as exc:
-        close_all()
         module.fail_json(msg=str(exc), action=p["action"], uuid=exc.uuid, name=exc.name, vm_state=exc.vm_state, task_state=exc.task_state, refused=exc.reason)
     except ActionFailed as exc:
-        close_all()
         module.fail_json(msg=str(exc), action=p["action"], instance=exc.record)
     except VirtcloudError as exc:
-        close_all()
         module.fail_json(msg=str(exc), action=p["action"])
-    close_all()
     module.exit_json(**result)
 
 

@@ -88,8 +88,8 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     allocation_options,
     check_host_name,
-    close_all,
     connect,
+    connections,
     default_host,
     host_figures,
     read_libvirt,
@@ -127,11 +127,10 @@ def main():
             figures = host_figures(seen, p["instances_path"], options, extra)
             return figures, {i["uuid"] for i in seen["instances"]}
 
-        result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
+        with connections():  # read_host connects under the claim's lock, once
+            result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
-    finally:
-        close_all()
     module.exit_json(changed=result["changed"], figures=result["figures"])
 
 

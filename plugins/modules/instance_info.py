@@ -145,7 +145,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import V
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
     list_instances,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connection, require_libraries
 
 
 def main():
@@ -159,11 +159,10 @@ def main():
     require_libraries(module)
     p = module.params
     try:
-        instances, unreadable = list_instances(connect(p["uri"]), uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])
+        with connection(p["uri"]) as conn:
+            instances, unreadable = list_instances(conn, uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])
     except VirtcloudError as exc:
-        close_all()
         module.fail_json(msg=str(exc))
-    close_all()
     for text in unreadable:
         module.warn(f"domain with an unreadable record: {text}")
     module.exit_json(changed=False, instances=instances, unreadable=unreadable)

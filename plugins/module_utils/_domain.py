@@ -91,7 +91,7 @@ except ImportError:
     HAS_LXML = False
     LXML_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import DEFAULT_INSTANCES_PATH, VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import (
     CONFIG_DISK,
     CONSOLE_LOG,
@@ -161,7 +161,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 # libvirt flags and error codes used here (stable libvirt ABI numbers)
-DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
 LOCK_DIR = "/run/virtcloud/locks"
 RECORD_FILE = "instance.json"
 XML_FILE = "libvirt.xml"

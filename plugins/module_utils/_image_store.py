@@ -123,7 +123,6 @@ BASE_DIR = "_base"
 FETCH_PREFIX = ".fetch-"
 
 DEFAULT_STORE_PATH = "/var/lib/virtcloud/images"
-DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
 # Glance's image_size_cap default: 1 TiB.
 DEFAULT_SIZE_CAP = 1024**4
 CHUNK = 1024 * 1024

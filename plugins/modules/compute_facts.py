@@ -33,6 +33,8 @@ extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
   - virtcloud.compute.capacity
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -41,12 +43,6 @@ attributes:
   idempotent:
     support: full
 options:
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)). Its filesystem gives
-        C(total_usable_disk_gb) and C(disk_available_least).
-    type: path
-    default: /var/lib/virtcloud/instances
   host:
     description:
       - The host's name for the scheduler, normally C({{ inventory_hostname }}).
@@ -196,6 +192,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     connection_argument_spec,
+    instances_path_argument_spec,
     request_id,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
@@ -209,7 +206,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 def main():
     argument_spec = connection_argument_spec()
     argument_spec.update(
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         host=dict(type="str"),
         availability_zone=dict(type="str"),
         aggregates=dict(

@@ -38,6 +38,8 @@ extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
   - virtcloud.compute.connection.wait
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -57,11 +59,6 @@ options:
       - With O(state=absent) only its C(uuid) is used.
     type: dict
     required: true
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)).
-    type: path
-    default: /var/lib/virtcloud/instances
   domain_type:
     description:
       - V(kvm) for hardware virtualisation, V(qemu) for TCG (hosts without usable C(/dev/kvm)).
@@ -203,6 +200,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     command_runner,
     connection_argument_spec,
+    instances_path_argument_spec,
     request_id,
     wait_argument_spec,
 )
@@ -215,7 +213,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 def main():
     argument_spec = dict(
         instance=dict(type="dict", required=True),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
         machine=dict(type="str", default="pc"),
         networks=dict(type="dict", default={}),

@@ -53,6 +53,8 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -118,11 +120,6 @@ options:
     description:
       - Why the instance is locked (C(nova lock --reason)). Only with O(action=lock).
     type: str
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)).
-    type: path
-    default: /var/lib/virtcloud/instances
   shutdown_timeout:
     description:
       - Seconds the guest has to power off after the ACPI power button before it is destroyed
@@ -265,6 +262,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     command_runner,
     connection_argument_spec,
+    instances_path_argument_spec,
     request_id,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
@@ -282,7 +280,7 @@ def main():
         instance=dict(type="str", required=True),
         action=dict(type="str", required=True, choices=list(ACTIONS)),
         reason=dict(type="str"),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         shutdown_timeout=dict(type="int", default=60),
         retry_interval=dict(type="int", default=10),
         timeout=dict(type="int", default=120),

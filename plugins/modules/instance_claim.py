@@ -23,6 +23,8 @@ extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
   - virtcloud.compute.capacity
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -45,10 +47,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  instances_path:
-    description: The instances folder of the host (its filesystem is the disk the claim counts).
-    type: path
-    default: /var/lib/virtcloud/instances
   claims_file:
     description: The host's claims file; a lock file is kept beside it.
     type: path
@@ -83,7 +81,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import allocation_argument_spec, allocation_params
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    VirtcloudError,
+    connection_argument_spec,
+    instances_path_argument_spec,
+    request_id,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     allocation_options,
@@ -103,7 +106,7 @@ def main():
         uuid=dict(type="str", required=True),
         flavor=dict(type="dict"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         claims_file=dict(type="path", default=DEFAULT_CLAIMS_FILE),
         host=dict(type="str"),
         **allocation_argument_spec(),

@@ -20,6 +20,8 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -36,11 +38,6 @@ options:
     description:
       - Only the instances with this name.
     type: str
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)).
-    type: path
-    default: /var/lib/virtcloud/instances
 notes:
   - The O(request_id) option is accepted for uniformity with the other modules and not used.
 seealso:
@@ -141,7 +138,7 @@ unreadable:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, instances_path_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
     list_instances,
 )
@@ -152,7 +149,7 @@ def main():
     argument_spec = dict(
         uuid=dict(type="str"),
         name=dict(type="str"),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
     )
     argument_spec.update(connection_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=[("uuid", "name")])

@@ -18,7 +18,7 @@ the per-resource tests below, so that they cannot disagree. The rule is Nova's:
   RAM, disk or vCPUs (it may over-commit only against other instances).
 
 A host is anything with the attributes of Nova's HostState used here (the scheduler's
-``HostState``, or :class:`Capacity` made from compute_facts' figures). This module
+``HostState``, or :func:`host_capacity` of compute_facts' figures). This module
 imports nothing from Ansible: the scheduler engine uses it too.
 
 The allocation ratios and reservations, with Nova's defaults, are an option group
@@ -28,6 +28,7 @@ compute_facts and instance_claim, so both see the same figures for a host.
 
 from __future__ import annotations
 
+import types
 import typing as t
 from dataclasses import dataclass
 
@@ -84,39 +85,13 @@ def effective_free_disk_mb(free_disk_mb: float, disk_available_least: float | No
     return min(free_disk_mb, disk_available_least * 1024)
 
 
-@dataclass
-class Capacity:
-    """The capacity figures of one host (HostState names), as :func:`fits` reads them."""
+def host_capacity(figures: t.Mapping[str, t.Any], host: str) -> types.SimpleNamespace:
+    """compute_facts' figures (``_libvirt.host_figures``) as a host :func:`fits` reads, disk_available_least applied.
 
-    host: str
-    free_ram_mb: float
-    total_usable_ram_mb: float
-    vcpus_total: int
-    vcpus_used: float
-    total_usable_disk_gb: float
-    free_disk_mb: float
-    ram_allocation_ratio: float
-    cpu_allocation_ratio: float
-    disk_allocation_ratio: float
-    disk_available_least: float | None = None
-
-    @classmethod
-    def from_figures(cls, figures: t.Mapping[str, t.Any], host: str) -> Capacity:
-        """From compute_facts' figures (``_libvirt.host_figures``), disk_available_least applied."""
-        least = figures.get("disk_available_least")
-        return cls(
-            host=host,
-            free_ram_mb=figures["free_ram_mb"],
-            total_usable_ram_mb=figures["total_usable_ram_mb"],
-            vcpus_total=figures["vcpus_total"],
-            vcpus_used=figures["vcpus_used"],
-            total_usable_disk_gb=figures["total_usable_disk_gb"],
-            free_disk_mb=effective_free_disk_mb(figures["free_disk_mb"], least),
-            ram_allocation_ratio=figures["ram_allocation_ratio"],
-            cpu_allocation_ratio=figures["cpu_allocation_ratio"],
-            disk_allocation_ratio=figures["disk_allocation_ratio"],
-            disk_available_least=least,
-        )
+    The scheduler's HostState has the same attribute names; it applies the same rule when it is made.
+    """
+    least = figures.get("disk_available_least")
+    return types.SimpleNamespace(**dict(figures, host=host, free_disk_mb=effective_free_disk_mb(figures["free_disk_mb"], least), disk_available_least=least))
 
 
 @dataclass(frozen=True)

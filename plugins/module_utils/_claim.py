@@ -20,7 +20,7 @@ import json
 import os
 from contextlib import contextmanager
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import Capacity, fits, flavor_needs
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import fits, flavor_needs, host_capacity
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 
 DEFAULT_CLAIMS_FILE = "/var/lib/virtcloud/claims.json"
@@ -84,7 +84,7 @@ def claim(path: str, uuid: str, flavor: dict, host: str, read_host, check_mode: 
         if uuid in defined:
             return dict(changed=False, figures=None)
         figures, _defined = read_host(pending(claims, defined))
-        short = fits(Capacity.from_figures(figures, host), *flavor_needs(flavor))
+        short = fits(host_capacity(figures, host), *flavor_needs(flavor))
         if short:
             raise ClaimError(f"claim for instance {uuid} on {host} failed: {'; '.join(str(s) for s in short)}")
         if not check_mode:

@@ -111,7 +111,7 @@ def claim_verdict(tmp_path, state: dict, wanted: dict) -> tuple[bool, str]:
 
 @pytest.mark.parametrize("state, wanted, reasons", CASES)
 def test_claim_and_filters_agree(tmp_path, state, wanted, reasons):
-    shortfalls = cap.fits(cap.Capacity.from_figures(state, "node"), *cap.flavor_needs(wanted))
+    shortfalls = cap.fits(cap.host_capacity(state, "node"), *cap.flavor_needs(wanted))
     assert [str(s) for s in shortfalls] == reasons
 
     claimed, message = claim_verdict(tmp_path, state, wanted)
@@ -128,7 +128,7 @@ def test_claim_and_filters_agree(tmp_path, state, wanted, reasons):
 def test_each_filter_says_what_fits_says(state, wanted, reasons):
     host = sched.make_host_state(dict(state, host="node"), 0, dict(sched.FILTER_OPTION_DEFAULTS), [])
     spec = sched.make_request_spec({"flavor": wanted}, dict(sched.FILTER_OPTION_DEFAULTS))
-    short = {s.filter: s for s in cap.fits(cap.Capacity.from_figures(state, "node"), *cap.flavor_needs(wanted))}
+    short = {s.filter: s for s in cap.fits(cap.host_capacity(state, "node"), *cap.flavor_needs(wanted))}
     for name in CAPACITY_FILTERS:
         flt = sched.FILTERS[name]()
         assert flt.host_passes(host, spec) is (name not in short)

@@ -19,7 +19,8 @@ engine/baseline ratio and the growth of that ratio with the number of hosts are
 meaningful where absolute times are not.
 
 Run: python3 bench/scheduler.py [--hosts 1000 10000] [--requests 1000 150]
-Stdlib only; the engine is loaded from plugins/plugin_utils/_scheduler.py by path.
+Stdlib only; the engine is loaded from plugins/plugin_utils/_scheduler.py by path (with the
+repository's .collections on sys.path for the capacity rule it shares with the claim).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ ZONES = ["az1", "az2", "az3", "az4"]
 
 
 def load_engine():
+    collections = str(ENGINE_PATH.parent.parent.parent / ".collections")
+    if collections not in sys.path:
+        sys.path.insert(0, collections)
     spec = importlib.util.spec_from_file_location("virtcloud_scheduler", ENGINE_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look the module up by name

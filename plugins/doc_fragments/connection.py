@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Options built once in module_utils/_common.py."""
+    """Options built once in module_utils/_common.py (the request id of connection_argument_spec is in the fragment request_id)."""
 
     DOCUMENTATION = r"""
 options:
@@ -16,11 +16,6 @@ options:
       - The libvirt connection URI on the host the module runs on.
     type: str
     default: qemu:///system
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log
-        and to the instance action log. A new one is made when it is not given.
-    type: str
 """
 
     WAIT = r"""

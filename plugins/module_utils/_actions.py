@@ -48,7 +48,7 @@ import os
 import shutil
 from typing import Callable
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import DEFAULT_INSTANCES_PATH, VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import find_instance
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import (
     RESCUE_DISK,
@@ -93,9 +93,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
     validate_timestamp,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import LibvirtError
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 from ansible_collections.virtcloud.compute.plugins.module_utils._record import (
-    DEFAULT_INSTANCES_PATH,
     RecordError,
     instance_dir_of,
     instance_lock,
@@ -349,7 +347,7 @@ def _prepare_image(action: InstanceAction, inst: Instance, idir: str, args: Acti
         )
     try:
         virtual_size = args.qemu_img.info(base, args.image_format, force_share=False)["virtual_size"]
-    except (QemuImgError, VirtcloudError) as exc:
+    except VirtcloudError as exc:
         raise DomainError(f"cannot {name} instance {inst.label()}: the cached image {base} cannot be read as {args.image_format}: {exc}") from None
     if name == "rebuild":
         check_image_fits(inst, image, virtual_size)
@@ -875,7 +873,7 @@ def _run_locked(job: Job, *, request_id: str, reason: str | None, check_mode: bo
     job.info(f"{action}: begins (vm_state {before_vm_state}, task_state {inst.task_state})")
     try:
         extra = target.steps(job)
-    except (DomainError, LibvirtError, QemuImgError, RecordError, OSError) as exc:
+    except (VirtcloudError, LibvirtError, OSError) as exc:
         text = f"{action} of instance {inst.label()} failed: {exc}"
         after = ops.observe(ops.lookup(inst.uuid))
         vm_state = vm_state_after_failure(before_vm_state, target, after)

@@ -6,7 +6,8 @@
 The scheduler chose the host from facts gathered a moment before; other launches may
 have landed since. Under an exclusive lock on the host, the claim takes the host's
 figures now (libvirt's domains plus the claims of instances still being built), checks
-the flavor against them with the allocation ratios, and records the claim in the host's
+the flavor against them with the scheduler's own rule (``_capacity.fits``: the allocation
+ratios, disk_available_least, never beyond the physical totals), and records the claim in the host's
 claims file. The launch releases the claim once the domain is defined (it then counts
 as a domain) or when the spawn fails.
 """
@@ -17,6 +18,7 @@ import datetime
 import json
 import os
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import fits, flavor_needs, host_capacity
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import file_lock, write_json
 
@@ -26,37 +28,6 @@ LOCK_TIMEOUT = 120  # seconds a claim waits for the other claims of the host
 
 class ClaimError(VirtcloudError):
     """The instance does not fit on this host (or the claims file is unusable)."""
-
-
-def shortfalls(state: dict, flavor: dict, host: str) -> list[str]:
-    """Why FLAVOR does not fit on a host in STATE (Nova's claim test); empty when it fits.
-
-    The allocation ratios raise the limits, but an instance never gets more than the
-    host physically has.
-    """
-    vcpus = int(flavor.get("vcpus") or 0)
-    ram = int(flavor.get("ram_mb") or 0)
-    disk = int(flavor.get("disk_gb") or 0) * 1024 + int(flavor.get("ephemeral_gb") or 0) * 1024 + int(flavor.get("swap_mb") or 0)
-    out = []
-    usable_ram = state["total_usable_ram_mb"]
-    ram_free = usable_ram * state["ram_allocation_ratio"] - (usable_ram - state["free_ram_mb"])
-    if ram > usable_ram:
-        out.append(f"{host} has {usable_ram} MB of usable RAM in all, the flavor asks {ram} MB")
-    elif ram > ram_free:
-        out.append(f"{host} has {int(ram_free)} MB of RAM free (ratio {state['ram_allocation_ratio']:g}), the flavor asks {int(ram)} MB")
-    usable_disk = state["total_usable_disk_gb"] * 1024
-    disk_free = usable_disk * state["disk_allocation_ratio"] - (usable_disk - state["free_disk_mb"])
-    if disk > usable_disk:
-        out.append(f"{host} has {usable_disk} MB of disk in all, the flavor asks {disk} MB")
-    elif disk > disk_free:
-        out.append(f"{host} has {int(disk_free)} MB of disk free (ratio {state['disk_allocation_ratio']:g}), the flavor asks {int(disk)} MB")
-    total = state["vcpus_total"]
-    vcpus_free = total * state["cpu_allocation_ratio"] - state["vcpus_used"]
-    if vcpus > total:
-        out.append(f"{host} has {total} vCPUs in all, the flavor asks {vcpus}")
-    elif vcpus > vcpus_free:
-        out.append(f"{host} has {vcpus_free:g} vCPUs free (ratio {state['cpu_allocation_ratio']:g}), the flavor asks {int(vcpus)}")
-    return out
 
 
 def locked(path: str, timeout: float = LOCK_TIMEOUT):
@@ -102,9 +73,9 @@ def claim(path: str, uuid: str, flavor: dict, host: str, read_host, check_mode: 
         if uuid in defined:
             return dict(changed=False, figures=None)
         figures, _defined = read_host(pending(claims, defined))
-        short = shortfalls(figures, flavor, host)
+        short = fits(host_capacity(figures, host), *flavor_needs(flavor))
         if short:
-            raise ClaimError(f"claim for instance {uuid} on {host} failed: {'; '.join(short)}")
+            raise ClaimError(f"claim for instance {uuid} on {host} failed: {'; '.join(str(s) for s in short)}")
         if not check_mode:
             now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             claims[uuid] = dict(flavor=flavor, claimed_at=now)

@@ -3,8 +3,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What every module shares: the option groups, request ids, the host log, the base error.
 
-The option groups are documented once in plugins/doc_fragments/connection.py
-(fragments ``virtcloud.compute.connection`` and ``virtcloud.compute.connection.wait``).
+Each option group is built here once and documented once in a doc fragment:
+
+========================================  ==============================================================
+``connection_argument_spec()``            ``virtcloud.compute.connection`` + ``virtcloud.compute.request_id``
+``request_id_argument_spec()``            ``virtcloud.compute.request_id``
+``instances_path_argument_spec()``        ``virtcloud.compute.instances_path``
+``wait_argument_spec()``                  ``virtcloud.compute.connection.wait``
+``ssh_argument_spec()``                   ``virtcloud.compute.connection.ssh``
+``_capacity.allocation_argument_spec()``  ``virtcloud.compute.capacity``
+========================================  ==============================================================
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_request_id
 
 LOG_FILE = "/var/log/virtcloud/virtcloud.log"
+# Nova's instances_path: one folder per instance, and the image cache _base.
+DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
 
 
 C_LOCALE = {"LC_ALL": "C", "LANG": "C"}
@@ -47,12 +57,19 @@ def ssh_argument_spec() -> dict:
     )
 
 
+def request_id_argument_spec() -> dict:
+    """The workflow's request id (doc fragment virtcloud.compute.request_id); check it with :func:`request_id`."""
+    return dict(request_id=dict(type="str"))
+
+
+def instances_path_argument_spec() -> dict:
+    """Nova's instances_path (doc fragment virtcloud.compute.instances_path)."""
+    return dict(instances_path=dict(type="path", default=DEFAULT_INSTANCES_PATH))
+
+
 def connection_argument_spec() -> dict:
-    """libvirt URI and request id (doc fragment virtcloud.compute.connection)."""
-    return dict(
-        uri=dict(type="str", default="qemu:///system"),
-        request_id=dict(type="str"),
-    )
+    """libvirt URI and request id (doc fragments virtcloud.compute.connection and virtcloud.compute.request_id)."""
+    return dict(uri=dict(type="str", default="qemu:///system"), **request_id_argument_spec())
 
 
 def wait_argument_spec(timeout: int = 120) -> dict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import DEFAULT_INSTANCES_PATH
 from ansible_collections.virtcloud.compute.plugins.module_utils._config_drive import ConfigDrive
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import (
     CONFIG_DISK,
@@ -70,7 +71,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
     libvirt_errors,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._record import (
-    DEFAULT_INSTANCES_PATH,
     RECORD_FILE,
     instance_dir_of,
     record_file_content,

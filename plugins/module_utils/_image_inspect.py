@@ -69,6 +69,7 @@ import traceback
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
 try:
@@ -130,7 +131,7 @@ FOREIGN_MAGIC = {
 CHUNK_SIZE = 1024 * 1024
 
 
-class ImageInspectError(Exception):
+class ImageInspectError(VirtcloudError):
     """The image could not be inspected (missing library, unreadable file)."""
 
 

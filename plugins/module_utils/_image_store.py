@@ -35,7 +35,7 @@ files are refused) and with qemu-img's view, writes the record beside it, and
 renames the directory to ``<store>/<id>``: the image appears whole or not at
 all. A refused or failed import removes its directory. A ``src`` on another
 host (``src_host``: a compute host's snapshot) is pulled first with scp
-(``ScpRemote``, strict host keys, the file size bounded by ``prlimit --fsize`` at
+(``_ssh.ScpRemote``, strict host keys, the file size bounded by ``prlimit --fsize`` at
 the size cap) into that same ``.import-*/image``, then hashed and inspected
 exactly as a local copy. Every change holds
 ``<store>/.lock``, so leftovers of an interrupted run (``.import-*``,
@@ -89,7 +89,6 @@ import contextlib
 import datetime
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -113,6 +112,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect i
     inspect_image,
     sha256_file,
 )
+from ansible_collections.virtcloud.compute.plugins.module_utils._ssh import SAFE_PATH_RE, ScpRemote, SshError
 
 IMAGE_FILE = "image"
 RECORD_FILE = "image.json"
@@ -123,7 +123,6 @@ BASE_DIR = "_base"
 FETCH_PREFIX = ".fetch-"
 
 DEFAULT_STORE_PATH = "/var/lib/virtcloud/images"
-DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
 # Glance's image_size_cap default: 1 TiB.
 DEFAULT_SIZE_CAP = 1024**4
 CHUNK = 1024 * 1024
@@ -142,10 +141,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+:@() -]{0,253}[A-Za-z0-9._+:@
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}\Z")
 PROPERTY_KEY_RE = re.compile(r"^[a-z0-9_:]{1,255}\Z")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-# Paths that reach command lines (scp's remote side) and the file system.
-SAFE_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._+@-]+/?)*\Z")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
 
 RECORD_FIELDS = (
     "id",
@@ -492,154 +487,46 @@ def download(url: str, out, size_cap: int, timeout: int = 60, validate_certs: bo
 
 
 # ---------------------------------------------------------------------------
-# Files on other hosts, over scp
+# Files on other hosts, over scp (the command line is built in _ssh)
 # ---------------------------------------------------------------------------
 
 
-def check_host(value, what: str = "source_host") -> str:
-    """A host name or IP address that cannot be read as an option or a path by ssh."""
-    if not isinstance(value, str) or not value:
-        raise ImageStoreError(f"{what} {value!r} is not a host name or address")
+def remote_host(option: str, host: str, **ssh) -> ScpRemote:
+    """The other host as ``_ssh.ScpRemote``; a value that cannot reach the command line is an ImageStoreError."""
     try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.match(value):
-        raise ImageStoreError(f"{what} {value!r} is not a host name or IP address")
-    return value
+        return ScpRemote(host, option=option, **ssh)
+    except SshError as exc:
+        raise ImageStoreError(str(exc)) from None
 
 
-class ScpRemote:
-    """One host reached with scp: the validated connection options and the one scp command line.
+def pull(remote: ScpRemote, run, path: str, dest: str, size_cap: int) -> tuple[int, str]:
+    """Copy the file ``path`` of the other host to the new local file ``dest``; returns (size, sha256).
 
-    Used by the image cache (``ScpSource``: a compute host fetches from the image
-    store host) and by imports of a file on another host (``ImageStore.ensure``
-    with ``src_host``: the image host pulls a compute host's snapshot). Host keys
-    are always checked strictly (``BatchMode=yes``, ``StrictHostKeyChecking=yes``):
-    an unknown or changed host key fails, never trusted on first use. ``option``
-    is the prefix of the module options named in errors (``source``, ``src``).
+    The copy is stopped at ``size_cap`` + 1 bytes; a failed copy leaves whatever
+    scp wrote in ``dest`` (the caller removes its work directory).
     """
-
-    def __init__(
-        self,
-        host: str,
-        user: str = "root",
-        port: int = 22,
-        ssh_key: str | None = None,
-        known_hosts: str | None = None,
-        connect_timeout: int = 10,
-        scp: str = "scp",
-        prlimit: str = "prlimit",
-        option: str = "source",
-    ) -> None:
-        self.host = check_host(host, f"{option}_host")
-        if not isinstance(user, str) or not USER_RE.match(user):
-            raise ImageStoreError(f"{option}_user {user!r} is not a valid user name")
-        self.user = user
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ImageStoreError(f"{option}_port {port!r} is not a port number")
-        self.port = port
-        self.ssh_key = check_path(ssh_key, "ssh_key") if ssh_key else None
-        self.known_hosts = check_path(known_hosts, "known_hosts") if known_hosts else None
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int) or connect_timeout <= 0:
-            raise ImageStoreError(f"connect_timeout {connect_timeout!r} is not a positive number of seconds")
-        self.connect_timeout = connect_timeout
-        self.scp = scp
-        self.prlimit = prlimit
-
-    def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}"
-
-    def location(self, path: str) -> str:
-        """``user@host:/path``, as scp reads it and as messages name it."""
-        return f"{self.target()}:{path}"
-
-    def argv(self, paths: list[str], dest: str, max_bytes: int | None = None) -> list[str]:
-        """scp of the remote ``paths`` to the local ``dest`` (a directory ending in /, or a file).
-
-        ``max_bytes`` limits the size of every file scp writes (``prlimit --fsize``):
-        a larger file stops the copy there instead of filling the disk.
-        """
-        for path in paths:
-            check_path(path, "remote path", safe=True)
-        check_path(dest, "destination")  # validated; a trailing / (a directory) is kept
-        # no -q: it would hide ssh's own messages ("Host key verification failed."); no progress
-        # meter is printed anyway, since the output is not a terminal
-        argv = [
-            self.scp,
-            "-P",
-            str(self.port),
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"ConnectTimeout={self.connect_timeout}",
-            "-o",
-            "ServerAliveInterval=15",
-            "-o",
-            "ServerAliveCountMax=4",
-        ]
-        if self.ssh_key:
-            argv += ["-o", "IdentitiesOnly=yes", "-i", self.ssh_key]
-        if self.known_hosts:
-            argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        argv += [self.location(p) for p in paths]
-        argv.append(dest)
-        if max_bytes is not None:
-            argv = [self.prlimit, f"--fsize={max_bytes}", "--"] + argv
-        return argv
-
-    @staticmethod
-    def copy(run, argv: list[str]) -> tuple[int, str]:
-        """Run an scp command line; returns (rc, scp's messages on one line, joined by "; ", without full stops)."""
-        rc, _out, err = run(argv)
-        lines = [line.strip().rstrip(".") for line in (err or "").splitlines()]
-        return rc, "; ".join(line for line in lines if line) or "no message"
-
-    def check_files(self) -> None:
-        """ssh_key and known_hosts, when given, must be readable files on this host."""
-        for what, path in (("ssh_key", self.ssh_key), ("known_hosts", self.known_hosts)):
-            if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-                raise ImageStoreError(f"{what} {path} is not a readable file on this host; give the right path, or leave it out to use SSH's default")
-
-    def pull(self, run, path: str, dest: str, size_cap: int) -> tuple[int, str]:
-        """Copy the remote file ``path`` to the new local file ``dest``; returns (size, sha256).
-
-        The copy is stopped at ``size_cap`` + 1 bytes; a failed copy leaves whatever
-        scp wrote in ``dest`` (the caller removes its work directory).
-        """
-        path = check_path(path, "src", safe=True)
-        source = self.location(path)
-        rc, err = self.copy(run, self.argv([path], dest, max_bytes=size_cap + 1))
-        try:
-            size = os.lstat(dest).st_size
-        except FileNotFoundError:
-            size = None
-        if size is not None and size > size_cap:
-            raise ImageStoreError(f"{source} is larger than the size cap of {size_cap} bytes; raise size_cap if it is wanted; nothing was imported")
-        if rc != 0:
-            raise ImageStoreError(
-                f"fetching {source} to this host failed (scp rc {rc}): {err}. Check that {self.host}'s host key is in known_hosts "
-                f"({self.known_hosts or 'the default known_hosts file of SSH'}; strict host key checking, never trusted on first use), that this host's key "
-                f"(ssh_key {self.ssh_key or 'not given: the default key of SSH'}) is authorized for {self.user} there, "
-                f"and that {path} exists on {self.host} and {self.user} can read it; nothing was imported"
-            )
-        if not os.path.isfile(dest) or os.path.islink(dest):
-            raise ImageStoreError(f"scp of {source} made no regular file; nothing was imported")
-        fd = os.open(dest, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            return os.stat(dest).st_size, sha256_file(dest)
-        except ImageInspectError as exc:
-            raise ImageStoreError(str(exc)) from exc
+    path = check_path(path, "src", safe=True)
+    source = remote.location(path)
+    rc, err = remote.copy(run, remote.argv([path], dest, max_bytes=size_cap + 1))
+    try:
+        size = os.lstat(dest).st_size
+    except FileNotFoundError:
+        size = None
+    if size is not None and size > size_cap:
+        raise ImageStoreError(f"{source} is larger than the size cap of {size_cap} bytes; raise size_cap if it is wanted; nothing was imported")
+    if rc != 0:
+        raise ImageStoreError(f"fetching {source} to this host failed (scp rc {rc}): {err}. {remote.failure_hint(path)}; nothing was imported")
+    if not os.path.isfile(dest) or os.path.islink(dest):
+        raise ImageStoreError(f"scp of {source} made no regular file; nothing was imported")
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        return os.stat(dest).st_size, sha256_file(dest)
+    except ImageInspectError as exc:
+        raise ImageStoreError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------
@@ -800,7 +687,7 @@ class ImageStore:
         if src_host is not None:
             if src is None:
                 raise ImageStoreError(f"src_host needs src, the path of the file on {src_host}")
-            remote = ScpRemote(src_host, user=src_user, port=src_port, ssh_key=ssh_key, known_hosts=known_hosts, connect_timeout=connect_timeout, option="src")
+            remote = remote_host("src", src_host, user=src_user, port=src_port, ssh_key=ssh_key, known_hosts=known_hosts, connect_timeout=connect_timeout)
             src = check_path(src, "src", safe=True)
         elif src is not None:
             src = check_path(src, "src")
@@ -843,7 +730,10 @@ class ImageStore:
                     f"image {name or image_id} is not in the store {self.path}: give src (a file on this host, or on src_host) or url to import it"
                 )
             if remote is not None:
-                remote.check_files()
+                try:
+                    remote.check_files()
+                except SshError as exc:
+                    raise ImageStoreError(str(exc)) from None
             spec = dict(
                 name=name,
                 image_id=image_id,
@@ -968,7 +858,7 @@ class ImageStore:
             os.chmod(work, 0o700)
             data = os.path.join(work, IMAGE_FILE)
             if spec["remote"] is not None:
-                size, sha = spec["remote"].pull(self.run, spec["src"], data, size_cap)
+                size, sha = pull(spec["remote"], self.run, spec["src"], data, size_cap)
             else:
                 with open(data, "xb") as out:
                     if spec["src"] is not None:
@@ -1052,7 +942,7 @@ class ScpSource:
         connect_timeout: int = 10,
         scp: str = "scp",
     ) -> None:
-        self.remote = ScpRemote(host, user=user, port=port, ssh_key=ssh_key, known_hosts=known_hosts, connect_timeout=connect_timeout, scp=scp, option="source")
+        self.remote = remote_host("source", host, user=user, port=port, ssh_key=ssh_key, known_hosts=known_hosts, connect_timeout=connect_timeout, scp=scp)
         self.store_path = check_path(store_path, "source_path", safe=True)
 
     def describe(self, image_id: str) -> str:

@@ -44,11 +44,12 @@ import uuid as uuid_mod
 from collections.abc import Mapping
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_host_name, is_instance_name, is_request_id, is_simple_name, is_uuid
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 
 RECORD_VERSION = 1
 
 
-class InstanceError(Exception):
+class InstanceError(VirtcloudError):
     """A value or a request about an instance is wrong; the message says what to do."""
 
 

@@ -31,7 +31,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write
+from ansible_collections.virtcloud.compute.plugins.module_utils._iproute import Iproute, find_ip, route_text
 
 LAB_NAME_RE = re.compile(r"[a-z][a-z0-9]{1,5}")
 MAX_HOSTS = 16
@@ -50,7 +52,6 @@ REQUIRED_BINARIES = {
     "/usr/bin/unshare": "util-linux",
     "/usr/bin/nsenter": "util-linux",
 }
-BIN_IP = ("/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip")
 
 # Bind mounts of a compute host: host path -> folder below the host's state dir.
 COMPUTE_BINDS = (
@@ -68,7 +69,7 @@ HOST_PRIVATE_BINDS = (
 DAEMON_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}
 
 
-class LabError(Exception):
+class LabError(VirtcloudError):
     """A lab operation failed; the message says what and what to do."""
 
 
@@ -211,7 +212,12 @@ class Lab:
         self.check_mode = check_mode
         self.timeout = timeout
         self.changes: list[str] = []
-        self.ip = next((p for p in BIN_IP if os.path.exists(p)), None)
+        self.ip = find_ip()
+
+    @property
+    def iproute(self) -> Iproute:
+        """iproute2 (the one runner, _iproute), failing with LabError."""
+        return Iproute(self._run, ip=self.ip, error=LabError)
 
     # ----------------------------------------------------------------- helpers
     def run(self, argv: list[str], data: str | None = None, what: str | None = None) -> str:
@@ -253,34 +259,28 @@ class Lab:
 
     def _check_range_free(self) -> None:
         net = self.spec.network
-        out = self.run([self.ip, "-o", "-4", "addr", "show"])
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) < 4 or parts[1] == self.spec.bridge:
+        for dev, cidr in self.iproute.addresses():
+            if dev == self.spec.bridge:
                 continue
-            iface = ipaddress.IPv4Interface(parts[3])
-            if iface.network.overlaps(net):
-                raise LabError(f"lab network {net} is already in use on this machine ({parts[1]} has {parts[3]}): choose another with lab_network")
-        out = self.run([self.ip, "-4", "route", "show"])
-        for line in out.splitlines():
-            parts = line.split()
-            if not parts or parts[0] == "default" or f" dev {self.spec.bridge} " in f" {line} ":
+            if ipaddress.IPv4Interface(cidr).network.overlaps(net):
+                raise LabError(f"lab network {net} is already in use on this machine ({dev} has {cidr}): choose another with lab_network")
+        for item in self.iproute.route_entries():
+            dst = item.get("dst")
+            if not dst or dst == "default" or item.get("dev") == self.spec.bridge:
                 continue
             try:
-                route = ipaddress.IPv4Network(parts[0], strict=False)
+                route = ipaddress.IPv4Network(dst, strict=False)
             except ValueError:
                 continue
             if route.overlaps(net):
-                raise LabError(f"lab network {net} overlaps the route '{line.strip()}' on this machine: choose another with lab_network")
+                raise LabError(f"lab network {net} overlaps the route '{route_text(item)}' on this machine: choose another with lab_network")
 
     # ----------------------------------------------------------------- state
     def _link_exists(self, name: str, netns: str | None = None) -> bool:
-        argv = [self.ip] + (["-n", netns] if netns else []) + ["link", "show", name]
-        return self._run(argv)[0] == 0
+        return self.iproute.attempt(["link", "show", name], netns)[0] == 0
 
     def netns_list(self) -> list[str]:
-        out = self.run([self.ip, "netns", "list"])
-        return [line.split()[0] for line in out.splitlines() if line.strip()]
+        return self.iproute.netns_names()
 
     def _mounts(self) -> list[str]:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
@@ -378,16 +378,16 @@ class Lab:
 
     def _bridge(self) -> None:
         spec = self.spec
-        if not self._link_exists(spec.bridge):
-            if self.change(f"create bridge {spec.bridge}"):
-                self.run([self.ip, "link", "add", spec.bridge, "type", "bridge"], what=f"creating bridge {spec.bridge}")
+        ip = self.iproute
+        link = ip.link(spec.bridge)
+        if link is None and self.change(f"create bridge {spec.bridge}"):
+            ip.run(["link", "add", spec.bridge, "type", "bridge"], what=f"creating bridge {spec.bridge}")
         cidr = f"{spec.bridge_address}/{spec.network.prefixlen}"
-        out = self._run([self.ip, "-o", "-4", "addr", "show", "dev", spec.bridge])[1]
-        if cidr not in out.split() and self.change(f"address {cidr} on {spec.bridge}"):
-            self.run([self.ip, "addr", "add", cidr, "dev", spec.bridge])
-        if "state UP" not in self._run([self.ip, "link", "show", spec.bridge])[1] and ",UP" not in self._run([self.ip, "link", "show", spec.bridge])[1]:
-            if self.change(f"set {spec.bridge} up"):
-                self.run([self.ip, "link", "set", spec.bridge, "up"])
+        present = [a for _dev, a in ip.addresses(dev=spec.bridge)] if link is not None else []
+        if cidr not in present and self.change(f"address {cidr} on {spec.bridge}"):
+            ip.run(["addr", "add", cidr, "dev", spec.bridge])
+        if (link is None or not link["up"]) and self.change(f"set {spec.bridge} up"):
+            ip.run(["link", "set", spec.bridge, "up"])
 
     def _hosts_file(self) -> str:
         lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback", ""]
@@ -546,17 +546,17 @@ class Lab:
         )
 
     def _host_network(self, host: HostSpec) -> None:
-        ip = self.ip
+        ip = self.iproute
         spec = self.spec
-        self.run([ip, "netns", "add", host.netns])
+        ip.run(["netns", "add", host.netns])
         if self._link_exists(host.veth):
-            self.run([ip, "link", "del", host.veth])
-        self.run([ip, "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
-        self.run([ip, "link", "set", host.veth, "master", spec.bridge, "up"])
-        self.run([ip, "-n", host.netns, "addr", "add", f"{host.address}/{spec.network.prefixlen}", "dev", "eth0"])
-        self.run([ip, "-n", host.netns, "link", "set", "eth0", "up"])
-        self.run([ip, "-n", host.netns, "link", "set", "lo", "up"])
-        self.run([ip, "-n", host.netns, "route", "add", "default", "via", spec.bridge_address])
+            ip.run(["link", "del", host.veth])
+        ip.run(["link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
+        ip.run(["link", "set", host.veth, "master", spec.bridge, "up"])
+        ip.run(["addr", "add", f"{host.address}/{spec.network.prefixlen}", "dev", "eth0"], host.netns)
+        ip.run(["link", "set", "eth0", "up"], host.netns)
+        ip.run(["link", "set", "lo", "up"], host.netns)
+        ip.run(["route", "add", "default", "via", spec.bridge_address], host.netns)
 
     def _host_namespaces(self, host: HostSpec) -> None:
         spec = self.spec
@@ -690,7 +690,7 @@ class Lab:
             self._host_down(host)
         for link in self._lab_links():
             if self.change(f"delete link {link}"):
-                self._run([self.ip, "link", "del", link])
+                self.iproute.attempt(["link", "del", link])
         for mount in sorted((m for m in self._mounts() if m == spec.ns_dir or m.startswith(spec.ns_dir + "/")), reverse=True):
             if self.change(f"unmount {mount}"):
                 self.run(["umount", "-l", mount])
@@ -712,12 +712,7 @@ class Lab:
     def _lab_links(self) -> list[str]:
         if self.ip is None:
             return []
-        out = self.run([self.ip, "-o", "link", "show"])
-        links = []
-        for line in out.splitlines():
-            name = line.split(":")[1].strip().split("@")[0]
-            if name.startswith(self.spec.name + "-"):
-                links.append(name)
+        links = [name for name in self.iproute.link_names() if name.startswith(self.spec.name + "-")]
         # veths before the bridge
         return sorted(links, key=lambda n: n == self.spec.bridge)
 
@@ -736,15 +731,14 @@ class Lab:
             if os.path.exists(path) and not self.check_mode:
                 os.unlink(path)
         if host.netns in self.netns_list() and self.change(f"delete netns {host.netns}"):
-            self.run([self.ip, "netns", "del", host.netns])
+            self.iproute.run(["netns", "del", host.netns])
         if self._link_exists(host.veth) and self.change(f"delete link {host.veth}"):
-            self._run([self.ip, "link", "del", host.veth])
+            self.iproute.attempt(["link", "del", host.veth])
 
     def _netns_pids(self, netns: str) -> list[int]:
         if not os.path.exists(f"/run/netns/{netns}"):
             return []
-        rc, out, _err = self._run([self.ip, "netns", "pids", netns])
-        return [int(p) for p in out.split() if p.isdigit()] if rc == 0 else []
+        return self.iproute.netns_pids(netns)
 
     def _kill(self, pids: list[int]) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

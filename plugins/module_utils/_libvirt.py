@@ -11,8 +11,9 @@ Sections:
   refused: it carries the libvirt API unauthenticated and unencrypted (SASL aside),
   so anybody who reaches the port controls every domain on the host. ``no_verify=1``
   (skip the TLS certificate or SSH host key check) is refused for the same reason.
-* **Connection and errors** (``connect``): one connection per URI per module run,
-  cached; every ``libvirt.libvirtError`` becomes a :class:`LibvirtError` (a
+* **Connection and errors** (``with connection(uri) as conn:``, ``connect``): one
+  connection per URI per module run, cached, closed when the ``with`` block ends;
+  every ``libvirt.libvirtError`` becomes a :class:`LibvirtError` (a
   ``VirtcloudError``) naming the operation, libvirt's message and error code.
 * **Domains**: ``lookup_domain`` (None when absent), ``domain_state``
   (state number, reason number, virsh's state name), ``wait_for_state``.
@@ -100,6 +101,15 @@ except ImportError:
     HAS_LXML = False
     LXML_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import (
+    ALLOCATION_DEFAULTS,
+    DEFAULT_CPU_ALLOCATION_RATIO,
+    DEFAULT_DISK_ALLOCATION_RATIO,
+    DEFAULT_RAM_ALLOCATION_RATIO,
+    DEFAULT_RESERVED_HOST_DISK_MB,
+    DEFAULT_RESERVED_HOST_MEMORY_MB,
+    flavor_needs,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import LIBVIRT_POWER_STATE
 
@@ -111,12 +121,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._validate import
 GIB = 1024**3
 MIB = 1024**2
 
-# Nova's defaults (nova/conf/compute.py initial_*_allocation_ratio, reserved_host_*).
-DEFAULT_CPU_ALLOCATION_RATIO = 4.0
-DEFAULT_RAM_ALLOCATION_RATIO = 1.0
-DEFAULT_DISK_ALLOCATION_RATIO = 1.0
-DEFAULT_RESERVED_HOST_MEMORY_MB = 512
-DEFAULT_RESERVED_HOST_DISK_MB = 0
 DEFAULT_AVAILABILITY_ZONE = "nova"
 
 # vm_states whose instances claim no resources (vm_states.ALLOW_RESOURCE_REMOVAL).
@@ -375,13 +379,39 @@ def connect(uri: str):
 
 
 def close_all() -> None:
-    """Close the connections this run opened."""
+    """Close the connections this run opened (the end of the outermost :func:`connections` block)."""
     while _CONNECTIONS:
         _uri, conn = _CONNECTIONS.popitem()
         try:
             conn.close()
         except _LIBVIRT_ERROR:
             pass
+
+
+_SCOPES: list = []
+
+
+@contextlib.contextmanager
+def connections():
+    """Every libvirt connection :func:`connect` opens inside the block is closed when the outermost block ends.
+
+    For code that connects lazily or not at all (compute_facts reports a libvirtd that does not
+    answer as a fact; instance_claim connects only under its lock). Otherwise use :func:`connection`.
+    """
+    _SCOPES.append(True)
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+        if not _SCOPES:
+            close_all()
+
+
+@contextlib.contextmanager
+def connection(uri: str):
+    """``with connection(uri) as conn:``: the run's libvirt connection for URI, closed when the block ends."""
+    with connections():
+        yield connect(uri)
 
 
 # --------------------------------------------------------------------------- domains
@@ -719,14 +749,6 @@ def parse_domain(xml) -> dict:
 # --------------------------------------------------------------------------- host state (pure)
 
 
-def _flavor_numbers(flavor: dict) -> tuple:
-    """(vcpus, ram_mb, disk_mb) a flavor claims: root + ephemeral + swap for disk."""
-    vcpus = int(flavor.get("vcpus") or 0)
-    ram = int(flavor.get("ram_mb") or 0)
-    disk = int(flavor.get("disk_gb") or 0) * 1024 + int(flavor.get("ephemeral_gb") or 0) * 1024 + int(flavor.get("swap_mb") or 0)
-    return vcpus, ram, disk
-
-
 def claims_resources(instance: dict) -> bool:
     """An instance in vm_state deleted or shelved_offloaded claims nothing on the host (Nova)."""
     return instance.get("vm_state") not in VM_STATES_NOT_CLAIMING
@@ -761,7 +783,7 @@ def host_state(
     claiming = [i for i in instances if claims_resources(i)]
     inst_vcpus = inst_ram = inst_disk = 0
     for instance in claiming:
-        vcpus, ram, disk = _flavor_numbers(instance.get("flavor") or {})
+        vcpus, ram, disk = flavor_needs(instance.get("flavor") or {})
         inst_vcpus += vcpus
         inst_ram += ram
         inst_disk += disk
@@ -801,17 +823,7 @@ def host_state(
 
 def check_ratio(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise HostFactsError(
-            "{} must be a number above 0 (Nova's default is {}), got {!r}".format(
-                name,
-                {
-                    "cpu_allocation_ratio": DEFAULT_CPU_ALLOCATION_RATIO,
-                    "ram_allocation_ratio": DEFAULT_RAM_ALLOCATION_RATIO,
-                    "disk_allocation_ratio": DEFAULT_DISK_ALLOCATION_RATIO,
-                }.get(name, 1.0),
-                value,
-            )
-        )
+        raise HostFactsError(f"{name} must be a number above 0 (Nova's default is {ALLOCATION_DEFAULTS.get(name, 1.0)}), got {value!r}")
     return float(value)
 
 

@@ -121,6 +121,11 @@ from dataclasses import dataclass, field
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write, file_lock, json_text
 from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_uuid
+from ansible_collections.virtcloud.compute.plugins.module_utils._iproute import (
+    ZERO_MAC,
+    Iproute,
+    parse_addresses,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,9}\Z")
 PORT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}\Z")
@@ -140,7 +145,6 @@ MAX_MTU = 9000
 DEFAULT_LEASE_TIME = 86400
 DEFAULT_STATE_DIR = "/var/lib/virtcloud/networks"
 MAC_PREFIX = "fa:16:3e"
-ZERO_MAC = "00:00:00:00:00:00"
 BRIDGE_PREFIX = "vcbr-"
 VXLAN_PREFIX = "vcvx-"
 PORTS_VERSION = 1
@@ -751,63 +755,6 @@ class NetworkStore:
 # ---------------------------------------------------------------------------
 
 
-def _load(text: str, what: str) -> list:
-    try:
-        data = json.loads(text or "[]")
-    except ValueError as exc:
-        raise NetworkError(f"{what} gave output that is not JSON ({exc}): {(text or '')[:200]!r}") from None
-    if not isinstance(data, list):
-        raise NetworkError(f"{what} gave a JSON {type(data).__name__}, expected a list")
-    return data
-
-
-def parse_link(text: str) -> dict | None:
-    """``ip -j -d link show dev X`` to {name, kind, mtu, up, master, vni, local, port, learning} (None: no such link)."""
-    items = _load(text, "ip link show")
-    if not items:
-        return None
-    item = items[0]
-    info = item.get("linkinfo") or {}
-    data = info.get("info_data") or {}
-    link = dict(
-        name=item.get("ifname"),
-        kind=info.get("info_kind"),
-        mtu=item.get("mtu"),
-        up="UP" in (item.get("flags") or []),
-        master=item.get("master"),
-        addrgenmode=item.get("inet6_addr_gen_mode"),
-    )
-    if link["kind"] == "vxlan":
-        link.update(vni=data.get("id"), local=data.get("local"), port=data.get("port"), learning=data.get("learning"))
-    return link
-
-
-def parse_addresses(text: str, family: str = "inet") -> list[tuple[str, str]]:
-    """``ip -j addr show`` to [(ifname, "address/len")] of one family (inet: IPv4, inet6: IPv6)."""
-    result = []
-    for item in _load(text, "ip addr show"):
-        for addr in item.get("addr_info") or []:
-            if addr.get("family") == family:
-                result.append((item.get("ifname"), f"{addr['local']}/{addr['prefixlen']}"))
-    return result
-
-
-def parse_routes(text: str) -> list[tuple[str, str | None]]:
-    """``ip -j -4 route show`` to [(dst, dev)]."""
-    return [(item.get("dst"), item.get("dev")) for item in _load(text, "ip route show")]
-
-
-def parse_fdb_peers(text: str) -> list[str]:
-    """``bridge -j fdb show dev VX`` to the sorted destinations of the all-zero (flood) entries."""
-    peers = {item["dst"] for item in _load(text, "bridge fdb show") if item.get("mac") == ZERO_MAC and item.get("dst")}
-    return sorted(peers, key=ipaddress.ip_address)
-
-
-def parse_link_names(text: str) -> list[str]:
-    """``ip -j link show master BR`` to the names of the bridge's ports."""
-    return sorted(item.get("ifname") for item in _load(text, "ip link show master"))
-
-
 # ---------------------------------------------------------------------------
 # The host: iproute2 and dnsmasq
 # ---------------------------------------------------------------------------
@@ -832,6 +779,7 @@ class Host:
         self._run = run
         self.tools = tools or Tools()
         self.name = name or socket.gethostname()
+        self.iproute = Iproute(run, ip=self.tools.ip, bridge=self.tools.bridge, error=NetworkError)
 
     def run(self, argv: list[str], what: str | None = None) -> str:
         rc, out, err = self._run(argv)
@@ -840,35 +788,29 @@ class Host:
         return out
 
     def link(self, name: str) -> dict | None:
-        rc, out, err = self._run([self.tools.ip, "-j", "-d", "link", "show", "dev", name])
-        if rc != 0:
-            if "does not exist" in (err or "") or "Cannot find device" in (err or ""):
-                return None
-            raise NetworkError(f"ip link show dev {name} failed (rc={rc}): {(err or '').strip()}")
-        return parse_link(out)
+        return self.iproute.link(name)
 
     def vxlan_vnis(self) -> dict:
         """{device name: VNI} of every VXLAN device on the host."""
-        items = _load(self.run([self.tools.ip, "-j", "-d", "link", "show", "type", "vxlan"]), "ip link show type vxlan")
-        return {item.get("ifname"): ((item.get("linkinfo") or {}).get("info_data") or {}).get("id") for item in items}
+        return self.iproute.vxlan_vnis()
 
     def addresses(self) -> list[tuple[str, str]]:
         """The host's IPv4 addresses."""
-        return parse_addresses(self.run([self.tools.ip, "-j", "-4", "addr", "show"]))
+        return self.iproute.addresses()
 
     def device_addresses(self, dev: str) -> tuple[list[str], list[str]]:
         """The IPv4 and the IPv6 addresses of one device."""
-        out = self.run([self.tools.ip, "-j", "addr", "show", "dev", dev])
+        out = self.iproute.run(["-j", "addr", "show", "dev", dev])
         return ([cidr for _d, cidr in parse_addresses(out, "inet")], [cidr for _d, cidr in parse_addresses(out, "inet6")])
 
     def routes(self) -> list[tuple[str, str | None]]:
-        return parse_routes(self.run([self.tools.ip, "-j", "-4", "route", "show"]))
+        return self.iproute.routes()
 
     def fdb_peers(self, dev: str) -> list[str]:
-        return parse_fdb_peers(self.run([self.tools.bridge, "-j", "fdb", "show", "dev", dev]))
+        return self.iproute.fdb_peers(dev)
 
     def bridge_ports(self, bridge: str) -> list[str]:
-        return parse_link_names(self.run([self.tools.ip, "-j", "link", "show", "master", bridge]))
+        return self.iproute.link_names(master=bridge)
 
 
 def read_links(host: Host, spec_name: str) -> dict:

@@ -40,6 +40,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+
 # Formats qemu-img is ever told to use here (qemu-img's own names: VHD is "vpc").
 FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi")
 # Formats qemu-img can write a compressed image in.
@@ -87,7 +89,7 @@ QEMU_IMG_LIMITS = ProcessLimits(cpu_time=30, address_space=1024 * 1024 * 1024)
 CONVERT_LIMITS = ProcessLimits(cpu_time=None, address_space=8 * 1024 * 1024 * 1024)
 
 
-class QemuImgError(Exception):
+class QemuImgError(VirtcloudError):
     """A qemu-img operation failed or was refused."""
 
     def __init__(self, message: str, operation: str = "", path: str = "", rc: int | None = None, stderr: str = "") -> None:

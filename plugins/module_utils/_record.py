@@ -27,7 +27,6 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml impo
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write, file_lock
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import Instance, InstanceError, validate_uuid
 
-DEFAULT_INSTANCES_PATH = "/var/lib/virtcloud/instances"
 RECORD_FILE = "instance.json"
 XML_FILE = "libvirt.xml"
 LOCKS_FOLDER = ".locks"

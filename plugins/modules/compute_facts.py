@@ -32,6 +32,9 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.capacity
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -40,12 +43,6 @@ attributes:
   idempotent:
     support: full
 options:
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)). Its filesystem gives
-        C(total_usable_disk_gb) and C(disk_available_least).
-    type: path
-    default: /var/lib/virtcloud/instances
   host:
     description:
       - The host's name for the scheduler, normally C({{ inventory_hostname }}).
@@ -73,34 +70,6 @@ options:
         description: Key/value metadata of the aggregate (extra specs matching, zone, weigher multipliers).
         type: dict
         default: {}
-  cpu_allocation_ratio:
-    description:
-      - Virtual to physical CPU ratio. The default is Nova's current C(initial_cpu_allocation_ratio)
-        (4.0 since Nova 2023.1; 16.0 before).
-    type: float
-    default: 4.0
-  ram_allocation_ratio:
-    description:
-      - Virtual to physical RAM ratio. The default is Nova's current C(initial_ram_allocation_ratio)
-        (1.0 since Nova 2023.1; 1.5 before).
-    type: float
-    default: 1.0
-  disk_allocation_ratio:
-    description:
-      - Virtual to physical disk ratio (Nova's C(initial_disk_allocation_ratio)).
-    type: float
-    default: 1.0
-  reserved_host_memory_mb:
-    description:
-      - Memory kept for the host itself, in MB (Nova's default).
-    type: int
-    default: 512
-  reserved_host_disk_mb:
-    description:
-      - Disk of the instances filesystem kept for the host, in MB (Nova's default).
-        Rounded up to whole GB, as placement does.
-    type: int
-    default: 0
   service_file:
     description:
       - The service record written by M(virtcloud.compute.compute_service). A host without
@@ -219,14 +188,16 @@ host_state:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import allocation_argument_spec, allocation_params
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     connection_argument_spec,
+    instances_path_argument_spec,
     request_id,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     NO_RECORD,
-    close_all,
+    connections,
     gather_host_facts,
     require_libraries,
 )
@@ -235,7 +206,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 def main():
     argument_spec = connection_argument_spec()
     argument_spec.update(
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         host=dict(type="str"),
         availability_zone=dict(type="str"),
         aggregates=dict(
@@ -247,11 +218,7 @@ def main():
                 metadata=dict(type="dict", default={}),
             ),
         ),
-        cpu_allocation_ratio=dict(type="float", default=4.0),
-        ram_allocation_ratio=dict(type="float", default=1.0),
-        disk_allocation_ratio=dict(type="float", default=1.0),
-        reserved_host_memory_mb=dict(type="int", default=512),
-        reserved_host_disk_mb=dict(type="int", default=0),
+        **allocation_argument_spec(),
         service_file=dict(type="path", default="/var/lib/virtcloud/service.json"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -259,23 +226,18 @@ def main():
     p = module.params
     try:
         request_id(p["request_id"])
-        facts = gather_host_facts(
-            uri=p["uri"],
-            instances_path=p["instances_path"],
-            host=p["host"],
-            availability_zone=p["availability_zone"],
-            aggregates=p["aggregates"],
-            cpu_allocation_ratio=p["cpu_allocation_ratio"],
-            ram_allocation_ratio=p["ram_allocation_ratio"],
-            disk_allocation_ratio=p["disk_allocation_ratio"],
-            reserved_host_memory_mb=p["reserved_host_memory_mb"],
-            reserved_host_disk_mb=p["reserved_host_disk_mb"],
-            service_file=p["service_file"],
-        )
+        with connections():
+            facts = gather_host_facts(
+                uri=p["uri"],
+                instances_path=p["instances_path"],
+                host=p["host"],
+                availability_zone=p["availability_zone"],
+                aggregates=p["aggregates"],
+                **allocation_params(p),
+                service_file=p["service_file"],
+            )
     except VirtcloudError as exc:
-        close_all()
         module.fail_json(msg=str(exc))
-    close_all()
     if not facts["service"]["up"]:
         module.warn(f"host {facts['host']}: libvirt does not answer, the facts say service.up=false: {facts['service']['down_reason']}")
     for other in facts["other_domains"]:

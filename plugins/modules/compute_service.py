@@ -25,6 +25,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -56,11 +57,6 @@ options:
       - Where the record is kept on the host; its folder is made when missing.
     type: path
     default: /var/lib/virtcloud/service.json
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log.
-        A new one is made when it is not given.
-    type: str
 seealso:
   - module: virtcloud.compute.compute_facts
 """
@@ -114,7 +110,7 @@ service_file:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, request_id, request_id_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     check_host_name,
     default_host,
@@ -129,7 +125,7 @@ def main():
             disabled_reason=dict(type="str"),
             host=dict(type="str"),
             service_file=dict(type="path", default="/var/lib/virtcloud/service.json"),
-            request_id=dict(type="str"),
+            **request_id_argument_spec(),
         ),
         supports_check_mode=True,
     )

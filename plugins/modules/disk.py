@@ -28,6 +28,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -84,11 +85,6 @@ options:
       - Write a compressed qcow2 with V(converted).
     type: bool
     default: false
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log.
-        A new one is made when it is not given.
-    type: str
 seealso:
   - module: virtcloud.compute.disk_info
   - module: virtcloud.compute.image_cache
@@ -163,14 +159,9 @@ request_id:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
-    HostLog,
-    VirtcloudError,
-    command_runner,
-    request_id,
-)
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id, request_id_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -185,7 +176,7 @@ def main():
             src=dict(type="path"),
             src_format=dict(type="str", choices=["qcow2", "raw"]),
             compress=dict(type="bool", default=False),
-            request_id=dict(type="str"),
+            **request_id_argument_spec(),
         ),
         required_if=[
             ("state", "resized", ("size",)),
@@ -214,7 +205,7 @@ def main():
             result = disks.converted(p["src"], p["src_format"], p["path"], p["format"], compress=p["compress"])
         else:
             result = disks.absent(p["path"])
-    except (VirtcloudError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"disk {p['path']}: {exc}")

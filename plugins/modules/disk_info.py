@@ -19,6 +19,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -110,9 +111,9 @@ disk:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, command_runner
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, command_runner, request_id, request_id_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -121,6 +122,7 @@ def main():
             path=dict(type="path", required=True),
             format=dict(type="str", choices=["qcow2", "raw"], default="qcow2"),
             backing_chain=dict(type="bool", default=True),
+            **request_id_argument_spec(),
         ),
         supports_check_mode=True,
     )
@@ -129,8 +131,9 @@ def main():
     run = command_runner(module)
 
     try:
+        request_id(p["request_id"])
         info = Disks(QemuImg(run)).info(p["path"], p["format"], backing_chain=p["backing_chain"])
-    except (VirtcloudError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"disk {p['path']}: {exc}")

@@ -38,6 +38,8 @@ extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
   - virtcloud.compute.connection.wait
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -57,11 +59,6 @@ options:
       - With O(state=absent) only its C(uuid) is used.
     type: dict
     required: true
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)).
-    type: path
-    default: /var/lib/virtcloud/instances
   domain_type:
     description:
       - V(kvm) for hardware virtualisation, V(qemu) for TCG (hosts without usable C(/dev/kvm)).
@@ -203,18 +200,20 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     command_runner,
     connection_argument_spec,
+    instances_path_argument_spec,
     request_id,
     wait_argument_spec,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._domain import ensure_domain
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
+from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
+    ensure_domain,
+)
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connection, require_libraries
 
 
 def main():
     argument_spec = dict(
         instance=dict(type="dict", required=True),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         domain_type=dict(type="str", choices=["kvm", "qemu"], default="kvm"),
         machine=dict(type="str", default="pc"),
         networks=dict(type="dict", default={}),
@@ -233,27 +232,26 @@ def main():
 
     try:
         log = HostLog("domain", request_id(p["request_id"]))
-        result = ensure_domain(
-            connect(p["uri"]),
-            p["instance"],
-            state=p["state"],
-            instances_path=p["instances_path"],
-            domain_type=p["domain_type"],
-            machine=p["machine"],
-            networks=p["networks"],
-            reboot=p["reboot"],
-            shutdown_timeout=p["shutdown_timeout"],
-            retry_interval=p["retry_interval"],
-            wait=p["wait"],
-            timeout=p["timeout"],
-            check_mode=module.check_mode,
-            run=run,
-            log=None if module.check_mode else log,
-        )
-    except (VirtcloudError, InstanceError) as exc:
-        close_all()
+        with connection(p["uri"]) as conn:
+            result = ensure_domain(
+                conn,
+                p["instance"],
+                state=p["state"],
+                instances_path=p["instances_path"],
+                domain_type=p["domain_type"],
+                machine=p["machine"],
+                networks=p["networks"],
+                reboot=p["reboot"],
+                shutdown_timeout=p["shutdown_timeout"],
+                retry_interval=p["retry_interval"],
+                wait=p["wait"],
+                timeout=p["timeout"],
+                check_mode=module.check_mode,
+                run=run,
+                log=None if module.check_mode else log,
+            )
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
-    close_all()
     diff = result.pop("diff")
     for warning in result.pop("warnings"):
         module.warn(warning)

@@ -46,6 +46,7 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection.ssh
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -163,11 +164,6 @@ options:
       - Verify the server certificate of an C(https://) O(url).
     type: bool
     default: true
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log.
-        A new one is made when it is not given.
-    type: str
 notes:
   - The store is changed under a lock (C(<store_path>/.lock)); leftovers of an
     interrupted import are removed by the next run.
@@ -278,14 +274,14 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     command_runner,
     request_id,
+    request_id_argument_spec,
     ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
-    ImageInspectError,
     require_oslo,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageStore
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
@@ -310,7 +306,7 @@ def main():
         size_cap=dict(type="int", default=1024**4),
         timeout=dict(type="int", default=60),
         validate_certs=dict(type="bool", default=True),
-        request_id=dict(type="str"),
+        **request_id_argument_spec(),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -353,7 +349,7 @@ def main():
                 known_hosts=p["known_hosts"],
                 connect_timeout=p["connect_timeout"],
             )
-    except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"image store {p['store_path']}: {exc} (is the disk full, or the store not writable?)")

@@ -40,6 +40,8 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection.ssh
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -54,11 +56,6 @@ options:
       - The image id (a uuid), as in the image store.
     type: str
     required: true
-  instances_path:
-    description:
-      - The instances directory of the compute host; the cache is its C(_base) subdirectory.
-    type: path
-    default: /var/lib/virtcloud/instances
   source_host:
     description:
       - The image store host, as the compute host reaches it over SSH (name or address).
@@ -110,11 +107,6 @@ options:
       - Seconds to wait for another run that holds the lock of this base file (fetching it).
     type: int
     default: 600
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log.
-        A new one is made when it is not given.
-    type: str
 notes:
   - Files in C(_base) per image are C(<sha1>) (the base), C(<sha1>.info) (what was
     verified, JSON) and C(<sha1>.lock); C(.fetch-<sha1>-*) directories are fetches in
@@ -242,22 +234,23 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     HostLog,
     VirtcloudError,
     command_runner,
+    instances_path_argument_spec,
     request_id,
+    request_id_argument_spec,
     ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
-    ImageInspectError,
     require_oslo,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageCache, ScpSource
-from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg, QemuImgError
+from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
     argument_spec = ssh_argument_spec()
     argument_spec.update(
         image_id=dict(type="str", required=True),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         source_host=dict(type="str", required=True),
         source_path=dict(type="path", default="/var/lib/virtcloud/images"),
         source_user=dict(type="str", default="root"),
@@ -268,7 +261,7 @@ def main():
         force_raw=dict(type="bool", default=False),
         verify=dict(type="str", choices=["quick", "full"], default="quick"),
         timeout=dict(type="int", default=600),
-        request_id=dict(type="str"),
+        **request_id_argument_spec(),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -296,7 +289,7 @@ def main():
         result = cache.ensure(
             p["image_id"], expected_sha256=p["sha256"], expected_size=p["size"], expected_format=p["disk_format"], force_raw=p["force_raw"], verify=p["verify"]
         )
-    except (VirtcloudError, ImageInspectError, QemuImgError) as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"image cache in {p['instances_path']}: {exc} (is the disk full, or the directory not writable?)")

@@ -18,6 +18,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -93,7 +94,7 @@ images:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, request_id, request_id_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageStore
 
 
@@ -105,11 +106,13 @@ def main():
             image_type=dict(type="str", choices=["image", "snapshot"]),
             instance_uuid=dict(type="str"),
             store_path=dict(type="path", default="/var/lib/virtcloud/images"),
+            **request_id_argument_spec(),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
+        request_id(p["request_id"])
         images = ImageStore(p["store_path"]).list(image_id=p["id"], name=p["name"], image_type=p["image_type"], instance_uuid=p["instance_uuid"])
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))

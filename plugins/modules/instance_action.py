@@ -53,6 +53,8 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -118,11 +120,6 @@ options:
     description:
       - Why the instance is locked (C(nova lock --reason)). Only with O(action=lock).
     type: str
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)).
-    type: path
-    default: /var/lib/virtcloud/instances
   shutdown_timeout:
     description:
       - Seconds the guest has to power off after the ACPI power button before it is destroyed
@@ -265,6 +262,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     command_runner,
     connection_argument_spec,
+    instances_path_argument_spec,
     request_id,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._actions import (
@@ -274,8 +272,8 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._actions import 
     required_if,
     run_instance_action,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, InstanceError
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connection, require_libraries
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
@@ -284,7 +282,7 @@ def main():
         instance=dict(type="str", required=True),
         action=dict(type="str", required=True, choices=list(INSTANCE_ACTIONS)),
         reason=dict(type="str"),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         shutdown_timeout=dict(type="int", default=60),
         retry_interval=dict(type="int", default=10),
         timeout=dict(type="int", default=120),
@@ -301,33 +299,30 @@ def main():
 
     try:
         req = request_id(p["request_id"])
-        result = run_instance_action(
-            connect(p["uri"]),
-            instance=p["instance"],
-            action=p["action"],
-            request_id=req,
-            instances_path=p["instances_path"],
-            reason=p["reason"],
-            shutdown_timeout=p["shutdown_timeout"],
-            retry_interval=p["retry_interval"],
-            timeout=p["timeout"],
-            check_mode=module.check_mode,
-            log=HostLog("instance_action", req),
-            image=p["image"],
-            image_format=p["image_format"],
-            snapshot_path=p["snapshot_path"],
-            qemu_img=QemuImg(run),
-        )
+        with connection(p["uri"]) as conn:
+            result = run_instance_action(
+                conn,
+                instance=p["instance"],
+                action=p["action"],
+                request_id=req,
+                instances_path=p["instances_path"],
+                reason=p["reason"],
+                shutdown_timeout=p["shutdown_timeout"],
+                retry_interval=p["retry_interval"],
+                timeout=p["timeout"],
+                check_mode=module.check_mode,
+                log=HostLog("instance_action", req),
+                image=p["image"],
+                image_format=p["image_format"],
+                snapshot_path=p["snapshot_path"],
+                qemu_img=QemuImg(run),
+            )
     except ActionRefused as exc:
-        close_all()
         module.fail_json(msg=str(exc), action=p["action"], uuid=exc.uuid, name=exc.name, vm_state=exc.vm_state, task_state=exc.task_state, refused=exc.reason)
     except ActionFailed as exc:
-        close_all()
         module.fail_json(msg=str(exc), action=p["action"], instance=exc.record)
-    except (VirtcloudError, InstanceError) as exc:
-        close_all()
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc), action=p["action"])
-    close_all()
     module.exit_json(**result)
 
 

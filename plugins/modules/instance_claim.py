@@ -22,6 +22,9 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.capacity
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -44,10 +47,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  instances_path:
-    description: The instances folder of the host (its filesystem is the disk the claim counts).
-    type: path
-    default: /var/lib/virtcloud/instances
   claims_file:
     description: The host's claims file; a lock file is kept beside it.
     type: path
@@ -55,26 +54,6 @@ options:
   host:
     description: The host's name in messages (default the node's hostname).
     type: str
-  cpu_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 4.0
-  ram_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 1.0
-  disk_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 1.0
-  reserved_host_memory_mb:
-    description: As in compute_facts.
-    type: int
-    default: 512
-  reserved_host_disk_mb:
-    description: As in compute_facts.
-    type: int
-    default: 0
 """
 
 EXAMPLES = r"""
@@ -100,14 +79,20 @@ figures:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import allocation_argument_spec, allocation_params
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    VirtcloudError,
+    connection_argument_spec,
+    instances_path_argument_spec,
+    request_id,
+)
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     allocation_options,
     check_host_name,
-    close_all,
     connect,
+    connections,
     default_host,
     host_figures,
     read_libvirt,
@@ -121,14 +106,10 @@ def main():
         uuid=dict(type="str", required=True),
         flavor=dict(type="dict"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
         claims_file=dict(type="path", default=DEFAULT_CLAIMS_FILE),
         host=dict(type="str"),
-        cpu_allocation_ratio=dict(type="float", default=4.0),
-        ram_allocation_ratio=dict(type="float", default=1.0),
-        disk_allocation_ratio=dict(type="float", default=1.0),
-        reserved_host_memory_mb=dict(type="int", default=512),
-        reserved_host_disk_mb=dict(type="int", default=0),
+        **allocation_argument_spec(),
     )
     module = AnsibleModule(argument_spec=spec, required_if=[("state", "present", ("flavor",))], supports_check_mode=True)
     p = module.params
@@ -140,9 +121,7 @@ def main():
         require_libraries(module, lxml=False)
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
-        options = allocation_options(
-            p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"], p["reserved_host_memory_mb"], p["reserved_host_disk_mb"]
-        )
+        options = allocation_options(**allocation_params(p))
         seen = {}
 
         def read_host(extra):
@@ -151,11 +130,10 @@ def main():
             figures = host_figures(seen, p["instances_path"], options, extra)
             return figures, {i["uuid"] for i in seen["instances"]}
 
-        result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
-    except (VirtcloudError, InstanceError) as exc:
+        with connections():  # read_host connects under the claim's lock, once
+            result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
-    finally:
-        close_all()
     module.exit_json(changed=result["changed"], figures=result["figures"])
 
 

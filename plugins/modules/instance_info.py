@@ -20,6 +20,8 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.instances_path
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -36,11 +38,6 @@ options:
     description:
       - Only the instances with this name.
     type: str
-  instances_path:
-    description:
-      - Folder of the instance directories (Nova's C(instances_path)).
-    type: path
-    default: /var/lib/virtcloud/instances
 notes:
   - The O(request_id) option is accepted for uniformity with the other modules and not used.
 seealso:
@@ -141,28 +138,28 @@ unreadable:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec
-from ansible_collections.virtcloud.compute.plugins.module_utils._domain import list_instances
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError
-from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import close_all, connect, require_libraries
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, instances_path_argument_spec
+from ansible_collections.virtcloud.compute.plugins.module_utils._domain import (
+    list_instances,
+)
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connection, require_libraries
 
 
 def main():
     argument_spec = dict(
         uuid=dict(type="str"),
         name=dict(type="str"),
-        instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
+        **instances_path_argument_spec(),
     )
     argument_spec.update(connection_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=[("uuid", "name")])
     require_libraries(module)
     p = module.params
     try:
-        instances, unreadable = list_instances(connect(p["uri"]), uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])
-    except (VirtcloudError, InstanceError) as exc:
-        close_all()
+        with connection(p["uri"]) as conn:
+            instances, unreadable = list_instances(conn, uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
-    close_all()
     for text in unreadable:
         module.warn(f"domain with an unreadable record: {text}")
     module.exit_json(changed=False, instances=instances, unreadable=unreadable)

@@ -152,8 +152,8 @@ ssh:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import command_runner
-from ansible_collections.virtcloud.compute.plugins.module_utils._lab import Lab, LabError, plan
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, command_runner
+from ansible_collections.virtcloud.compute.plugins.module_utils._lab import Lab, plan
 
 
 def main():
@@ -182,7 +182,7 @@ def main():
             lab.down()
             module.exit_json(changed=bool(lab.changes), changes=lab.changes)
         hosts = lab.up()
-    except LabError as exc:
+    except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"lab {p['state']}: {exc} (is the machine out of disk space, or a lab folder in use?)")

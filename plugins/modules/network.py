@@ -30,6 +30,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -113,11 +114,6 @@ options:
       - Seconds to wait for dnsmasq to start or stop, and for the lock of the network's folder.
     type: int
     default: 30
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log.
-        A new one is made when it is not given.
-    type: str
 notes:
   - Needs root, iproute2 (C(ip), C(bridge)), a kernel with bridge and vxlan, and on the
     DHCP host dnsmasq (Debian package dnsmasq-base). The underlay must carry UDP port 4789
@@ -186,7 +182,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id, request_id_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._network import (
     DEFAULT_STATE_DIR,
     Host,
@@ -215,7 +211,7 @@ def main():
             lease_time=dict(type="int", default=86400),
             state_dir=dict(type="path", default=DEFAULT_STATE_DIR),
             timeout=dict(type="int", default=30),
-            request_id=dict(type="str"),
+            **request_id_argument_spec(),
         ),
         required_if=[("state", "present", ("subnet", "vni", "local_ip"))],
         supports_check_mode=True,

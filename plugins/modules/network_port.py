@@ -25,6 +25,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
@@ -82,13 +83,9 @@ options:
       - Seconds to wait for the lock of the network's folder and for dnsmasq to restart.
     type: int
     default: 30
-  request_id:
-    description:
-      - The request id of the workflow run, C(req-<uuid>), written to the host log and kept
-        in the reservation. A new one is made when it is not given.
-    type: str
 notes:
   - The network's DHCP host must have the network already (M(virtcloud.compute.network) with C(dhcp=true)).
+  - The O(request_id) is kept in the reservation.
 seealso:
   - module: virtcloud.compute.network
 """
@@ -163,7 +160,7 @@ changes:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import HostLog, VirtcloudError, command_runner, request_id, request_id_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._network import (
     DEFAULT_STATE_DIR,
     Host,
@@ -190,7 +187,7 @@ def main():
             ip=dict(type="str"),
             state_dir=dict(type="path", default=DEFAULT_STATE_DIR),
             timeout=dict(type="int", default=30),
-            request_id=dict(type="str"),
+            **request_id_argument_spec(),
         ),
         required_one_of=[("port_id", "instance_uuid")],
         supports_check_mode=True,

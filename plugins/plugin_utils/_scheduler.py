@@ -49,8 +49,21 @@ import types
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import (
+    disk_fits,
+    disk_shortfall,
+    effective_free_disk_mb,
+    flavor_disk_mb,
+    free_vcpus,
+    ram_fits,
+    ram_shortfall,
+    vcpus_fit,
+    vcpus_shortfall,
+)
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 
-class SchedulerError(Exception):
+
+class SchedulerError(VirtcloudError):
     """Bad input: the message says which value is wrong and why."""
 
 
@@ -148,13 +161,6 @@ def _want_scalar_text(value: t.Any, where: str) -> str:
     if not isinstance(value, (str, int, float, bool)):
         _fail(f"{where} must be a string, number or boolean, got {_type_name(value)}")
     return _text(value)
-
-
-def _num(value: float) -> int | float:
-    """A number for a message: 2048 rather than 2048.0, at most two decimals."""
-    if float(value).is_integer():
-        return int(value)
-    return round(value, 2)
 
 
 # --------------------------------------------------------------------------
@@ -345,6 +351,7 @@ class HostState:
     instance_uuids: frozenset[str] = frozenset()
     failed_builds: int = 0
     facts: dict = field(default_factory=dict)
+    disk_available_least: float | None = None
 
     def capability(self, path: t.Sequence[str]) -> t.Any:
         """Nova's ComputeCapabilitiesFilter lookup: an attribute, then nested keys.
@@ -510,8 +517,8 @@ def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warning
     numbers = _host_numbers(facts, where)
     least = facts.get("disk_available_least")
     if least is not None:
-        # Nova: with qcow2 overlays the virtual sizes may all be consumed; trust the smaller figure.
-        numbers["free_disk_mb"] = min(numbers["free_disk_mb"], _want_number(least, where, key="disk_available_least") * 1024)
+        least = _want_number(least, where, key="disk_available_least")
+        numbers["free_disk_mb"] = effective_free_disk_mb(numbers["free_disk_mb"], least)
     names, metadata, raw_values = _aggregates(facts.get("aggregates") or [], where)
 
     zone = facts.get("availability_zone")
@@ -541,6 +548,7 @@ def make_host_state(facts: t.Any, index: int, options: dict[str, t.Any], warning
         up=up,
         instance_uuids=frozenset(i["uuid"] for i in instances) if instances else frozenset(),
         facts=facts,
+        disk_available_least=least,
         **numbers,
     )
 
@@ -706,7 +714,7 @@ def make_request_spec(request: t.Any, options: dict[str, t.Any]) -> RequestSpec:
         num_instances=_want_int(request.get("num_instances", 1), "request.num_instances", minimum=1),
         options=options,
     )
-    spec.disk_mb = 1024 * (spec.disk_gb + spec.ephemeral_gb) + spec.swap_mb
+    spec.disk_mb = flavor_disk_mb(spec.disk_gb, spec.ephemeral_gb, spec.swap_mb)
 
     for key, req in spec.extra_specs.items():
         scope = key.split(":")
@@ -827,60 +835,28 @@ class AvailabilityZoneFilter(BaseFilter):
         return f"{host.host} is in zone {', '.join(sorted(host.availability_zones))}, {spec.availability_zone} requested"
 
 
-def usable_ram_mb(host: HostState) -> float:
-    """Nova's RamFilter: total * ratio - used, where used = total - free."""
-    return host.total_usable_ram_mb * host.ram_allocation_ratio - (host.total_usable_ram_mb - host.free_ram_mb)
-
-
-def usable_disk_mb(host: HostState) -> float:
-    total_mb = host.total_usable_disk_gb * 1024
-    return total_mb * host.disk_allocation_ratio - (total_mb - host.free_disk_mb)
-
-
-def free_vcpus(host: HostState) -> float:
-    return host.vcpus_total * host.cpu_allocation_ratio - host.vcpus_used
-
-
 class RamFilter(BaseFilter):
-    """Enough RAM, with ram_allocation_ratio, but never more than the host's total for one instance."""
+    """Enough RAM, with ram_allocation_ratio, but never more than the host's total for one instance (``_capacity``)."""
 
     name = "RamFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return host.total_usable_ram_mb >= spec.ram_mb and usable_ram_mb(host) >= spec.ram_mb
+        return ram_fits(host, spec.ram_mb)
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        if host.total_usable_ram_mb < spec.ram_mb:
-            return (
-                f"{host.host} has {_num(host.total_usable_ram_mb)} MB RAM in total, {spec.ram_mb} MB requested "
-                "(an instance never overcommits against one host's physical total)"
-            )
-        return (
-            f"{host.host} has {_num(usable_ram_mb(host))} MB usable, {spec.ram_mb} MB requested "
-            f"({_num(host.total_usable_ram_mb)} MB x {_num(host.ram_allocation_ratio)} ratio, "
-            f"{_num(host.free_ram_mb)} MB free)"
-        )
+        return ram_shortfall(host, spec.ram_mb).detail
 
 
 class DiskFilter(BaseFilter):
-    """Enough disk for root + ephemeral + swap, with disk_allocation_ratio, within the host's total."""
+    """Enough disk for root + ephemeral + swap, with disk_allocation_ratio and disk_available_least, within the host's total."""
 
     name = "DiskFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return host.total_usable_disk_gb * 1024 >= spec.disk_mb and usable_disk_mb(host) >= spec.disk_mb
+        return disk_fits(host, spec.disk_mb)
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        if host.total_usable_disk_gb * 1024 < spec.disk_mb:
-            return (
-                f"{host.host} has {_num(host.total_usable_disk_gb * 1024)} MB disk in total, {spec.disk_mb} MB requested "
-                "(an instance never overcommits against one host's physical total)"
-            )
-        return (
-            f"{host.host} has {_num(usable_disk_mb(host))} MB usable disk, {spec.disk_mb} MB requested "
-            f"({_num(host.total_usable_disk_gb)} GB x {_num(host.disk_allocation_ratio)} ratio, "
-            f"{_num(host.free_disk_mb)} MB free)"
-        )
+        return disk_shortfall(host, spec.disk_mb).detail
 
 
 class CoreFilter(BaseFilter):
@@ -889,17 +865,10 @@ class CoreFilter(BaseFilter):
     name = "CoreFilter"
 
     def host_passes(self, host: HostState, spec: RequestSpec) -> bool:
-        return host.vcpus_total >= spec.vcpus and free_vcpus(host) >= spec.vcpus
+        return vcpus_fit(host, spec.vcpus)
 
     def reason(self, host: HostState, spec: RequestSpec) -> str:
-        if host.vcpus_total < spec.vcpus:
-            return (
-                f"{host.host} has {host.vcpus_total} physical vcpus, {spec.vcpus} requested (an instance never overcommits against one host's physical total)"
-            )
-        return (
-            f"{host.host} has {_num(free_vcpus(host))} vcpus free ({host.vcpus_total} x "
-            f"{_num(host.cpu_allocation_ratio)} ratio - {_num(host.vcpus_used)} used), {spec.vcpus} requested"
-        )
+        return vcpus_shortfall(host, spec.vcpus).detail
 
 
 class NumInstancesFilter(BaseFilter):

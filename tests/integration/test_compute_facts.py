@@ -17,6 +17,7 @@ from harness import GUEST_IMAGE, TOP, run_module, run_playbook
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import build_domain, domain_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import Instance
+from ansible_collections.virtcloud.compute.plugins.plugin_utils import _scheduler as sched
 
 PLAYBOOKS = os.path.join(TOP, "tests", "integration", "playbooks")
 # /run is a private tmpfs on every lab host: each host has its own record, gone with the lab
@@ -205,6 +206,55 @@ def test_disk_available_least_counts_qcow2_overcommit(lab):
     finally:
         lab.ssh("node2", f"virsh undefine {domain_name(rec.uuid)}", check=False)
         lab.ssh("node2", f"rm -rf {inst_dir}", check=False)
+
+
+def test_claim_and_scheduler_refuse_the_same_overcommitted_disk(lab):
+    """Issue 7: qcow2 over-commit leaves the filesystem ~10 GiB; DiskFilter refuses a 40 GB flavor and so does the claim."""
+    host = "node3"
+    disk = f"{lab.instances_path}/capacity-overcommit.qcow2"
+    claims = "/run/virtcloud/claims-capacity-test.json"
+    domain = "capacity-overcommit"
+    before = gather(lab, host)
+    # a foreign domain whose sparse overlay may grow into all but ~10 GiB of the free space
+    virtual_gb = before["disk_available_least"] - 10
+    assert virtual_gb > 40, before["disk_available_least"]
+    lab.ssh(host, f"qemu-img create -q -f qcow2 {disk} {virtual_gb}G")
+    xml = (
+        f"<domain type='qemu'><name>{domain}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    big = {"name": "m1.disk40", "vcpus": 1, "ram_mb": 64, "disk_gb": 40}
+    small = {"name": "m1.disk1", "vcpus": 1, "ram_mb": 64, "disk_gb": 1}
+    try:
+        lab.ssh(host, "virsh define /dev/stdin", data=xml)
+        facts = gather(lab, host)
+        assert 5 <= facts["disk_available_least"] <= 15, facts["disk_available_least"]
+        assert facts["free_disk_mb"] >= 40 * 1024  # by allocation alone the flavor would fit
+
+        def claim_args(flavor):
+            return f"uuid={uuid.uuid4()} flavor='{json.dumps(flavor)}' instances_path={lab.instances_path} claims_file={claims} host={host}"
+
+        # the scheduler: NoValidHost, DiskFilter, naming disk_available_least
+        with pytest.raises(sched.NoValidHost) as info:
+            sched.schedule([facts], {"flavor": big})
+        rejected = [r for step in info.value.trace["instances"][0]["filters"] for r in step["rejected"]]
+        assert [r["filter"] for r in rejected] == ["DiskFilter"], rejected
+        assert "disk_available_least" in rejected[0]["reason"]
+        # the claim on the host itself refuses the same flavor, with the same figures
+        refused = run_module(lab, host, "instance_claim", claim_args(big))
+        msg = refused.one(host).msg
+        assert refused.rc != 0 and refused.one(host).status == "FAILED!", refused
+        assert "disk short by" in msg and "40960 MB requested" in msg and "disk_available_least" in msg, refused
+        # and both accept a flavor that fits (the claim in check mode: nothing recorded)
+        assert sched.schedule([facts], {"flavor": small})["selected"] == [host]
+        planned = run_module(lab, host, "instance_claim", claim_args(small), check=True)
+        assert planned.ok() and planned.one(host).changed, planned
+        assert lab.ssh(host, f"test -e {claims} && cat {claims} || echo none").strip() in ("none", "{}")
+    finally:
+        lab.ssh(host, f"virsh undefine {domain}", check=False)
+        lab.ssh(host, f"rm -f {disk} {claims} {claims}.lock", check=False)
+    assert abs(gather(lab, host)["disk_available_least"] - before["disk_available_least"]) <= 2
 
 
 def test_service_disable_and_enable(lab):

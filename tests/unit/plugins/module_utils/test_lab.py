@@ -46,22 +46,28 @@ def test_plan_refuses_bad_options(args, message):
     assert message in str(err.value)
 
 
-ADDR = """1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
-2: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\\       valid_lft forever preferred_lft forever
-7: vc-br0    inet 10.9.9.1/24 scope global vc-br0\\       valid_lft forever preferred_lft forever
-"""
-ROUTES = """default via 192.0.2.1 dev eth0
-192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.2
-10.60.0.0/16 via 192.0.2.7 dev eth0
-10.9.9.0/24 dev vc-br0 proto kernel scope link src 10.9.9.1
-"""
+# Recorded on a machine with a lab bridge vc-br0 (ip -j -4 addr show, ip -j -4 route show; iproute2 6.1).
+ADDR = (
+    '[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,'
+    '"scope":"host","label":"lo","valid_life_time":4294967295,"preferred_life_time":4294967295}]},'
+    '{"ifindex":2,"ifname":"eth0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"192.0.2.2",'
+    '"prefixlen":24,"broadcast":"192.0.2.255","scope":"global","label":"eth0","valid_life_time":4294967295,"preferred_life_time":4294967295}]},'
+    '{"ifindex":7,"ifname":"vc-br0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"10.9.9.1",'
+    '"prefixlen":24,"scope":"global","label":"vc-br0","valid_life_time":4294967295,"preferred_life_time":4294967295}]}]'
+)
+ROUTES = (
+    '[{"dst":"default","gateway":"192.0.2.1","dev":"eth0","flags":[]},'
+    '{"dst":"192.0.2.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"192.0.2.2","flags":[]},'
+    '{"dst":"10.60.0.0/16","gateway":"192.0.2.7","dev":"eth0","flags":[]},'
+    '{"dst":"10.9.9.0/24","dev":"vc-br0","protocol":"kernel","scope":"link","prefsrc":"10.9.9.1","flags":[]}]'
+)
 
 
 def fake_ip(argv, data=None):
-    """Recorded output of `ip -o -4 addr show` and `ip -4 route show` on a machine."""
-    if argv[1:] == ["-o", "-4", "addr", "show"]:
+    """Recorded output of `ip -j -4 addr show` and `ip -j -4 route show` on a machine."""
+    if argv[1:] == ["-j", "-4", "addr", "show"]:
         return 0, ADDR, ""
-    if argv[1:] == ["-4", "route", "show"]:
+    if argv[1:] == ["-j", "-4", "route", "show"]:
         return 0, ROUTES, ""
     raise AssertionError(f"unexpected command {argv}")
 

@@ -744,3 +744,28 @@ def test_host_figures_count_what_libvirt_saw_and_the_pending_claims(tmp_path):
         lv.allocation_options(cpu_allocation_ratio=0)
     with pytest.raises(VirtcloudError, match="does not exist"):
         lv.host_figures(seen, str(tmp_path / "missing"), options)
+
+
+class _Conn:
+    def __init__(self, log):
+        self.log = log
+
+    def close(self):
+        self.log.append("closed")
+        return 0
+
+
+def test_connection_is_closed_when_the_outermost_block_ends(monkeypatch):
+    log = []
+    monkeypatch.setattr(lv, "connect", lambda uri: lv._CONNECTIONS.setdefault(uri, _Conn(log)))
+    with lv.connection("qemu:///system") as conn:
+        with lv.connection("qemu:///system") as again:
+            assert again is conn
+        assert log == []  # the inner block leaves it open for the outer one
+    assert log == ["closed"] and lv._CONNECTIONS == {}
+    with pytest.raises(RuntimeError), lv.connection("qemu:///system"):
+        raise RuntimeError("boom")
+    assert log == ["closed", "closed"] and lv._CONNECTIONS == {}
+    with lv.connections():
+        pass  # nothing opened, nothing to close
+    assert log == ["closed", "closed"]

@@ -15,6 +15,14 @@ import pytest
 from ansible_collections.virtcloud.compute.plugins.module_utils import _files as files
 from ansible_collections.virtcloud.compute.plugins.module_utils import _network as net
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._iproute import (
+    IprouteError,
+    parse_addresses,
+    parse_fdb_peers,
+    parse_link,
+    parse_link_names,
+    parse_routes,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._network import (
     network_lock,
     Host,
@@ -29,12 +37,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._network import 
     check_no_overlap,
     generate_mac,
     make_spec,
-    parse_addresses,
-    parse_fdb_peers,
     parse_leases,
-    parse_link,
-    parse_link_names,
-    parse_routes,
     plan_links,
     plan_links_absent,
     plan_port,
@@ -538,7 +541,7 @@ def test_parse_recorded_links():
         name="vcvx-tnet", kind="vxlan", mtu=1450, up=True, master="vcbr-tnet", vni=100, local="127.0.0.1", port=4789, learning=False, addrgenmode="eui64"
     )
     assert parse_link("[]") is None
-    with pytest.raises(NetworkError, match="not JSON"):
+    with pytest.raises(IprouteError, match="not JSON"):  # the parsers moved to _iproute, with their own error
         parse_link("Device does not exist")
 
 

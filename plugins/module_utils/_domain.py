@@ -370,10 +370,18 @@ def instance_info(ops, dom, inst, instances_path):
     }
 
 
-def list_instances(conn, *, uuid=None, name=None, instances_path=DEFAULT_INSTANCES_PATH):
-    """instance_info: every instance on the host, or the one with ``uuid`` / ``name``."""
+def list_instances(conn, *, uuid=None, name=None, instance=None, instances_path=DEFAULT_INSTANCES_PATH):
+    """instance_info: every instance on the host, or the one with ``uuid`` / ``name``.
+
+    ``instance`` is either: a uuid when it has a uuid's form, a name otherwise (as
+    instance_action's ``instance``), so that playbooks never tell the two apart themselves.
+    """
     ops = DomainOps(conn)
     validate_path(instances_path, "instances_path")
+    if instance is not None:
+        if uuid is not None or name is not None:
+            raise DomainError("instance is either a uuid or a name: give instance, or uuid or name, not both")
+        uuid, name = (instance, None) if is_uuid(instance, any_case=True) else (None, instance)
     if uuid is not None:
         dom, inst = find_instance(conn, validate_uuid(uuid, "uuid"), ops)
         pairs, errors = ([(dom, inst)] if dom is not None else []), []

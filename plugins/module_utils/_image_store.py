@@ -602,7 +602,19 @@ class ImageStore:
             return self.find(name)
         raise ImageStoreError("give the image's id or name")
 
-    def list(self, image_id: str | None = None, name: str | None = None, image_type: str | None = None, instance_uuid: str | None = None) -> list[dict]:
+    def list(
+        self,
+        image_id: str | None = None,
+        name: str | None = None,
+        image_type: str | None = None,
+        instance_uuid: str | None = None,
+        ref: str | None = None,
+    ) -> list[dict]:
+        """The image records, filtered; ``ref`` is an id when it has an id's (uuid's) form, a name otherwise."""
+        if ref:
+            if image_id or name:
+                raise ImageStoreError("image is either an id or a name: give image, or id or name, not both")
+            image_id, name = (ref, None) if is_uuid(ref, any_case=True) else (None, ref)
         self.require()
         images = self.records()
         if image_id:

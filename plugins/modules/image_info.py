@@ -27,6 +27,11 @@ attributes:
   idempotent:
     support: full
 options:
+  image:
+    description:
+      - Only this image, by id or by name (a value in the form of a uuid is an id).
+      - Mutually exclusive with O(id) and O(name).
+    type: str
   id:
     description:
       - Only the image with this id.
@@ -62,6 +67,11 @@ EXAMPLES = r"""
   virtcloud.compute.image_info:
     name: vctest
   register: vctest
+
+- name: An image as the user gave it, a name or an id
+  virtcloud.compute.image_info:
+    image: "{{ image_ref }}"
+  register: found
 
 - name: Use its record
   ansible.builtin.debug:
@@ -101,6 +111,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._image_store imp
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            image=dict(type="str"),
             id=dict(type="str"),
             name=dict(type="str"),
             image_type=dict(type="str", choices=["image", "snapshot"]),
@@ -109,11 +120,14 @@ def main():
             **request_id_argument_spec(),
         ),
         supports_check_mode=True,
+        mutually_exclusive=[("image", "id", "name")],
     )
     p = module.params
     try:
         request_id(p["request_id"])
-        images = ImageStore(p["store_path"]).list(image_id=p["id"], name=p["name"], image_type=p["image_type"], instance_uuid=p["instance_uuid"])
+        images = ImageStore(p["store_path"]).list(
+            image_id=p["id"], name=p["name"], image_type=p["image_type"], instance_uuid=p["instance_uuid"], ref=p["image"]
+        )
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

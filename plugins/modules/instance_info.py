@@ -30,6 +30,12 @@ attributes:
   idempotent:
     support: full
 options:
+  instance:
+    description:
+      - Only this instance, by uuid or by name (a value in the form of a uuid is a uuid), as
+        O(virtcloud.compute.instance_action#module:instance) takes it.
+      - Mutually exclusive with O(uuid) and O(name).
+    type: str
   uuid:
     description:
       - Only the instance with this uuid.
@@ -55,6 +61,11 @@ EXAMPLES = r"""
   virtcloud.compute.instance_info:
     name: web-1
   register: web1
+
+- name: An instance given as the user gave it, a name or a uuid
+  virtcloud.compute.instance_info:
+    instance: "{{ instance }}"
+  register: found_one
 
 - name: Show it
   ansible.builtin.debug:
@@ -147,17 +158,18 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 
 def main():
     argument_spec = dict(
+        instance=dict(type="str"),
         uuid=dict(type="str"),
         name=dict(type="str"),
         **instances_path_argument_spec(),
     )
     argument_spec.update(connection_argument_spec())
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=[("uuid", "name")])
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=[("uuid", "name", "instance")])
     require_libraries(module)
     p = module.params
     try:
         with connection(p["uri"]) as conn:
-            instances, unreadable = list_instances(conn, uuid=p["uuid"], name=p["name"], instances_path=p["instances_path"])
+            instances, unreadable = list_instances(conn, uuid=p["uuid"], name=p["name"], instance=p["instance"], instances_path=p["instances_path"])
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     for text in unreadable:

@@ -634,6 +634,12 @@ def test_list_instances(env):
     assert info["console_log"] == f"{path}/{UUID}/console.log"
     assert dm.list_instances(conn, name="nope", instances_path=path) == ([], [])
     assert dm.list_instances(conn, uuid=UUID, instances_path=path)[0][0]["uuid"] == UUID
+    # instance: a uuid when it has a uuid's form (any case), a name otherwise
+    assert dm.list_instances(conn, instance=UUID.upper(), instances_path=path)[0][0]["uuid"] == UUID
+    assert dm.list_instances(conn, instance="web-1", instances_path=path)[0][0]["uuid"] == UUID
+    assert dm.list_instances(conn, instance="11111111-2222-3333-4444-555555555556", instances_path=path) == ([], [])
+    with pytest.raises(dm.DomainError, match="give instance, or uuid or name, not both"):
+        dm.list_instances(conn, instance="web-1", name="web-1", instances_path=path)
 
 
 def test_instance_lock_times_out(tmp_path):

@@ -416,6 +416,10 @@ class TestImport:
         assert (rec["image_type"], rec["instance_uuid"], rec["visibility"], rec["owner"]) == ("snapshot", ID2, "private", "demo")
         assert store.list(image_type="snapshot", instance_uuid=ID2) == [rec]
         assert store.list(image_type="image") == []
+        # ref: an id when it has an id's form, a name otherwise
+        assert store.list(ref="snap") == [rec] and store.list(ref=rec["id"]) == [rec] and store.list(ref=ID1) == []
+        with pytest.raises(ImageStoreError, match="give image, or id or name, not both"):
+            store.list(ref="snap", name="snap")
         with pytest.raises(ImageStoreError, match="needs instance_uuid"):
             store.ensure(name="snap2", src=qcow2, image_type="snapshot")
         with pytest.raises(ImageStoreError, match="only for image_type snapshot"):

@@ -56,3 +56,35 @@ options:
     type: int
     default: 10
 """
+
+    ALLOCATION = r"""
+options:
+  cpu_allocation_ratio:
+    description:
+      - Virtual to physical CPU ratio. The default is Nova's current C(initial_cpu_allocation_ratio)
+        (4.0 since Nova 2023.1; 16.0 before).
+    type: float
+    default: 4.0
+  ram_allocation_ratio:
+    description:
+      - Virtual to physical RAM ratio. The default is Nova's current C(initial_ram_allocation_ratio)
+        (1.0 since Nova 2023.1; 1.5 before).
+    type: float
+    default: 1.0
+  disk_allocation_ratio:
+    description:
+      - Virtual to physical disk ratio (Nova's C(initial_disk_allocation_ratio)).
+    type: float
+    default: 1.0
+  reserved_host_memory_mb:
+    description:
+      - Memory kept for the host itself, in MB (Nova's default).
+    type: int
+    default: 512
+  reserved_host_disk_mb:
+    description:
+      - Disk of the instances filesystem kept for the host, in MB (Nova's default).
+        Rounded up to whole GB, as placement does.
+    type: int
+    default: 0
+"""

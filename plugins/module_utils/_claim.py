@@ -20,6 +20,7 @@ import os
 from contextlib import contextmanager
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import host_figures, read_libvirt
 
 DEFAULT_CLAIMS_FILE = "/var/lib/virtcloud/claims.json"
 
@@ -121,6 +122,21 @@ def claim(path: str, uuid: str, flavor: dict, host: str, read_host, check_mode: 
             claims[uuid] = dict(flavor=flavor, claimed_at=now)
             write_claims(path, claims)
         return dict(changed=True, figures=figures)
+
+
+def libvirt_host_reader(conn, uri: str, instances_path: str, options: dict):
+    """``read_host`` for :func:`claim`: the host's figures from libvirt (read once) and its instances folder.
+
+    ``options`` are the allocation ratios and reservations (``_libvirt.allocation_options``).
+    """
+    seen = {}
+
+    def read_host(extra):
+        if not seen:
+            seen.update(read_libvirt(conn, uri))
+        return host_figures(seen, instances_path, options, extra), {i["uuid"] for i in seen["instances"]}
+
+    return read_host
 
 
 def release(path: str, uuid: str, check_mode: bool = False) -> bool:

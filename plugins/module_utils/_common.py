@@ -63,6 +63,24 @@ def wait_argument_spec(timeout: int = 120) -> dict:
     )
 
 
+def allocation_argument_spec() -> dict:
+    """Allocation ratios and host reservations (doc fragment virtcloud.compute.connection.allocation)."""
+    return dict(
+        cpu_allocation_ratio=dict(type="float", default=4.0),
+        ram_allocation_ratio=dict(type="float", default=1.0),
+        disk_allocation_ratio=dict(type="float", default=1.0),
+        reserved_host_memory_mb=dict(type="int", default=512),
+        reserved_host_disk_mb=dict(type="int", default=0),
+    )
+
+
+def allocation_params(params: dict) -> tuple:
+    """The allocation options of a module's params, in the order of ``_libvirt.allocation_options``."""
+    return tuple(
+        params[k] for k in ("cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb", "reserved_host_disk_mb")
+    )
+
+
 def new_request_id() -> str:
     return f"req-{uuid.uuid4()}"
 

@@ -32,6 +32,7 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.connection.allocation
 attributes:
   check_mode:
     support: full
@@ -73,34 +74,6 @@ options:
         description: Key/value metadata of the aggregate (extra specs matching, zone, weigher multipliers).
         type: dict
         default: {}
-  cpu_allocation_ratio:
-    description:
-      - Virtual to physical CPU ratio. The default is Nova's current C(initial_cpu_allocation_ratio)
-        (4.0 since Nova 2023.1; 16.0 before).
-    type: float
-    default: 4.0
-  ram_allocation_ratio:
-    description:
-      - Virtual to physical RAM ratio. The default is Nova's current C(initial_ram_allocation_ratio)
-        (1.0 since Nova 2023.1; 1.5 before).
-    type: float
-    default: 1.0
-  disk_allocation_ratio:
-    description:
-      - Virtual to physical disk ratio (Nova's C(initial_disk_allocation_ratio)).
-    type: float
-    default: 1.0
-  reserved_host_memory_mb:
-    description:
-      - Memory kept for the host itself, in MB (Nova's default).
-    type: int
-    default: 512
-  reserved_host_disk_mb:
-    description:
-      - Disk of the instances filesystem kept for the host, in MB (Nova's default).
-        Rounded up to whole GB, as placement does.
-    type: int
-    default: 0
   service_file:
     description:
       - The service record written by M(virtcloud.compute.compute_service). A host without
@@ -220,6 +193,7 @@ host_state:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    allocation_argument_spec,
     VirtcloudError,
     connection_argument_spec,
     request_id,
@@ -233,7 +207,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 
 
 def main():
-    argument_spec = connection_argument_spec()
+    argument_spec = dict(connection_argument_spec(), **allocation_argument_spec())
     argument_spec.update(
         instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
         host=dict(type="str"),
@@ -247,11 +221,6 @@ def main():
                 metadata=dict(type="dict", default={}),
             ),
         ),
-        cpu_allocation_ratio=dict(type="float", default=4.0),
-        ram_allocation_ratio=dict(type="float", default=1.0),
-        disk_allocation_ratio=dict(type="float", default=1.0),
-        reserved_host_memory_mb=dict(type="int", default=512),
-        reserved_host_disk_mb=dict(type="int", default=0),
         service_file=dict(type="path", default="/var/lib/virtcloud/service.json"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -265,11 +234,7 @@ def main():
             host=p["host"],
             availability_zone=p["availability_zone"],
             aggregates=p["aggregates"],
-            cpu_allocation_ratio=p["cpu_allocation_ratio"],
-            ram_allocation_ratio=p["ram_allocation_ratio"],
-            disk_allocation_ratio=p["disk_allocation_ratio"],
-            reserved_host_memory_mb=p["reserved_host_memory_mb"],
-            reserved_host_disk_mb=p["reserved_host_disk_mb"],
+            **{k: p[k] for k in allocation_argument_spec()},
             service_file=p["service_file"],
         )
     except VirtcloudError as exc:

@@ -22,6 +22,7 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.connection.allocation
 attributes:
   check_mode:
     support: full
@@ -55,26 +56,6 @@ options:
   host:
     description: The host's name in messages (default the node's hostname).
     type: str
-  cpu_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 4.0
-  ram_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 1.0
-  disk_allocation_ratio:
-    description: As in compute_facts.
-    type: float
-    default: 1.0
-  reserved_host_memory_mb:
-    description: As in compute_facts.
-    type: int
-    default: 512
-  reserved_host_disk_mb:
-    description: As in compute_facts.
-    type: int
-    default: 0
 """
 
 EXAMPLES = r"""
@@ -100,8 +81,14 @@ figures:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, connection_argument_spec, request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, libvirt_host_reader, release
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
+    VirtcloudError,
+    allocation_argument_spec,
+    allocation_params,
+    connection_argument_spec,
+    request_id,
+)
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import InstanceError, validate_flavor, validate_uuid
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     allocation_options,
@@ -109,14 +96,12 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
     close_all,
     connect,
     default_host,
-    host_figures,
-    read_libvirt,
     require_libraries,
 )
 
 
 def main():
-    spec = connection_argument_spec()
+    spec = dict(connection_argument_spec(), **allocation_argument_spec())
     spec.update(
         uuid=dict(type="str", required=True),
         flavor=dict(type="dict"),
@@ -124,11 +109,6 @@ def main():
         instances_path=dict(type="path", default="/var/lib/virtcloud/instances"),
         claims_file=dict(type="path", default=DEFAULT_CLAIMS_FILE),
         host=dict(type="str"),
-        cpu_allocation_ratio=dict(type="float", default=4.0),
-        ram_allocation_ratio=dict(type="float", default=1.0),
-        disk_allocation_ratio=dict(type="float", default=1.0),
-        reserved_host_memory_mb=dict(type="int", default=512),
-        reserved_host_disk_mb=dict(type="int", default=0),
     )
     module = AnsibleModule(argument_spec=spec, required_if=[("state", "present", ("flavor",))], supports_check_mode=True)
     p = module.params
@@ -140,18 +120,10 @@ def main():
         require_libraries(module, lxml=False)
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
-        options = allocation_options(
-            p["cpu_allocation_ratio"], p["ram_allocation_ratio"], p["disk_allocation_ratio"], p["reserved_host_memory_mb"], p["reserved_host_disk_mb"]
+        options = allocation_options(*allocation_params(p))
+        result = claim(
+            p["claims_file"], uuid, flavor, host, libvirt_host_reader(connect(p["uri"]), p["uri"], p["instances_path"], options), check_mode=module.check_mode
         )
-        seen = {}
-
-        def read_host(extra):
-            if not seen:
-                seen.update(read_libvirt(connect(p["uri"]), p["uri"]))
-            figures = host_figures(seen, p["instances_path"], options, extra)
-            return figures, {i["uuid"] for i in seen["instances"]}
-
-        result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
     except (VirtcloudError, InstanceError) as exc:
         module.fail_json(msg=str(exc))
     finally:

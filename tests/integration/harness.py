@@ -109,6 +109,13 @@ class LabHandle:
         return self.spec.shared_instances if spec.shared_storage else os.path.join(spec.state_dir, "instances")
 
 
+def named_lab(name: str, network: str, hosts: int, non_shared: list) -> LabHandle:
+    """A lab by name, with its folders at /var/lib/virtcloud-lab-<name> and /run/virtcloud-lab-<name>."""
+    return LabHandle(
+        name=name, network=network, state_dir=f"/var/lib/virtcloud-lab-{name}", run_dir=f"/run/virtcloud-lab-{name}", hosts=hosts, non_shared=non_shared
+    )
+
+
 class Console:
     """The serial console log of a test guest (the protocol in docs/test-guest.md)."""
 

@@ -62,7 +62,7 @@ def record(**kw):
 
 def run(site, inst=None, check_mode=False, virtual_size=64 * 1024**2, ram=4096):
     def read_host(extra):
-        return figures(extra, ram=ram), {d for d in site["conn"].domains}
+        return figures(extra, ram=ram), set(site["conn"].domains)
 
     return sp.spawn(
         site["conn"],

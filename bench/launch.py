@@ -57,6 +57,14 @@ def lab_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(LAB.name + "-")]
 
 
+def _panicked(log: str) -> bool:
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            return "Kernel panic" in f.read()
+    except FileNotFoundError:
+        return False
+
+
 class Watcher(threading.Thread):
     """Polls the (shared) instances folder for new instance folders: when each one's
     console.log appeared (the domain started) and when it showed the BOOT line."""
@@ -70,6 +78,7 @@ class Watcher(threading.Thread):
         self.start_time = start
         self.started: dict[str, float] = {}
         self.booted: dict[str, float] = {}
+        self.panicked: list[str] = []
         self.stop_event = threading.Event()
 
     def _dirs(self) -> list[str]:
@@ -89,13 +98,17 @@ class Watcher(threading.Thread):
                     self.started[d] = now
                 if d in self.started and any(kind == "BOOT" for kind, _text in Console(log).lines()):
                     self.booted[d] = now
-            if len(self.booted) >= self.expected:
+                elif d in self.started and d not in self.panicked and _panicked(log):
+                    self.panicked.append(d)
+            if len(self.booted) >= self.expected or self.panicked:
                 return
             time.sleep(0.2)
 
     def finish(self, timeout: float = BOOT_TIMEOUT) -> None:
         self.join(timeout)
         self.stop_event.set()
+        if self.panicked:
+            raise RuntimeError(f"guest {self.panicked[0]} panicked while booting (a starved TCG guest's timer check); no figure for this run")
         if len(self.booted) < self.expected:
             raise RuntimeError(f"only {len(self.booted)} of {self.expected} guests showed their BOOT line within {timeout}s (started: {sorted(self.started)})")
 
@@ -250,10 +263,12 @@ def bench(reps: int) -> tuple[dict, dict]:
         for count in COUNTS:
             order = ("ansible", "plain") if rep % 2 == 0 else ("plain", "ansible")
             for kind in order:
-                if kind == "ansible":
-                    r = ansible_launch(f"b{count}-{rep}", count)
-                else:
-                    r = plain_launch(count, base, base_format, bridge)
+                try:
+                    r = ansible_launch(f"b{count}-{rep}", count) if kind == "ansible" else plain_launch(count, base, base_format, bridge)
+                except RuntimeError as exc:  # a run without a figure; the bench goes on
+                    print(f"  rep {rep + 1}  {kind:<7} x{count:<2} FAILED: {str(exc)[:300]}", flush=True)
+                    clean_all()
+                    continue
                 runs[(kind, count)].append(r)
                 print(f"  rep {rep + 1}  {kind:<7} x{count:<2} {fmt_run(r)}", flush=True)
                 clean_all()
@@ -300,20 +315,20 @@ def main() -> int:
             flush=True,
         )
     facts = runs.pop("facts")
-    med = {key: statistics.median(r["total"] for r in rs) for key, rs in runs.items()}
+    med = {key: statistics.median(r["total"] for r in rs) for key, rs in runs.items() if rs}
     print()
     print(
         f"launch figures (lab: launches on 3 of its 8 compute hosts, shared storage, TCG guests of 256 MiB, {os.cpu_count()} cores, "
         f"{args.reps} repetitions, whole bench {time.monotonic() - started:.0f} s)"
     )
     print("  instances  ansible-playbook (median)  plain qemu-img+virsh (median)  ratio   (each run: ansible / plain)")
-    for n in COUNTS:
+    for n in [n for n in COUNTS if ("ansible", n) in med and ("plain", n) in med]:
         each = ", ".join(f"{a['total']:.1f}/{p['total']:.1f}" for a, p in zip(runs[("ansible", n)], runs[("plain", n)]))
         ratio = med[("ansible", n)] / med[("plain", n)]
         print(f"  {n:9d}  {med[('ansible', n)]:24.1f} s  {med[('plain', n)]:28.1f} s  {ratio:5.2f}   ({each})")
     print()
     print("  phases, medians in s from the start     steps done  1st domain up  last domain up  last BOOT")
-    for n in COUNTS:
+    for n in [n for n in COUNTS if ("ansible", n) in med and ("plain", n) in med]:
         for kind, label in (("ansible", "ansible-playbook"), ("plain", "plain script")):
             rs = runs[(kind, n)]
             print(
@@ -327,7 +342,7 @@ def main() -> int:
         f"  cold image cache, ansible x1 (warm-up): {cold['total']:.1f} s; setup: lab_up {setup['lab_up']:.1f} s, compute_node {setup['compute_node']:.1f} s, "
         f"image_import {setup['image_import']:.1f} s"
     )
-    for n in (10, 20):
+    for n in [n for n in (10, 20) if runs[("ansible", n)]]:
         print(f"  ansible x{n} placement (last rep): " + ", ".join(f"{h}={runs[('ansible', n)][-1]['hosts'].count(h)}" for h in HOSTS))
     f3, f8 = (statistics.median(r["total"] for r in facts[n]) for n in (3, 8))
     print()
@@ -336,7 +351,7 @@ def main() -> int:
         t3, t8 = (statistics.median(r["task"] for r in facts[n]) for n in (3, 8))
         print(f"    the facts task alone (profile_tasks): 3 hosts {t3:.2f} s, 8 hosts {t8:.2f} s, ratio {t8 / t3:.2f}")
     for n in COUNTS:
-        profile = runs[("ansible", n)][-1].get("profile")
+        profile = runs[("ansible", n)][-1].get("profile") if runs[("ansible", n)] else None
         if profile:
             print(f"  slowest tasks, ansible x{n} (profile_tasks, last rep): " + "; ".join(f"{name} {secs:.2f}s" for name, secs in profile))
     return 0

@@ -1,23 +1,29 @@
 # Copyright: Contributors to the virtcloud.compute project
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Launch figures: wall time to launch 1 and then 10 instances on the lab, from
-ansible-playbook's start to every guest's boot line, against a plain script doing the
-same qemu-img and virsh steps on the same hosts (no scheduler, claim, port or config
-drive) in the same run.
+"""Launch figures: wall time to launch 1, 10 and 20 instances over 3 hosts of the lab, from
+ansible-playbook's start to every guest's boot line, against a plain script doing the same
+qemu-img and virsh steps on the same hosts (no scheduler, claim, port or config drive), each
+host's steps at the same time as the other hosts' (one thread per host, as an operator's
+script would), in the same run. Then the launch's facts play over 3 and over 8 lab hosts.
 
-The bench brings up a lab of its own (`vclnch`, 10.247.0.0/24, 3 compute hosts on shared
-storage), prepares it (compute_node.yml, image import of the test image), launches once
-untimed to fill the image cache (its time is shown as the cold-cache figure), then for
-each repetition launches 1 and 10 instances with playbooks/launch.yml and with the plain
-script, alternating which goes first, removing the guests after each run. The lab is
-removed at the end, also on failure or interrupt.
+The bench brings up a lab of its own (by default `vclnch`, 10.247.0.0/24; set
+VIRTCLOUD_BENCH_LAB and VIRTCLOUD_BENCH_LAB_NETWORK to use another name and network) with
+8 compute hosts on shared storage, prepares it (compute_node.yml, image import of the test
+image), launches once untimed to fill the image cache (its time is shown as the cold-cache
+figure), then for each repetition launches 1, 10 and 20 instances on node1..node3 with
+playbooks/launch.yml and with the plain script, alternating which goes first, removing the
+guests after each run. The lab is removed at the end, also on failure or interrupt.
 
 A watcher thread polls the instance folders during each run, so each figure comes with
 phase hints: when the first and the last domain started (console.log appeared) and when
 the last guest printed its BOOT line.
 
-Run as root: `.venv/bin/python bench/launch.py [--reps N]`.
+With --profile DIR (a folder holding ansible_collections/ansible/posix, for example
+`pip install --no-deps --target DIR ansible`), the playbook runs with the profile_tasks
+callback and the bench prints the slowest tasks of each launch.
+
+Run as root: `.venv/bin/python bench/launch.py [--reps N] [--profile DIR]`.
 """
 
 from __future__ import annotations
@@ -36,16 +42,27 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 
-from harness import GUEST_IMAGE, TOP, Console, LabHandle, run_playbook  # noqa: E402  pylint: disable=wrong-import-position
+from harness import GUEST_IMAGE, TOP, Console, named_lab, run_playbook  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB = LabHandle(name="vclnch", network="10.247.0.0/24", state_dir="/var/lib/virtcloud-lab-vclnch", run_dir="/run/virtcloud-lab-vclnch", hosts=3, non_shared=[])
-HOSTS = ["node1", "node2", "node3"]
+LAB = named_lab(os.environ.get("VIRTCLOUD_BENCH_LAB", "vclnch"), os.environ.get("VIRTCLOUD_BENCH_LAB_NETWORK", "10.247.0.0/24"), hosts=8, non_shared=[])
+HOSTS = ["node1", "node2", "node3"]  # the launches use these; the facts play also runs over all 8
+ALL_HOSTS = [f"node{i}" for i in range(1, 9)]
+COUNTS = (1, 10, 20)
 BOOT_TIMEOUT = 600
+PROFILE_RE = re.compile(r"^(.+?) -+ (\d+\.\d+)s$", re.M)
 
 
 def lab_namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(LAB.name + "-")]
+
+
+def _panicked(log: str) -> bool:
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            return "Kernel panic" in f.read()
+    except FileNotFoundError:
+        return False
 
 
 class Watcher(threading.Thread):
@@ -61,6 +78,7 @@ class Watcher(threading.Thread):
         self.start_time = start
         self.started: dict[str, float] = {}
         self.booted: dict[str, float] = {}
+        self.panicked: list[str] = []
         self.stop_event = threading.Event()
 
     def _dirs(self) -> list[str]:
@@ -80,13 +98,17 @@ class Watcher(threading.Thread):
                     self.started[d] = now
                 if d in self.started and any(kind == "BOOT" for kind, _text in Console(log).lines()):
                     self.booted[d] = now
-            if len(self.booted) >= self.expected:
+                elif d in self.started and d not in self.panicked and _panicked(log):
+                    self.panicked.append(d)
+            if len(self.booted) >= self.expected or self.panicked:
                 return
             time.sleep(0.2)
 
     def finish(self, timeout: float = BOOT_TIMEOUT) -> None:
         self.join(timeout)
         self.stop_event.set()
+        if self.panicked:
+            raise RuntimeError(f"guest {self.panicked[0]} panicked while booting (a starved TCG guest's timer check); no figure for this run")
         if len(self.booted) < self.expected:
             raise RuntimeError(f"only {len(self.booted)} of {self.expected} guests showed their BOOT line within {timeout}s (started: {sorted(self.started)})")
 
@@ -94,24 +116,34 @@ class Watcher(threading.Thread):
         return dict(first_start=min(self.started.values()), last_start=max(self.started.values()), last_boot=max(self.booted.values()))
 
 
+def profile_of(stdout: str, most: int = 8) -> list[tuple[str, float]]:
+    """The slowest tasks of a run, from the profile_tasks callback's summary (empty without it)."""
+    tail = stdout.split("PLAY RECAP")[-1]
+    return [(name.strip(), float(secs)) for name, secs in PROFILE_RE.findall(tail)][:most]
+
+
 def ansible_launch(name: str, count: int) -> dict:
     """launch.yml for COUNT instances; times from ansible-playbook's start to the last BOOT line."""
     start = time.monotonic()
     watcher = Watcher(count, start)
     watcher.start()
-    result = run_playbook("launch.yml", dict(launch_name=name, launch_count=count), inventory=LAB.inventory)
+    result_file = os.path.join(LAB.run_dir, f"bench-{name}.json")
+    result = run_playbook(
+        "launch.yml", dict(launch_name=name, launch_count=count, launch_compute_hosts=HOSTS, launch_result_file=result_file), inventory=LAB.inventory
+    )
     playbook = time.monotonic() - start
     if result.rc != 0:
         watcher.stop_event.set()
         raise RuntimeError(f"launch of {name} x{count} failed:\n{result.stdout[-3000:]}\n{result.stderr[-1000:]}")
-    m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
-    launched = json.loads(m.group(1)) if m else []
+    with open(result_file, encoding="utf-8") as f:
+        launched = json.load(f)["launched"]
+    os.unlink(result_file)
     if len(launched) != count:
         watcher.stop_event.set()
         raise RuntimeError(f"launch of {name} x{count} reported {len(launched)} instances:\n{result.stdout[-3000:]}")
     watcher.finish()
     total = time.monotonic() - start
-    return dict(total=total, playbook=playbook, hosts=sorted(i["host"] for i in launched), **watcher.phases())
+    return dict(total=total, playbook=playbook, hosts=sorted(i["host"] for i in launched), profile=profile_of(result.stdout), **watcher.phases())
 
 
 def plain_xml(name: str, d: str, bridge: str) -> str:
@@ -127,28 +159,51 @@ def plain_xml(name: str, d: str, bridge: str) -> str:
 
 
 def plain_launch(count: int, base: str, base_format: str, bridge: str) -> dict:
-    """qemu-img overlay + virsh define + virsh start per instance (one ssh each), round robin over the hosts."""
+    """qemu-img overlay + virsh define + virsh start per instance (one ssh each), round robin over
+    the hosts; each host's instances one after another, the hosts at the same time (a thread each)."""
     start = time.monotonic()
     watcher = Watcher(count, start)
     watcher.start()
-    for i in range(count):
-        host = HOSTS[i % len(HOSTS)]
-        name = f"plain-{uuid.uuid4().hex[:8]}"
-        d = f"{LAB.instances_path}/{name}"
-        try:
-            LAB.ssh(
-                host,
-                f"mkdir -p {d} && qemu-img create -q -f qcow2 -F {base_format} -b {base} {d}/disk 1G"
-                f" && virsh -q define /dev/stdin >/dev/null && virsh -q start {name} >/dev/null",
-                data=plain_xml(name, d, bridge),
-            )
-        except AssertionError:
-            watcher.stop_event.set()
-            raise
+    errors: list[str] = []
+
+    def one_host(host: str, n: int) -> None:
+        for _i in range(n):
+            name = f"plain-{uuid.uuid4().hex[:8]}"
+            d = f"{LAB.instances_path}/{name}"
+            try:
+                LAB.ssh(
+                    host,
+                    f"mkdir -p {d} && qemu-img create -q -f qcow2 -F {base_format} -b {base} {d}/disk 1G"
+                    f" && virsh -q define /dev/stdin >/dev/null && virsh -q start {name} >/dev/null",
+                    data=plain_xml(name, d, bridge),
+                )
+            except AssertionError as exc:
+                errors.append(str(exc))
+                return
+
+    threads = [threading.Thread(target=one_host, args=(host, len(range(i, count, len(HOSTS))))) for i, host in enumerate(HOSTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     scripted = time.monotonic() - start
+    if errors:
+        watcher.stop_event.set()
+        raise RuntimeError("; ".join(errors))
     watcher.finish()
     total = time.monotonic() - start
     return dict(total=total, playbook=scripted, **watcher.phases())
+
+
+def facts_play(hosts: list[str]) -> dict:
+    """bench/facts.yml (the launch's facts play) over HOSTS: wall time of the playbook and of its facts task."""
+    start = time.monotonic()
+    result = run_playbook("../bench/facts.yml", dict(bench_hosts=hosts), inventory=LAB.inventory)
+    total = time.monotonic() - start
+    if result.rc != 0:
+        raise RuntimeError(f"facts over {len(hosts)} hosts failed:\n{result.stdout[-3000:]}")
+    task = dict(profile_of(result.stdout, 50)).get("virtcloud.compute.launch : Gather the host's facts")
+    return dict(total=total, task=task)
 
 
 def clean_all() -> None:
@@ -203,25 +258,37 @@ def bench(reps: int) -> tuple[dict, dict]:
     bridge = re.search(r"<source bridge='([^']+)'", LAB.ssh(warm["hosts"][0], "virsh dumpxml $(virsh list --name | head -1)")).group(1)
     print(f"  plain script uses base {base} ({base_format}) and bridge {bridge}", flush=True)
     clean_all()
-    runs: dict = {(kind, n): [] for kind in ("ansible", "plain") for n in (1, 10)}
+    runs: dict = {(kind, n): [] for kind in ("ansible", "plain") for n in COUNTS}
     for rep in range(reps):
-        for count in (1, 10):
+        for count in COUNTS:
             order = ("ansible", "plain") if rep % 2 == 0 else ("plain", "ansible")
             for kind in order:
-                if kind == "ansible":
-                    r = ansible_launch(f"b{count}-{rep}", count)
-                else:
-                    r = plain_launch(count, base, base_format, bridge)
+                try:
+                    r = ansible_launch(f"b{count}-{rep}", count) if kind == "ansible" else plain_launch(count, base, base_format, bridge)
+                except RuntimeError as exc:  # a run without a figure; the bench goes on
+                    print(f"  rep {rep + 1}  {kind:<7} x{count:<2} FAILED: {str(exc)[:300]}", flush=True)
+                    clean_all()
+                    continue
                 runs[(kind, count)].append(r)
                 print(f"  rep {rep + 1}  {kind:<7} x{count:<2} {fmt_run(r)}", flush=True)
                 clean_all()
+    facts = {n: [] for n in (3, 8)}
+    for _rep in range(max(reps, 3)):
+        for n in (3, 8):
+            facts[n].append(facts_play(ALL_HOSTS[:n]))
+    runs["facts"] = facts
     return setup, runs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (default 3)")
+    parser.add_argument("--reps", type=int, default=1, help="repetitions of each launch measurement (default 1; the facts play runs at least 3 times)")
+    parser.add_argument("--profile", metavar="DIR", help="a folder with ansible_collections/ansible/posix: run with its profile_tasks callback")
     args = parser.parse_args()
+    if args.profile:
+        os.environ["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([os.path.join(TOP, ".collections"), args.profile])
+        os.environ["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
+        os.environ["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "50"
     if os.geteuid() != 0:
         sys.exit("run as root")
     if lab_namespaces():
@@ -247,20 +314,21 @@ def main() -> int:
             f"state dir {'LEFT' if os.path.exists(LAB.state_dir) else 'removed'}",
             flush=True,
         )
-    med = {key: statistics.median(r["total"] for r in rs) for key, rs in runs.items()}
+    facts = runs.pop("facts")
+    med = {key: statistics.median(r["total"] for r in rs) for key, rs in runs.items() if rs}
     print()
     print(
-        f"launch figures (lab: 3 compute hosts on shared storage, TCG guests of 256 MiB, {os.cpu_count()} cores, "
+        f"launch figures (lab: launches on 3 of its 8 compute hosts, shared storage, TCG guests of 256 MiB, {os.cpu_count()} cores, "
         f"{args.reps} repetitions, whole bench {time.monotonic() - started:.0f} s)"
     )
     print("  instances  ansible-playbook (median)  plain qemu-img+virsh (median)  ratio   (each run: ansible / plain)")
-    for n in (1, 10):
+    for n in [n for n in COUNTS if ("ansible", n) in med and ("plain", n) in med]:
         each = ", ".join(f"{a['total']:.1f}/{p['total']:.1f}" for a, p in zip(runs[("ansible", n)], runs[("plain", n)]))
         ratio = med[("ansible", n)] / med[("plain", n)]
         print(f"  {n:9d}  {med[('ansible', n)]:24.1f} s  {med[('plain', n)]:28.1f} s  {ratio:5.2f}   ({each})")
     print()
     print("  phases, medians in s from the start     steps done  1st domain up  last domain up  last BOOT")
-    for n in (1, 10):
+    for n in [n for n in COUNTS if ("ansible", n) in med and ("plain", n) in med]:
         for kind, label in (("ansible", "ansible-playbook"), ("plain", "plain script")):
             rs = runs[(kind, n)]
             print(
@@ -274,7 +342,18 @@ def main() -> int:
         f"  cold image cache, ansible x1 (warm-up): {cold['total']:.1f} s; setup: lab_up {setup['lab_up']:.1f} s, compute_node {setup['compute_node']:.1f} s, "
         f"image_import {setup['image_import']:.1f} s"
     )
-    print("  ansible x10 placement (last rep): {}".format(", ".join(f"{h}={runs[('ansible', 10)][-1]['hosts'].count(h)}" for h in HOSTS)))
+    for n in [n for n in (10, 20) if runs[("ansible", n)]]:
+        print(f"  ansible x{n} placement (last rep): " + ", ".join(f"{h}={runs[('ansible', n)][-1]['hosts'].count(h)}" for h in HOSTS))
+    f3, f8 = (statistics.median(r["total"] for r in facts[n]) for n in (3, 8))
+    print()
+    print(f"  facts play (bench/facts.yml, {len(facts[3])} runs each, median wall time): 3 hosts {f3:.2f} s, 8 hosts {f8:.2f} s, ratio {f8 / f3:.2f}")
+    if facts[3][0]["task"] is not None:
+        t3, t8 = (statistics.median(r["task"] for r in facts[n]) for n in (3, 8))
+        print(f"    the facts task alone (profile_tasks): 3 hosts {t3:.2f} s, 8 hosts {t8:.2f} s, ratio {t8 / t3:.2f}")
+    for n in COUNTS:
+        profile = runs[("ansible", n)][-1].get("profile") if runs[("ansible", n)] else None
+        if profile:
+            print(f"  slowest tasks, ansible x{n} (profile_tasks, last rep): " + "; ".join(f"{name} {secs:.2f}s" for name, secs in profile))
     return 0
 
 

@@ -21,6 +21,7 @@ import os
 from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import fits, flavor_needs, host_capacity
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import file_lock, write_json
+from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import connect, host_figures, read_libvirt
 
 DEFAULT_CLAIMS_FILE = "/var/lib/virtcloud/claims.json"
 LOCK_TIMEOUT = 120  # seconds a claim waits for the other claims of the host
@@ -81,6 +82,23 @@ def claim(path: str, uuid: str, flavor: dict, host: str, read_host, check_mode: 
             claims[uuid] = dict(flavor=flavor, claimed_at=now)
             write_claims(path, claims)
         return dict(changed=True, figures=figures)
+
+
+def libvirt_host_reader(conn, uri: str, instances_path: str, options: dict):
+    """``read_host`` for :func:`claim`: the host's figures from libvirt (read once) and its instances folder.
+
+    ``options`` are the allocation ratios and reservations (``_libvirt.allocation_options``).
+    ``conn`` may be None: the connection to ``uri`` is then opened when the claim first reads
+    the host, under the claim's lock (inside a ``_libvirt.connections()`` block).
+    """
+    seen = {}
+
+    def read_host(extra):
+        if not seen:
+            seen.update(read_libvirt(conn or connect(uri), uri))
+        return host_figures(seen, instances_path, options, extra), {i["uuid"] for i in seen["instances"]}
+
+    return read_host
 
 
 def release(path: str, uuid: str, check_mode: bool = False) -> bool:

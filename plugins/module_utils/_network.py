@@ -1270,51 +1270,87 @@ def port_present(
     log=None,
 ) -> Outcome:
     """Reserve (or keep) a MAC and an IP for a port on the network's DHCP host."""
+    wanted = dict(port_id=port_id, hostname=hostname, mac=mac, ip=ip, instance_uuid=instance_uuid)
+    out = ports_present(host, name, state_dir, [wanted], request_id=request_id, check_mode=check_mode, timeout=timeout, log=log)
+    out.before, out.after = dict(port=out.before["ports"][0]), dict(port=out.after["ports"][0])
+    out.result["port"] = out.result.pop("ports")[0]
+    return out
+
+
+def ports_present(
+    host: Host,
+    name: str,
+    state_dir: str,
+    wanted: list,
+    request_id: str | None = None,
+    check_mode: bool = False,
+    timeout: float = 30,
+    log=None,
+) -> Outcome:
+    """Reserve (or keep) several ports in one go: one lock, one write, one word to dnsmasq.
+
+    ``wanted``: dicts with ``port_id`` and optionally ``hostname``, ``mac``, ``ip``, ``instance_uuid``;
+    each is planned after the ones before it, so the addresses are the lowest free in order.
+    """
     paths = NetworkPaths.of(state_dir, name)
     store, spec = _open_network(host, paths, name)
     dns = Dnsmasq(host, paths, timeout)
     out = Outcome()
     with store.lock(timeout):
         ports = store.read_ports() or {}
-        new_ports, port = plan_port(spec, ports, port_id, hostname, mac, ip, instance_uuid, request_id)
-        old = ports.get(port_id)
-        out.before = dict(port=old.to_dict() if old else None)
-        out.after = dict(port=port.to_dict())
-        hosts_stale = read_text(paths.hosts) != render_hosts(new_ports)
-        if old is None:
-            out.changes.append(f"reserve {port.mac} {port.ip} for port {port_id}")
-        elif old != port:
-            out.changes.append(f"update port {port_id}: {port.mac} {port.ip} (was {old.mac} {old.ip})")
-        elif hosts_stale:
+        new_ports, planned = dict(ports), []
+        for item in wanted:
+            port_id = item["port_id"]
+            new_ports, port = plan_port(spec, new_ports, port_id, item.get("hostname"), item.get("mac"), item.get("ip"), item.get("instance_uuid"), request_id)
+            old = ports.get(port_id)
+            planned.append((old, port))
+            if old is None:
+                out.changes.append(f"reserve {port.mac} {port.ip} for port {port_id}")
+            elif old != port:
+                out.changes.append(f"update port {port_id}: {port.mac} {port.ip} (was {old.mac} {old.ip})")
+        if not out.changes and read_text(paths.hosts) != render_hosts(new_ports):
             out.changes.append(f"write {paths.hosts} again from {paths.ports}")
+        out.before = dict(ports=[old.to_dict() if old else None for old, _port in planned])
+        out.after = dict(ports=[port.to_dict() for _old, port in planned])
         if out.changes and not check_mode:
             _apply_ports(store, dns, new_ports, out)
-    out.result.update(port=dict(port.to_dict(), network=name, bridge=spec.bridge))
+    out.result.update(ports=[dict(port.to_dict(), network=name, bridge=spec.bridge) for _old, port in planned])
     if log is not None:
         for line in out.changes:
-            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}", instance=port.instance_uuid)
+            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}", instance=planned[0][1].instance_uuid if len(planned) == 1 else None)
     return out
 
 
 def port_absent(host: Host, name: str, state_dir: str, port_id: str, check_mode: bool = False, timeout: float = 30, log=None) -> Outcome:
     """Release a port's reservation (its IP is free again); nothing to do when there is none."""
-    validate_port_id(port_id)
+    out = ports_absent(host, name, state_dir, [port_id], check_mode=check_mode, timeout=timeout, log=log)
+    out.before, out.after = dict(port=out.before["ports"][0]), dict(port=None)
+    out.result["port"] = None
+    out.result["released"] = out.result["released"][0]
+    return out
+
+
+def ports_absent(host: Host, name: str, state_dir: str, port_ids: list, check_mode: bool = False, timeout: float = 30, log=None) -> Outcome:
+    """Release several ports in one go (one lock, one write); ports without a reservation are skipped."""
+    for port_id in port_ids:
+        validate_port_id(port_id)
     paths = NetworkPaths.of(state_dir, name)
     store, _spec = _open_network(host, paths, name)
     dns = Dnsmasq(host, paths, timeout)
     out = Outcome()
     with store.lock(timeout):
         ports = store.read_ports() or {}
-        old = ports.get(port_id)
-        out.before = dict(port=old.to_dict() if old else None)
-        out.after = dict(port=None)
-        if old is not None:
-            out.changes.append(f"release {old.mac} {old.ip} of port {port_id}")
-            if not check_mode:
-                _apply_ports(store, dns, {k: p for k, p in ports.items() if k != port_id}, out)
-    out.result["port"] = None
-    out.result["released"] = old.to_dict() if old else None
+        olds = [ports.get(port_id) for port_id in port_ids]
+        out.before = dict(ports=[old.to_dict() if old else None for old in olds])
+        out.after = dict(ports=[None for _old in olds])
+        for port_id, old in zip(port_ids, olds):
+            if old is not None:
+                out.changes.append(f"release {old.mac} {old.ip} of port {port_id}")
+        if out.changes and not check_mode:
+            _apply_ports(store, dns, {k: p for k, p in ports.items() if k not in port_ids}, out)
+    out.result["ports"] = []
+    out.result["released"] = [old.to_dict() if old else None for old in olds]
     if log is not None:
-        for line in out.changes:
-            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}", instance=old.instance_uuid if old else None)
+        for line, old in zip(out.changes, [o for o in olds if o is not None]):
+            log.info(f"network {name}: {('(check mode) ' if check_mode else '')}{line}", instance=old.instance_uuid)
     return out

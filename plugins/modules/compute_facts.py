@@ -204,7 +204,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import 
 
 
 def main():
-    argument_spec = connection_argument_spec()
+    argument_spec = dict(connection_argument_spec(), **allocation_argument_spec())
     argument_spec.update(
         **instances_path_argument_spec(),
         host=dict(type="str"),

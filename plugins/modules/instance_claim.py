@@ -80,7 +80,7 @@ figures:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._capacity import allocation_argument_spec, allocation_params
-from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, release
+from ansible_collections.virtcloud.compute.plugins.module_utils._claim import DEFAULT_CLAIMS_FILE, claim, libvirt_host_reader, release
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     VirtcloudError,
     connection_argument_spec,
@@ -91,17 +91,14 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import (
     allocation_options,
     check_host_name,
-    connect,
     connections,
     default_host,
-    host_figures,
-    read_libvirt,
     require_libraries,
 )
 
 
 def main():
-    spec = connection_argument_spec()
+    spec = dict(connection_argument_spec(), **allocation_argument_spec())
     spec.update(
         uuid=dict(type="str", required=True),
         flavor=dict(type="dict"),
@@ -109,7 +106,6 @@ def main():
         **instances_path_argument_spec(),
         claims_file=dict(type="path", default=DEFAULT_CLAIMS_FILE),
         host=dict(type="str"),
-        **allocation_argument_spec(),
     )
     module = AnsibleModule(argument_spec=spec, required_if=[("state", "present", ("flavor",))], supports_check_mode=True)
     p = module.params
@@ -122,16 +118,10 @@ def main():
         flavor = validate_flavor(p["flavor"])
         host = check_host_name(p["host"] or default_host())
         options = allocation_options(**allocation_params(p))
-        seen = {}
-
-        def read_host(extra):
-            if not seen:
-                seen.update(read_libvirt(connect(p["uri"]), p["uri"]))
-            figures = host_figures(seen, p["instances_path"], options, extra)
-            return figures, {i["uuid"] for i in seen["instances"]}
-
-        with connections():  # read_host connects under the claim's lock, once
-            result = claim(p["claims_file"], uuid, flavor, host, read_host, check_mode=module.check_mode)
+        with connections():  # the claim connects under its lock, once
+            result = claim(
+                p["claims_file"], uuid, flavor, host, libvirt_host_reader(None, p["uri"], p["instances_path"], options), check_mode=module.check_mode
+            )
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=result["changed"], figures=result["figures"])

@@ -49,7 +49,7 @@ options:
     description:
       - Id of the port, 1 to 80 of letters, digits, C(.), C(_), C(:) and C(-).
       - By default C(<instance_uuid>-<index>).
-      - One of O(port_id) and O(instance_uuid) is required.
+      - One of O(port_id), O(instance_uuid) and O(ports) is required.
     type: str
   instance_uuid:
     description:
@@ -73,6 +73,36 @@ options:
       - IPv4 address for the port, inside the network's subnet and free. The lowest free
         address of the pool when not given (or the port's current one, for an existing port).
     type: str
+  ports:
+    description:
+      - Several ports at once, in one lock, one write and one word to dnsmasq (a launch reserves
+        the ports of all the instances of its request in one call). Each entry has the options
+        of a single port; new addresses are the lowest free ones, in the order given.
+      - With O(state=absent), the ports to release (only O(ports[].port_id) or
+        O(ports[].instance_uuid) and O(ports[].index) are used).
+      - Not with O(port_id), O(instance_uuid), O(hostname), O(mac) or O(ip).
+    type: list
+    elements: dict
+    suboptions:
+      port_id:
+        description: Id of the port; by default C(<instance_uuid>-<index>).
+        type: str
+      instance_uuid:
+        description: UUID of the instance the port belongs to.
+        type: str
+      index:
+        description: Number of the port among the instance's ports.
+        type: int
+        default: 0
+      hostname:
+        description: Host name the DHCP server gives with the address.
+        type: str
+      mac:
+        description: MAC address for the port.
+        type: str
+      ip:
+        description: IPv4 address for the port.
+        type: str
   state_dir:
     description:
       - Folder that holds one folder per network on the DHCP host, as given to M(virtcloud.compute.network).
@@ -105,6 +135,14 @@ EXAMPLES = r"""
     port_id: router-gw
     ip: 10.100.0.254
 
+- name: Reserve the ports of a whole request in one call
+  virtcloud.compute.network_port:
+    network: private
+    ports:
+      - {instance_uuid: "{{ uuid1 }}", hostname: web-1}
+      - {instance_uuid: "{{ uuid2 }}", hostname: web-2}
+  register: request_ports
+
 - name: Release it on terminate
   virtcloud.compute.network_port:
     network: private
@@ -115,7 +153,7 @@ EXAMPLES = r"""
 RETURN = r"""
 port:
   description: The reservation, null after O(state=absent).
-  returned: always
+  returned: without O(ports)
   type: dict
   sample:
     id: 0b5e5e8a-8d43-4a8e-9a53-0d1e4b6f2c11-0
@@ -127,18 +165,26 @@ port:
     instance_uuid: 0b5e5e8a-8d43-4a8e-9a53-0d1e4b6f2c11
     request_id: req-6f1c1b1e-0a4b-4c36-8f7e-0c2c9d1b5a77
     created_at: "2026-01-01T12:00:00Z"
+ports:
+  description: With O(ports), the reservations in the order given (as RV(port)); empty after O(state=absent).
+  returned: when O(ports) is given
+  type: list
+  elements: dict
+  sample: [{id: 0b5e5e8a-8d43-4a8e-9a53-0d1e4b6f2c11-0, network: private, bridge: vcbr-private, mac: "fa:16:3e:5c:0a:17", ip: 10.100.0.2}]
 mac:
   description: MAC address of the port.
-  returned: state=present
+  returned: state=present without O(ports)
   type: str
   sample: fa:16:3e:5c:0a:17
 ip:
   description: IPv4 address reserved for the port.
-  returned: state=present
+  returned: state=present without O(ports)
   type: str
   sample: 10.100.0.2
 released:
-  description: The reservation that O(state=absent) released (or would release), null when there was none.
+  description:
+    - The reservation that O(state=absent) released (or would release), null when there was none.
+    - With O(ports), a list of them in the order given.
   returned: state=absent
   type: dict
   sample: {id: web1-0, mac: "fa:16:3e:5c:0a:17", ip: 10.100.0.2}
@@ -168,10 +214,24 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._network import 
     port_absent,
     port_id_for,
     port_present,
+    ports_absent,
+    ports_present,
     validate_name,
     validate_port_id,
     validate_state_dir,
 )
+
+
+def _port_options():
+    """The options of one port: at the top level, and for each entry of O(ports)."""
+    return dict(
+        port_id=dict(type="str"),
+        instance_uuid=dict(type="str"),
+        index=dict(type="int", default=0),
+        hostname=dict(type="str"),
+        mac=dict(type="str"),
+        ip=dict(type="str"),
+    )
 
 
 def main():
@@ -179,17 +239,19 @@ def main():
         argument_spec=dict(
             network=dict(type="str", required=True),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            port_id=dict(type="str"),
-            instance_uuid=dict(type="str"),
-            index=dict(type="int", default=0),
-            hostname=dict(type="str"),
-            mac=dict(type="str"),
-            ip=dict(type="str"),
+            **_port_options(),
             state_dir=dict(type="path", default=DEFAULT_STATE_DIR),
             timeout=dict(type="int", default=30),
             **request_id_argument_spec(),
+            ports=dict(
+                type="list",
+                elements="dict",
+                options=_port_options(),
+                required_one_of=[("port_id", "instance_uuid")],
+            ),
         ),
-        required_one_of=[("port_id", "instance_uuid")],
+        required_one_of=[("port_id", "instance_uuid", "ports")],
+        mutually_exclusive=[("ports", "port_id"), ("ports", "instance_uuid"), ("ports", "hostname"), ("ports", "mac"), ("ports", "ip")],
         supports_check_mode=True,
     )
     p = module.params
@@ -201,9 +263,11 @@ def main():
         log = HostLog("network_port", req)
         name = validate_name(p["network"])
         state_dir = validate_state_dir(p["state_dir"])
-        port_id = validate_port_id(p["port_id"]) if p["port_id"] else port_id_for(p["instance_uuid"], p["index"])
         tools = Tools(dnsmasq=module.get_bin_path("dnsmasq", required=False, opt_dirs=["/usr/sbin", "/sbin"]) or "dnsmasq")
         host = Host(run, tools)
+        if p["ports"] is not None:
+            _many(module, p, host, name, state_dir, req, log)
+        port_id = validate_port_id(p["port_id"]) if p["port_id"] else port_id_for(p["instance_uuid"], p["index"])
         if p["state"] == "absent":
             out = port_absent(host, name, state_dir, port_id, check_mode=module.check_mode, timeout=p["timeout"], log=log)
             module.exit_json(
@@ -236,6 +300,20 @@ def main():
     module.exit_json(
         changed=out.changed, changes=out.changes, port=port, mac=port["mac"], ip=port["ip"], diff=dict(before=out.before, after=out.after), **_dhcp(out)
     )
+
+
+def _many(module, p, host, name, state_dir, req, log):
+    """O(ports): the ports of several instances in one call; exits the module."""
+    wanted = [
+        dict(item, port_id=validate_port_id(item["port_id"]) if item["port_id"] else port_id_for(item["instance_uuid"], item["index"])) for item in p["ports"]
+    ]
+    if p["state"] == "absent":
+        out = ports_absent(host, name, state_dir, [w["port_id"] for w in wanted], check_mode=module.check_mode, timeout=p["timeout"], log=log)
+        module.exit_json(
+            changed=out.changed, changes=out.changes, ports=[], released=out.result["released"], diff=dict(before=out.before, after=out.after), **_dhcp(out)
+        )
+    out = ports_present(host, name, state_dir, wanted, request_id=req, check_mode=module.check_mode, timeout=p["timeout"], log=log)
+    module.exit_json(changed=out.changed, changes=out.changes, ports=out.result["ports"], diff=dict(before=out.before, after=out.after), **_dhcp(out))
 
 
 def _dhcp(out):

@@ -9,18 +9,10 @@ import os
 
 import pytest
 
-from harness import GUEST_IMAGE, LabHandle, run_playbook
+from harness import GUEST_IMAGE, named_lab, run_playbook
 
 # VIRTCLOUD_TEST_LAB and VIRTCLOUD_TEST_LAB_NETWORK let several test runs use labs of their own.
-_NAME = os.environ.get("VIRTCLOUD_TEST_LAB", "vctest")
-LAB = LabHandle(
-    name=_NAME,
-    network=os.environ.get("VIRTCLOUD_TEST_LAB_NETWORK", "10.252.0.0/24"),
-    state_dir=f"/var/lib/virtcloud-lab-{_NAME}",
-    run_dir=f"/run/virtcloud-lab-{_NAME}",
-    hosts=3,
-    non_shared=["node3"],
-)
+LAB = named_lab(os.environ.get("VIRTCLOUD_TEST_LAB", "vctest"), os.environ.get("VIRTCLOUD_TEST_LAB_NETWORK", "10.252.0.0/24"), hosts=3, non_shared=["node3"])
 
 
 @pytest.fixture(scope="session")

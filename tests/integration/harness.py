@@ -31,6 +31,7 @@ class PlaybookResult:
     stdout: str
     stderr: str
     recap: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # the workflow's result file (launch_result_file), when it wrote one
 
     @property
     def changed(self) -> int:
@@ -205,6 +206,13 @@ class LabHandle:
         return self.spec.shared_instances if spec.shared_storage else os.path.join(spec.state_dir, "instances")
 
 
+def named_lab(name: str, network: str, hosts: int, non_shared: list) -> LabHandle:
+    """A lab by name, with its folders at /var/lib/virtcloud-lab-<name> and /run/virtcloud-lab-<name>."""
+    return LabHandle(
+        name=name, network=network, state_dir=f"/var/lib/virtcloud-lab-{name}", run_dir=f"/run/virtcloud-lab-{name}", hosts=hosts, non_shared=non_shared
+    )
+
+
 class Console:
     """The serial console log of a test guest (the protocol in docs/test-guest.md)."""
 
@@ -285,14 +293,20 @@ def start_bare_qemu(disk: str, console_log: str) -> subprocess.Popen:
 
 
 def launch(lab, **extra) -> PlaybookResult:
-    return run_playbook("launch.yml", extra, inventory=lab.inventory)
+    """playbooks/launch.yml; its result file (request_id, launched, existing, failed) in ``.data``."""
+    with tempfile.TemporaryDirectory(prefix="vc-launch-") as tmp:
+        path = os.path.join(tmp, "result.json")
+        result = run_playbook("launch.yml", dict(extra, launch_result_file=path), inventory=lab.inventory)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                result.data = json.load(f)
+    return result
 
 
 def launched(result) -> list:
-    """The instances a launch made, from its report."""
-    m = re.search(r'"launched": (\[.*?\])', result.stdout, re.S)
-    assert m, result.stdout[-3000:]
-    return json.loads(m.group(1))
+    """The instances a launch made, from its result file."""
+    assert "launched" in result.data, result.stdout[-3000:]
+    return result.data["launched"]
 
 
 def act(lab, name, action, check=False, **extra) -> PlaybookResult:

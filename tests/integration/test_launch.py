@@ -10,8 +10,9 @@ import os
 import re
 
 import pytest
+from lxml import etree
 
-from harness import console, delete, launch, launched, run_playbook
+from harness import GUEST_IMAGE, console, delete, launch, launched, run_playbook
 
 
 def test_five_launches_spread_over_three_hosts_and_boot_with_their_addresses(cloud):
@@ -136,3 +137,57 @@ def test_a_host_that_fails_its_spawn_is_left_clean_and_the_next_host_takes_the_i
         delete(cloud, "retry")
     finally:
         cloud.ssh("node1", "mv /root/.ssh/known_hosts.saved /root/.ssh/known_hosts")
+
+
+def _footprint(cloud) -> dict:
+    """What a launch could leave behind: domains, instance folders and claims per host, and the reserved ports."""
+    out = {}
+    for host in ("node1", "node2", "node3"):
+        out[host] = (
+            cloud.ssh(host, "virsh list --all --name").split(),
+            sorted(os.listdir(cloud.instances_dir(host))),
+            cloud.ssh(host, "cat /var/lib/virtcloud/claims.json 2>/dev/null || echo '{}'").strip(),
+        )
+    out["ports"] = cloud.ssh("controller", "cat /var/lib/virtcloud/networks/private/ports.json")
+    return out
+
+
+@pytest.mark.parametrize(
+    "image, properties, virtual_gb, message",
+    [
+        ("needs-ram", {"min_ram": "512"}, None, "needs 512 MB of RAM (min_ram) and flavor m1.tiny has 256 MB"),
+        ("needs-disk", {"min_disk": "2"}, None, "needs a 2 GB root disk (min_disk) and flavor m1.tiny has 1 GB"),
+        ("too-big", {}, 2, "virtual size of 2147483648 bytes is larger than the 1 GB root disk of flavor m1.tiny"),
+    ],
+)
+def test_an_image_the_flavor_is_too_small_for_is_refused_before_anything_is_made(cloud, image, properties, virtual_gb, message):
+    src = GUEST_IMAGE
+    if virtual_gb:  # an empty qcow2 made on the image host itself
+        src = f"/var/tmp/vc-{image}.qcow2"
+        cloud.ssh("controller", f"qemu-img create -q -f qcow2 {src} {virtual_gb}G")
+    imported = run_playbook("image_import.yml", dict(image_name=image, image_src=src, image_properties=properties), inventory=cloud.inventory)
+    assert imported.rc == 0, imported.stdout[-3000:]
+    before = _footprint(cloud)
+    result = launch(cloud, launch_name=f"refused-{image}", launch_image=image)
+    assert result.rc != 0 and "Launch refused before anything was made" in result.stdout and message in result.stdout, result.stdout[-3000:]
+    assert _footprint(cloud) == before  # no domain, no folder, no claim on any host, no port
+
+
+def test_the_record_of_a_launched_instance_has_its_create_action_and_instance_json_is_the_domains_record(cloud):
+    result = launch(cloud, launch_name="recorded")
+    assert result.rc == 0, result.stdout[-3000:]
+    (inst,) = launched(result)
+    try:
+        req = result.data["request_id"]
+        meta = cloud.ssh(inst["host"], f"virsh metadata instance-{inst['uuid']} https://virtcloud.invalid/xmlns/compute/1")
+        record = json.loads(etree.fromstring(meta.encode()).text)
+        with open(os.path.join(cloud.instances_dir(inst["host"]), inst["uuid"], "instance.json"), encoding="ascii") as f:
+            assert json.load(f) == record
+        (create,) = record["actions"]
+        assert (create["action"], create["request_id"], create["result"]) == ("create", req, "Success")
+        assert create["start_time"] < create["finish_time"] == record["launched_at"]
+        assert (record["vm_state"], record["task_state"], record["power_state"], record["host"]) == ("active", None, 1, inst["host"])
+        assert record["ports"] == [{"network": "private", "mac": inst["mac"], "ip": inst["ip"]}]
+        assert inst["uuid"] not in cloud.ssh(inst["host"], "cat /var/lib/virtcloud/claims.json 2>/dev/null || true")
+    finally:
+        delete(cloud, "recorded")

@@ -752,6 +752,30 @@ def test_ports_on_files_idempotent_release_reuse(tmp_path):
     assert third.result["port"]["ip"] == "10.100.0.2" and third.result["port"]["mac"] != first.result["port"]["mac"]
 
 
+def test_the_ports_of_a_request_in_one_call(tmp_path):
+    paths, store = network_folder(tmp_path)
+    rec = Recorder({})
+    host = Host(rec, name="ctl")
+    net.port_present(host, "tnet", str(tmp_path), "p0")
+    wanted = [dict(port_id="p1", hostname="g1", instance_uuid=None), dict(port_id="p0"), dict(port_id="p2", ip="10.100.0.9")]
+    check = net.ports_present(host, "tnet", str(tmp_path), wanted, check_mode=True)
+    assert check.changes == [
+        f"reserve {check.result['ports'][0]['mac']} 10.100.0.3 for port p1",
+        f"reserve {check.result['ports'][2]['mac']} 10.100.0.9 for port p2",
+    ]
+    assert sorted(store.read_ports()) == ["p0"]
+    out = net.ports_present(host, "tnet", str(tmp_path), wanted)
+    assert [p["ip"] for p in out.result["ports"]] == ["10.100.0.3", "10.100.0.2", "10.100.0.9"]
+    assert [p["mac"] for p in out.result["ports"]] == [p["mac"] for p in check.result["ports"]]
+    assert {p["bridge"] for p in out.result["ports"]} == {"vcbr-tnet"} and out.before["ports"][0] is None
+    assert sorted(store.read_ports()) == ["p0", "p1", "p2"] and open(paths.hosts, encoding="utf-8").read().count("\n") == 3
+    assert not net.ports_present(host, "tnet", str(tmp_path), wanted).changed
+    gone = net.ports_absent(host, "tnet", str(tmp_path), ["p1", "p9", "p2"])
+    assert gone.changes == [f"release {out.result['ports'][0]['mac']} 10.100.0.3 of port p1", f"release {out.result['ports'][2]['mac']} 10.100.0.9 of port p2"]
+    assert gone.result["released"][1] is None and sorted(store.read_ports()) == ["p0"]
+    assert not net.ports_absent(host, "tnet", str(tmp_path), ["p1", "p2"]).changed
+
+
 def test_hosts_file_lost_between_the_two_writes_is_made_again(tmp_path):
     paths, _store = network_folder(tmp_path)
     host = Host(Recorder({}), name="ctl")

@@ -1,0 +1,69 @@
+# Copyright: Contributors to the virtcloud.compute project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The launch conductor's filters (docs in launch_*.yml beside this file); the logic is in plugin_utils/_launch.py."""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.virtcloud.compute.plugins.plugin_utils._launch import LaunchError, check_request, launch_report, launch_round, plan_launch
+
+
+def _call(filter_name: str, func: t.Callable, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    try:
+        return func(*args, **kwargs)
+    except LaunchError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+    except (KeyError, TypeError, IndexError) as exc:
+        raise AnsibleFilterError(f"virtcloud.compute.{filter_name}: malformed input ({type(exc).__name__}: {exc})") from exc
+
+
+def _mapping(name: str, value: t.Any, what: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise AnsibleFilterError(f"virtcloud.compute.{name}: {what} must be a dictionary, got {type(value).__name__}")
+    return dict(value)
+
+
+def launch_request_filter(params: t.Any) -> dict:
+    params = _mapping("launch_request", params, "the input")
+    return _call("launch_request", check_request, **params)
+
+
+def launch_plan_filter(request: t.Any, hosts: t.Any, image: t.Any, project: str = "demo", availability_zone: t.Any = "", hints: t.Any = None) -> dict:
+    request = _mapping("launch_plan", request, "the input (launch_request's result)")
+    return _call("launch_plan", plan_launch, request, list(hosts), _mapping("launch_plan", image, "image"), project, availability_zone, hints)
+
+
+def launch_round_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, attempt: int, max_attempts: int = 3) -> dict:
+    plan = _mapping("launch_round", plan, "the input (launch_plan's result)")
+    return _call(
+        "launch_round",
+        launch_round,
+        plan,
+        _mapping("launch_round", placement, "placement"),
+        list(ports or []),
+        list(results or []),
+        int(attempt),
+        int(max_attempts),
+    )
+
+
+def launch_report_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, max_attempts: int = 3) -> dict:
+    plan = _mapping("launch_report", plan, "the input (launch_plan's result)")
+    return _call("launch_report", launch_report, plan, placement or None, list(ports or []), list(results or []), int(max_attempts))
+
+
+class FilterModule:
+    """Ansible jinja2 filters"""
+
+    def filters(self) -> dict[str, t.Callable]:
+        return {
+            "launch_request": launch_request_filter,
+            "launch_plan": launch_plan_filter,
+            "launch_round": launch_round_filter,
+            "launch_report": launch_report_filter,
+        }

@@ -84,6 +84,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
     check_power_state,
     check_task_state,
     check_text,
+    check_image_fits,
     check_vm_state,
     set_lock,
     states_text,
@@ -275,41 +276,6 @@ def _delete(job: Job) -> dict:
         job.info(f"delete: removed {job.idir}")
     job.ops.undefine(job.dom)
     return {"ports": [p.to_dict() for p in job.inst.ports], "instance_dir_removed": job.idir}
-
-
-def _whole(value):
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def check_image_fits(inst, image, virtual_size, action="rebuild"):
-    """Refuse an image the instance's flavor is too small for, as Nova's API does.
-
-    min_ram (MiB) above the flavor's RAM (FlavorMemoryTooSmall), min_disk (GiB) above
-    its root disk, and an image whose virtual size exceeds the root disk
-    (FlavorDiskSmallerThanImage). A flavor with disk_gb 0 takes the image's size.
-    """
-    flavor = inst.flavor
-    min_ram = _whole(image.properties.get("min_ram", 0))
-    min_disk = _whole(image.properties.get("min_disk", 0))
-    where = f"cannot {action} instance {inst.label()} with image {image.id}"
-    if min_ram and min_ram > flavor.ram_mb:
-        raise DomainError(
-            f"{where}: the image needs {min_ram} MB of RAM (min_ram) and flavor {flavor.name} has "
-            f"{flavor.ram_mb} MB; resize the instance first or pick another image"
-        )
-    if flavor.disk_gb and min_disk and min_disk > flavor.disk_gb:
-        raise DomainError(
-            f"{where}: the image needs a {min_disk} GB root disk (min_disk) and flavor {flavor.name} has "
-            f"{flavor.disk_gb} GB; resize the instance first or pick another image"
-        )
-    if flavor.disk_gb and virtual_size > flavor.disk_gb * 1024**3:
-        raise DomainError(f"{where}: its virtual size of {virtual_size} bytes is larger than the {flavor.disk_gb} GB root disk of flavor {flavor.name}")
 
 
 def _prepare_snapshot(action: InstanceAction, inst: Instance, idir: str, args: ActionArgs, check_mode: bool = False) -> dict:

@@ -53,8 +53,8 @@ the host, ``/opt/virtcloud/venv`` by default:
 - those tasks set ``ansible_python_interpreter`` to the venv's python.
 
 A distribution whose own oslo.utils has ``imageutils/format_inspector.py`` may
-skip the venv. Without the inspector the modules fail (``HAS_OSLO`` is false,
-``OSLO_IMPORT_ERROR`` holds the traceback for ``missing_required_lib``); there
+skip the venv. Without the inspector the modules fail (``has_oslo()`` is false,
+``_OSLO["error"]`` holds the traceback for ``missing_required_lib``); there
 is no fallback that trusts qemu-img's probing.
 """
 
@@ -72,29 +72,39 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 
-try:
-    from oslo_utils.imageutils import format_inspector
-except ImportError:
-    format_inspector = None
-    HAS_OSLO = False
-    OSLO_IMPORT_ERROR = traceback.format_exc()
-else:
-    HAS_OSLO = True
-    OSLO_IMPORT_ERROR = None
-    # The inspector logs each failed check as a warning; the reasons are in our
-    # exceptions, so keep them off the module's stderr.
-    logging.getLogger(format_inspector.__name__).addHandler(logging.NullHandler())
+_OSLO: dict = {}
+
+
+def format_inspector_module():
+    """oslo.utils' format inspector, or None when it cannot be imported; imported on first use
+    (it takes tens of milliseconds, and most modules that import this file never inspect)."""
+    if "module" not in _OSLO:
+        try:
+            from oslo_utils.imageutils import format_inspector  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            _OSLO.update(module=None, error=traceback.format_exc())
+        else:
+            # The inspector logs each failed check as a warning; the reasons are in our
+            # exceptions, so keep them off the module's stderr.
+            logging.getLogger(format_inspector.__name__).addHandler(logging.NullHandler())
+            _OSLO.update(module=format_inspector, error=None)
+    return _OSLO["module"]
+
+
+def has_oslo() -> bool:
+    """Whether oslo.utils' format inspector can be imported."""
+    return format_inspector_module() is not None
 
 
 def require_oslo(module, python: str) -> None:
     """Fail the module when oslo.utils' format inspector cannot be imported; ``python`` says which
     interpreter has it (the image store's venv, the compute host's venv)."""
-    if not HAS_OSLO:
+    if not has_oslo():
         module.fail_json(
             msg=missing_required_lib(
                 "oslo.utils (with imageutils.format_inspector, 7.3 or later)", reason=f"to inspect untrusted images; run the module with {python}"
             ),
-            exception=OSLO_IMPORT_ERROR,
+            exception=_OSLO["error"],
         )
 
 
@@ -218,7 +228,8 @@ def inspect_image(path: str, declared_format: str, qemu_img=None) -> dict:
     Raises ImageUnsafe when the image is refused, ImageInspectError when it
     cannot be inspected at all.
     """
-    if not HAS_OSLO:
+    format_inspector = format_inspector_module()
+    if format_inspector is None:
         raise ImageInspectError(
             f"image {path} cannot be inspected: the Python library oslo.utils with imageutils.format_inspector is missing "
             "on this host (see the compute_node role's venv)"

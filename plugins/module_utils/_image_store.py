@@ -100,9 +100,6 @@ import time
 import urllib.error
 import uuid
 
-from ansible.module_utils.urls import ConnectionError as UrlConnectionError
-from ansible.module_utils.urls import SSLValidationError, open_url
-
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import file_lock, fsync_dir, write_json
 from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_uuid
@@ -464,6 +461,11 @@ def check_url(url) -> str:
 def download(url: str, out, size_cap: int, timeout: int = 60, validate_certs: bool = True) -> tuple[int, str]:
     """Download ``url`` into the open file ``out``; returns (size, sha256)."""
     check_url(url)
+    # imported here: ansible's urls (and the TLS libraries behind it) take tens of milliseconds
+    # to import, and only a download needs them
+    from ansible.module_utils.urls import ConnectionError as UrlConnectionError  # pylint: disable=import-outside-toplevel
+    from ansible.module_utils.urls import SSLValidationError, open_url  # pylint: disable=import-outside-toplevel
+
     try:
         resp = open_url(url, timeout=timeout, validate_certs=validate_certs, follow_redirects="safe", http_agent="virtcloud.compute-image", use_netrc=False)
     except urllib.error.HTTPError as exc:

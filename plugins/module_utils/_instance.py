@@ -53,6 +53,10 @@ class InstanceError(VirtcloudError):
     """A value or a request about an instance is wrong; the message says what to do."""
 
 
+class ImageDoesNotFit(InstanceError):
+    """The image needs more RAM or disk than the instance's flavor has (Nova's FlavorMemoryTooSmall, FlavorDiskSmallerThanImage)."""
+
+
 class ActionRefused(InstanceError):
     """Nova's state table (or the lock) refuses an action; nothing was changed."""
 
@@ -933,3 +937,38 @@ def config_drive_files(record):
 
 
 CONFIG_DRIVE_LABEL = "config-2"
+
+
+def _whole(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def check_image_fits(inst, image, virtual_size, action="rebuild"):
+    """Refuse an image the instance's flavor is too small for, as Nova's API does.
+
+    min_ram (MiB) above the flavor's RAM (FlavorMemoryTooSmall), min_disk (GiB) above
+    its root disk, and an image whose virtual size exceeds the root disk
+    (FlavorDiskSmallerThanImage). A flavor with disk_gb 0 takes the image's size.
+    """
+    flavor = inst.flavor
+    min_ram = _whole(image.properties.get("min_ram", 0))
+    min_disk = _whole(image.properties.get("min_disk", 0))
+    where = f"cannot {action} instance {inst.label()} with image {image.id}"
+    if min_ram and min_ram > flavor.ram_mb:
+        raise ImageDoesNotFit(
+            f"{where}: the image needs {min_ram} MB of RAM (min_ram) and flavor {flavor.name} has "
+            f"{flavor.ram_mb} MB; resize the instance first or pick another image"
+        )
+    if flavor.disk_gb and min_disk and min_disk > flavor.disk_gb:
+        raise ImageDoesNotFit(
+            f"{where}: the image needs a {min_disk} GB root disk (min_disk) and flavor {flavor.name} has "
+            f"{flavor.disk_gb} GB; resize the instance first or pick another image"
+        )
+    if flavor.disk_gb and virtual_size > flavor.disk_gb * 1024**3:
+        raise ImageDoesNotFit(f"{where}: its virtual size of {virtual_size} bytes is larger than the {flavor.disk_gb} GB root disk of flavor {flavor.name}")

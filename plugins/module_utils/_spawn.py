@@ -21,7 +21,7 @@ import shutil
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import ClaimError, claim, libvirt_host_reader, release
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 from ansible_collections.virtcloud.compute.plugins.module_utils._disks import Disks
-from ansible_collections.virtcloud.compute.plugins.module_utils._actions import begin_action, check_image_fits, finish_action
+from ansible_collections.virtcloud.compute.plugins.module_utils._actions import begin_action, finish_action
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import ensure_domain, find_instance
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain_xml import ROOT_DISK, domain_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._guest import DomainOps
@@ -29,6 +29,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._instance import
     Image,
     Instance,
     TaskState,
+    check_image_fits,
     update_task_state,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._record import instance_dir_of

@@ -20,11 +20,11 @@ import typing as t
 import uuid as uuid_mod
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, new_request_id
-from ansible_collections.virtcloud.compute.plugins.module_utils._actions import check_image_fits
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import (
     Image,
     Instance,
     InstanceError,
+    check_image_fits,
     sanitize_hostname,
     validate_instance_name,
     validate_request_id,

@@ -22,7 +22,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils import _instance
 from ansible_collections.virtcloud.compute.plugins.module_utils import _record as rec
 from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtcloud.compute.plugins.module_utils import _libvirt as lv
-from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, Instance
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ActionRefused, ImageDoesNotFit, Instance
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import base_name
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImgError
 from ansible_collections.virtcloud.compute.tests.unit.plugins.module_utils.fake_libvirt import UUID, Clock, FakeConn, record
@@ -767,7 +767,7 @@ def test_check_image_fits(flavor_disk, props, vsize, message):
     if message is None:
         ac.check_image_fits(inst, image, vsize)
     else:
-        with pytest.raises(dm.DomainError, match=message):
+        with pytest.raises(ImageDoesNotFit, match=message):
             ac.check_image_fits(inst, image, vsize)
 
 
@@ -861,7 +861,7 @@ def test_rebuild_refuses_an_image_not_in_the_cache_or_too_big(disk_env):
         act(disk_env, "rebuild", image={"id": "6d1f1b4e-8a1b-4f0e-9c1a-0e5e3f1b2c3e"}, qemu_img=FakeQemuImg())
     with pytest.raises(dm.DomainError, match="not an image store id"):
         act(disk_env, "rebuild", image={"id": "vctest"}, qemu_img=FakeQemuImg())
-    with pytest.raises(dm.DomainError, match="larger than the 1 GB root disk"):
+    with pytest.raises(ImageDoesNotFit, match="larger than the 1 GB root disk"):
         act(disk_env, "rebuild", image={"id": IMAGE2}, qemu_img=FakeQemuImg(virtual_size=2 * 1024**3))
     assert stored(disk_env) == before and disk_env[0].domains[UUID].st == RUNNING
 
@@ -891,7 +891,7 @@ def test_check_mode_plans_a_rescue_whose_image_is_not_cached_yet(disk_env):
     missing = "6d1f1b4e-8a1b-4f0e-9c1a-0e5e3f1b2c3e"
     result = act(disk_env, "rescue", image={"id": missing}, qemu_img=FakeQemuImg(), check_mode=True)
     assert result["changed"] and result["vm_state"] == "rescued" and result["virtual_size"] is None
-    with pytest.raises(dm.DomainError, match="needs 4096 MB of RAM"):  # what can be checked still is
+    with pytest.raises(ImageDoesNotFit, match="needs 4096 MB of RAM"):  # what can be checked still is
         act(disk_env, "rebuild", image={"id": missing, "properties": {"min_ram": 4096}}, qemu_img=FakeQemuImg(), check_mode=True)
     assert stored(disk_env)["vm_state"] == "active"
 

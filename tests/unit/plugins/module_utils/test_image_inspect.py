@@ -26,7 +26,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect i
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import ProcessLimits, QemuImg
 
 pytestmark = [
-    pytest.mark.skipif(not _image_inspect.HAS_OSLO, reason="oslo.utils with imageutils.format_inspector is not installed"),
+    pytest.mark.skipif(not _image_inspect.has_oslo(), reason="oslo.utils with imageutils.format_inspector is not installed"),
     pytest.mark.skipif(
         shutil.which("qemu-img") is None or shutil.which("prlimit") is None, reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"
     ),
@@ -242,7 +242,7 @@ def test_missing_file_cannot_be_inspected(tmp_path):
 
 
 def test_missing_library_fails_clearly(tmp_path, monkeypatch):
-    monkeypatch.setattr(_image_inspect, "HAS_OSLO", False)
+    monkeypatch.setattr(_image_inspect, "_OSLO", {"module": None, "error": "ImportError: no oslo_utils"})
     with pytest.raises(ImageInspectError, match="oslo.utils with imageutils.format_inspector is missing"):
         inspect_image(str(raw_image(tmp_path)), "raw")
 

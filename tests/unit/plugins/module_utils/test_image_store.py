@@ -38,7 +38,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._image_store imp
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 needs_tools = [
-    pytest.mark.skipif(not _image_inspect.HAS_OSLO, reason="oslo.utils with imageutils.format_inspector is not installed"),
+    pytest.mark.skipif(not _image_inspect.has_oslo(), reason="oslo.utils with imageutils.format_inspector is not installed"),
     pytest.mark.skipif(
         shutil.which("qemu-img") is None or shutil.which("prlimit") is None, reason="qemu-img (qemu-utils) and prlimit (util-linux) are not installed"
     ),

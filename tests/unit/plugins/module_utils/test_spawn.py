@@ -17,6 +17,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils import _domain_x
 from ansible_collections.virtcloud.compute.plugins.module_utils import _spawn as sp
 from ansible_collections.virtcloud.compute.plugins.module_utils._claim import ClaimError, read_claims
 from ansible_collections.virtcloud.compute.plugins.module_utils._domain import DomainError
+from ansible_collections.virtcloud.compute.plugins.module_utils._instance import ImageDoesNotFit
 
 UUID = "0b6f1b52-5c1e-5a6e-9c3f-2f1d4e5a6b7c"
 REQ = "req-6f1c1b1e-0a4b-4c36-8f7e-0c2c9d1b5a77"
@@ -128,13 +129,13 @@ def test_check_mode_changes_nothing_then_the_spawn_makes_the_instance_then_no_ch
     ],
 )
 def test_an_image_too_big_for_the_flavor_is_refused_before_the_claim(site, kw, words):
-    with pytest.raises(DomainError, match=re.escape(words)):
+    with pytest.raises(ImageDoesNotFit, match=re.escape(words)):
         run(site, inst=record(**kw))
     assert site["conn"].domains == {} and read_claims(site["claims"]) == {} and os.listdir(site["path"]) == ["_base"]
 
 
 def test_an_image_larger_than_the_root_disk_is_refused(site):
-    with pytest.raises(DomainError, match=re.escape("virtual size of 2147483648 bytes is larger than the 1 GB root disk")):
+    with pytest.raises(ImageDoesNotFit, match=re.escape("virtual size of 2147483648 bytes is larger than the 1 GB root disk")):
         run(site, virtual_size=2 * 1024**3)
     assert read_claims(site["claims"]) == {}
 

@@ -44,7 +44,9 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
-from ansible_collections.virtcloud.compute.plugins.plugin_utils._instance_request import check_instance_request
+
+# The backend is imported when a filter runs, not with this file: Ansible imports every filter
+# file of the collection, in each worker process, to find one filter by name.
 
 FIELDS = ("instance", "action", "request_id", "image", "snapshot_name", "reason")
 
@@ -55,6 +57,8 @@ def instance_request_filter(params: t.Any) -> dict:
     unknown = sorted(set(params) - set(FIELDS))
     if unknown:
         raise AnsibleFilterError(f"virtcloud.compute.instance_request: unknown keys {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    from ansible_collections.virtcloud.compute.plugins.plugin_utils._instance_request import check_instance_request  # pylint: disable=import-outside-toplevel
+
     try:
         return check_instance_request(**{k: ("" if v is None else v) for k, v in params.items()})
     except VirtcloudError as exc:

@@ -10,13 +10,21 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.virtcloud.compute.plugins.plugin_utils._launch import LaunchError, check_request, launch_report, launch_round, plan_launch
+# The backend is imported when a filter runs, not with this file: Ansible imports every filter
+# file of the collection, in each worker process, to find one filter by name.
 
 
-def _call(filter_name: str, func: t.Callable, *args: t.Any, **kwargs: t.Any) -> t.Any:
+def _launch():
+    from ansible_collections.virtcloud.compute.plugins.plugin_utils import _launch as backend  # pylint: disable=import-outside-toplevel
+
+    return backend
+
+
+def _call(filter_name: str, func: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    backend = _launch()
     try:
-        return func(*args, **kwargs)
-    except LaunchError as exc:
+        return getattr(backend, func)(*args, **kwargs)
+    except backend.LaunchError as exc:
         raise AnsibleFilterError(str(exc)) from exc
     except (KeyError, TypeError, IndexError) as exc:
         raise AnsibleFilterError(f"virtcloud.compute.{filter_name}: malformed input ({type(exc).__name__}: {exc})") from exc
@@ -30,19 +38,19 @@ def _mapping(name: str, value: t.Any, what: str) -> dict:
 
 def launch_request_filter(params: t.Any) -> dict:
     params = _mapping("launch_request", params, "the input")
-    return _call("launch_request", check_request, **params)
+    return _call("launch_request", "check_request", **params)
 
 
 def launch_plan_filter(request: t.Any, hosts: t.Any, image: t.Any, project: str = "demo", availability_zone: t.Any = "", hints: t.Any = None) -> dict:
     request = _mapping("launch_plan", request, "the input (launch_request's result)")
-    return _call("launch_plan", plan_launch, request, list(hosts), _mapping("launch_plan", image, "image"), project, availability_zone, hints)
+    return _call("launch_plan", "plan_launch", request, list(hosts), _mapping("launch_plan", image, "image"), project, availability_zone, hints)
 
 
 def launch_round_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, attempt: int, max_attempts: int = 3) -> dict:
     plan = _mapping("launch_round", plan, "the input (launch_plan's result)")
     return _call(
         "launch_round",
-        launch_round,
+        "launch_round",
         plan,
         _mapping("launch_round", placement, "placement"),
         list(ports or []),
@@ -54,7 +62,7 @@ def launch_round_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.
 
 def launch_report_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, max_attempts: int = 3) -> dict:
     plan = _mapping("launch_report", plan, "the input (launch_plan's result)")
-    return _call("launch_report", launch_report, plan, placement or None, list(ports or []), list(results or []), int(max_attempts))
+    return _call("launch_report", "launch_report", plan, placement or None, list(ports or []), list(results or []), int(max_attempts))
 
 
 class FilterModule:

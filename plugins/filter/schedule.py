@@ -176,10 +176,8 @@ from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.virtcloud.compute.plugins.plugin_utils._scheduler import (
-    SchedulerError,
-    schedule,
-)
+# The backend is imported when a filter runs, not with this file: Ansible imports every filter
+# file of the collection, in each worker process, to find one filter by name.
 
 
 def _omitted(value: t.Any) -> bool:
@@ -217,6 +215,8 @@ def schedule_filter(
         raise AnsibleFilterError(f"virtcloud.compute.schedule: the input must be a list of host facts, got {type(hosts).__name__}")
     if not isinstance(request, Mapping):
         raise AnsibleFilterError(f"virtcloud.compute.schedule: the request must be a dictionary, got {type(request).__name__}")
+    from ansible_collections.virtcloud.compute.plugins.plugin_utils._scheduler import SchedulerError, schedule  # pylint: disable=import-outside-toplevel
+
     try:
         return schedule(list(hosts), dict(request), **options)
     except SchedulerError as exc:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import typing as t
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 
@@ -41,9 +41,14 @@ def launch_request_filter(params: t.Any) -> dict:
     return _call("launch_request", "check_request", **params)
 
 
-def launch_plan_filter(request: t.Any, hosts: t.Any, image: t.Any, project: str = "demo", availability_zone: t.Any = "", hints: t.Any = None) -> dict:
+def launch_plan_filter(
+    request: t.Any, hosts: t.Any, images: t.Any, project: str = "demo", availability_zone: t.Any = "", hints: t.Any = None, image_host: str = "the image host"
+) -> dict:
     request = _mapping("launch_plan", request, "the input (launch_request's result)")
-    return _call("launch_plan", "plan_launch", request, list(hosts), _mapping("launch_plan", image, "image"), project, availability_zone, hints)
+    if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Sequence):
+        raise AnsibleFilterError(f"virtcloud.compute.launch_plan: images must be a list of image records (image_info's images), got {type(images).__name__}")
+    images = [_mapping("launch_plan", i, "each image") for i in images]
+    return _call("launch_plan", "plan_launch", request, list(hosts), images, project, availability_zone, hints, image_host)
 
 
 def launch_round_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, attempt: int, max_attempts: int = 3) -> dict:

@@ -100,9 +100,9 @@ import time
 import urllib.error
 import uuid
 
-from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
+from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, ssh_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._files import file_lock, fsync_dir, write_json
-from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_uuid
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import is_uuid, split_image_ref
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
     ImageInspectError,
     ImageUnsafe,
@@ -616,7 +616,7 @@ class ImageStore:
         if ref:
             if image_id or name:
                 raise ImageStoreError("image is either an id or a name: give image, or id or name, not both")
-            image_id, name = (ref, None) if is_uuid(ref, any_case=True) else (None, ref)
+            image_id, name = split_image_ref(ref)
         self.require()
         images = self.records()
         if image_id:
@@ -1213,3 +1213,44 @@ class ImageCache:
             f"({side['format']}, {result['bytes']} bytes, {result['seconds']:.1f} s)",
         )
         return side, info["virtual_size"]
+
+
+def image_source_argument_spec() -> dict:
+    """The image store host a compute host fills its cache from, without ``source_host`` (each
+    module says whether it is required); doc fragments virtcloud.compute.image_source and
+    virtcloud.compute.connection.ssh."""
+    return dict(
+        source_path=dict(type="path", default=DEFAULT_STORE_PATH),
+        source_user=dict(type="str", default="root"),
+        source_port=dict(type="int", default=22),
+        force_raw=dict(type="bool", default=False),
+        verify=dict(type="str", choices=list(VERIFY_MODES), default="quick"),
+        **ssh_argument_spec(),
+    )
+
+
+def fill_cache(params: dict, image: dict, run, qemu_img, check_mode: bool = False, log=None, lock_timeout: float = 600) -> dict:
+    """Make this host's cache hold IMAGE (a record: id, and sha256, size, disk_format when known),
+    fetched from the image store host of ``params`` (a module's image_source_argument_spec options,
+    ``source_host`` and ``instances_path``); returns :meth:`ImageCache.ensure`'s result."""
+    source = ScpSource(
+        params["source_host"],
+        store_path=params["source_path"],
+        user=params["source_user"],
+        port=params["source_port"],
+        ssh_key=params["ssh_key"],
+        known_hosts=params["known_hosts"],
+        connect_timeout=params["connect_timeout"],
+    )
+    cache = ImageCache(params["instances_path"], qemu_img, run, source=source, check_mode=check_mode, log=log, lock_timeout=lock_timeout)
+    try:
+        return cache.ensure(
+            image["id"],
+            expected_sha256=image.get("sha256"),
+            expected_size=image.get("size"),
+            expected_format=image.get("disk_format"),
+            force_raw=params["force_raw"],
+            verify=params["verify"],
+        )
+    except OSError as exc:
+        raise ImageStoreError(f"image cache in {params['instances_path']}: {exc} (is the disk full, or the directory not writable?)") from exc

@@ -875,11 +875,13 @@ def set_lock(record, locked, request_id, *, reason=None, now=None):
 def sanitize_hostname(name, default_name=None):
     """Nova's utils.sanitize_hostname: RFC 952/1123 hostname from a display name, at most 63 characters.
 
-    One difference: Nova keeps non-ASCII word characters (``café``); here only ASCII
-    letters, digits, '.', '-' survive, so the result is always a valid host name.
+    As Nova does since it stopped publishing dotted names, spaces, underscores and periods
+    become '-', so the result is one DNS label (``web.1`` gives ``web-1``), as the DHCP
+    server's hosts file and the config drive need. One difference: Nova keeps non-ASCII
+    word characters (``café``); here only ASCII letters, digits and '-' survive.
     """
     hostname = name.encode("latin-1", "ignore").decode("latin-1")[:63]
-    hostname = re.sub(r"[ _]", "-", hostname)
+    hostname = re.sub(r"[ _.]", "-", hostname)
     hostname = re.sub(r"[^\w.-]+", "", hostname, flags=re.ASCII)
     hostname = hostname.lower().strip(".-")
     if not hostname and default_name is not None:

@@ -30,6 +30,12 @@ def is_uuid(value: object, any_case: bool = False) -> bool:
     return isinstance(value, str) and (UUID_ANY_CASE_RE if any_case else UUID_RE).fullmatch(value) is not None
 
 
+def split_image_ref(ref: str) -> tuple:
+    """(id, None) when REF has a uuid's form (any case, given back in lower case), (None, name) otherwise:
+    how a user names an image (by id or by name, as Glance's and Nova's clients take it)."""
+    return (ref.lower(), None) if is_uuid(ref, any_case=True) else (None, ref)
+
+
 def is_request_id(value: object) -> bool:
     """True for ``req-`` followed by a lower-case UUID (Nova's request id)."""
     return isinstance(value, str) and REQUEST_ID_RE.fullmatch(value) is not None

@@ -40,6 +40,7 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection.ssh
+  - virtcloud.compute.image_source
   - virtcloud.compute.instances_path
   - virtcloud.compute.request_id
 attributes:
@@ -61,21 +62,6 @@ options:
       - The image store host, as the compute host reaches it over SSH (name or address).
     type: str
     required: true
-  source_path:
-    description:
-      - The image store directory on O(source_host).
-    type: path
-    default: /var/lib/virtcloud/images
-  source_user:
-    description:
-      - SSH user on O(source_host); it must be able to read the store.
-    type: str
-    default: root
-  source_port:
-    description:
-      - SSH port of O(source_host).
-    type: int
-    default: 22
   sha256:
     description:
       - Expected sha256 of the image (from M(virtcloud.compute.image_info)); the store's
@@ -90,18 +76,6 @@ options:
       - Expected disk format of the image in the store.
     type: str
     choices: [qcow2, raw]
-  force_raw:
-    description:
-      - Convert a fetched qcow2 image to a raw base file (Nova's C(force_raw_images)).
-    type: bool
-    default: false
-  verify:
-    description:
-      - V(quick) hashes a present base file only when its size, mtime, ctime or inode
-        changed since its last hash; V(full) hashes it every time.
-    type: str
-    choices: [quick, full]
-    default: quick
   timeout:
     description:
       - Seconds to wait for another run that holds the lock of this base file (fetching it).
@@ -237,29 +211,23 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     instances_path_argument_spec,
     request_id,
     request_id_argument_spec,
-    ssh_argument_spec,
 )
 from ansible_collections.virtcloud.compute.plugins.module_utils._image_inspect import (
     require_oslo,
 )
-from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import ImageCache, ScpSource
+from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import fill_cache, image_source_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 
 
 def main():
-    argument_spec = ssh_argument_spec()
+    argument_spec = image_source_argument_spec()
     argument_spec.update(
         image_id=dict(type="str", required=True),
         **instances_path_argument_spec(),
         source_host=dict(type="str", required=True),
-        source_path=dict(type="path", default="/var/lib/virtcloud/images"),
-        source_user=dict(type="str", default="root"),
-        source_port=dict(type="int", default=22),
         sha256=dict(type="str"),
         size=dict(type="int"),
         disk_format=dict(type="str", choices=["qcow2", "raw"]),
-        force_raw=dict(type="bool", default=False),
-        verify=dict(type="str", choices=["quick", "full"], default="quick"),
         timeout=dict(type="int", default=600),
         **request_id_argument_spec(),
     )
@@ -274,25 +242,17 @@ def main():
 
     try:
         req = request_id(p["request_id"])
-        source = ScpSource(
-            p["source_host"],
-            store_path=p["source_path"],
-            user=p["source_user"],
-            port=p["source_port"],
-            ssh_key=p["ssh_key"],
-            known_hosts=p["known_hosts"],
-            connect_timeout=p["connect_timeout"],
-        )
-        cache = ImageCache(
-            p["instances_path"], QemuImg(run), run, source=source, check_mode=module.check_mode, log=HostLog("image_cache", req), lock_timeout=p["timeout"]
-        )
-        result = cache.ensure(
-            p["image_id"], expected_sha256=p["sha256"], expected_size=p["size"], expected_format=p["disk_format"], force_raw=p["force_raw"], verify=p["verify"]
+        result = fill_cache(
+            p,
+            {"id": p["image_id"], "sha256": p["sha256"], "size": p["size"], "disk_format": p["disk_format"]},
+            run,
+            QemuImg(run),
+            check_mode=module.check_mode,
+            log=HostLog("image_cache", req),
+            lock_timeout=p["timeout"],
         )
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"image cache in {p['instances_path']}: {exc} (is the disk full, or the directory not writable?)")
     module.exit_json(changed=result["fetched"], request_id=req, **result)
 
 

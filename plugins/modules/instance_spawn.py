@@ -14,8 +14,13 @@ description:
     action in its action log, checks the image against the flavor (C(min_ram), C(min_disk) and the
     image's virtual size, the same check as a rebuild), claims the flavor under the host's claim
     lock (as M(virtcloud.compute.instance_claim)), makes the instance folder, the root disk (a qcow2
-    overlay on the cached image O(base)) and the config drive, defines and starts the domain, closes
+    overlay on the cached image) and the config drive, defines and starts the domain, closes
     the C(create) action and releases the claim.
+  - With O(source_host), the image is first made present in this host's image cache, fetched from
+    the image store host when missing and verified as M(virtcloud.compute.image_cache) does (the
+    same code), so that a launch needs one task per host; this needs a Python with oslo.utils'
+    format inspector when the image must be fetched. Without it, O(base) names a cache entry
+    filled beforehand.
   - A spawn that fails removes what it made (the domain, the instance folder when it made it, the
     claim) and fails with a message naming the instance, the host and the reason, so that the
     launch can move to the next alternate host.
@@ -25,13 +30,15 @@ author:
 extends_documentation_fragment:
   - virtcloud.compute.attributes
   - virtcloud.compute.connection
+  - virtcloud.compute.connection.ssh
   - virtcloud.compute.capacity
+  - virtcloud.compute.image_source
   - virtcloud.compute.instances_path
   - virtcloud.compute.request_id
 attributes:
   check_mode:
     support: full
-    details: Checks the image against the flavor and the claim against the host's figures, makes nothing.
+    details: Checks the image against the flavor and the claim against the host's figures, verifies a cached image (read only), makes nothing.
   diff_mode:
     support: none
   idempotent:
@@ -54,13 +61,27 @@ options:
     type: dict
     required: true
   image:
-    description: The image record (from M(virtcloud.compute.image_info)); C(id) and C(properties) are used.
+    description:
+      - The image record (from M(virtcloud.compute.image_info)); C(id) and C(properties) are used, and with
+        O(source_host) also C(sha256), C(size), C(disk_format) (checked against the store's copy) and C(virtual_size)
+        (the size checked against the flavor in check mode when the image is not cached yet).
     type: dict
     required: true
   base:
-    description: The cached image on this host, as M(virtcloud.compute.image_cache) returns it (C(path), C(format), C(virtual_size)).
+    description:
+      - The cached image on this host, as M(virtcloud.compute.image_cache) returns it (C(path), C(format), C(virtual_size)).
+      - Give O(base) or O(source_host), not both.
     type: dict
-    required: true
+  source_host:
+    description:
+      - The image store host, as this host reaches it over SSH (name or address). The image cache is filled from it
+        before the spawn.
+      - Give O(base) or O(source_host), not both.
+    type: str
+  cache_timeout:
+    description: Seconds to wait for another run that holds the lock of the image's base file (fetching it).
+    type: int
+    default: 600
   ports:
     description: The instance's ports, reserved beforehand (M(virtcloud.compute.network_port)).
     type: list
@@ -134,7 +155,10 @@ EXAMPLES = r"""
     project: demo
     flavor: {name: m1.tiny, vcpus: 1, ram_mb: 256, disk_gb: 1}
     image: "{{ image_record }}"
-    base: "{{ cached_base }}"
+    source_host: 10.0.0.10
+    source_path: /var/lib/virtcloud/images
+    ssh_key: /root/.ssh/id_ed25519
+    known_hosts: /root/.ssh/known_hosts
     ports: [{network: private, mac: "fa:16:3e:12:34:56", ip: 10.10.0.5, bridge: vcbr-private}]
     host: "{{ inventory_hostname }}"
     availability_zone: az1
@@ -158,12 +182,19 @@ instance_dir:
   returned: success
   type: str
   sample: /var/lib/virtcloud/instances/0b6f1b52-5c1e-5a6e-9c3f-2f1d4e5a6b7c
+base:
+  description:
+    - The image's base file in this host's cache (C(path), C(format), C(virtual_size), and with O(source_host) what
+      M(virtcloud.compute.image_cache) returns, C(fetched) true when it was fetched now).
+  returned: success
+  type: dict
+  sample: {path: /var/lib/virtcloud/instances/_base/1b2c..., format: qcow2, virtual_size: 67108864, fetched: false}
 actions:
   description: What was done (would be, in check mode), in order.
   returned: success
   type: list
   elements: str
-  sample: [claim, folder, disk, config_drive, define, start, release]
+  sample: [cache, claim, folder, disk, config_drive, define, start, release]
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -178,20 +209,23 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import (
     instances_path_argument_spec,
     request_id,
 )
+from ansible_collections.virtcloud.compute.plugins.module_utils._image_store import fill_cache, image_source_argument_spec
 from ansible_collections.virtcloud.compute.plugins.module_utils._libvirt import allocation_options, connection, require_libraries
 from ansible_collections.virtcloud.compute.plugins.module_utils._qemu_img import QemuImg
 from ansible_collections.virtcloud.compute.plugins.module_utils._spawn import new_record, spawn
 
 
 def main():
-    spec = dict(connection_argument_spec(), **allocation_argument_spec(), **instances_path_argument_spec())
+    spec = dict(connection_argument_spec(), **allocation_argument_spec(), **instances_path_argument_spec(), **image_source_argument_spec())
     spec.update(
         uuid=dict(type="str", required=True),
         name=dict(type="str", required=True),
         project=dict(type="str", required=True),
         flavor=dict(type="dict", required=True),
         image=dict(type="dict", required=True),
-        base=dict(type="dict", required=True),
+        base=dict(type="dict"),
+        source_host=dict(type="str"),
+        cache_timeout=dict(type="int", default=600),
         ports=dict(
             type="list",
             elements="dict",
@@ -210,7 +244,9 @@ def main():
         machine=dict(type="str", default="pc"),
         timeout=dict(type="int", default=120),
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=spec, supports_check_mode=True, required_one_of=[("base", "source_host")], mutually_exclusive=[("base", "source_host")]
+    )
     require_libraries(module)
     p = module.params
     try:
@@ -231,12 +267,17 @@ def main():
             launch_index=p["launch_index"],
         )
         allocation = allocation_options(**allocation_params(p))
+        log = None if module.check_mode else HostLog("instance_spawn", req)
+        base, cached = p["base"], None
+        if p["source_host"]:
+            cached = fill_cache(p, p["image"], command_runner(module), QemuImg(command_runner(module)), module.check_mode, log, p["cache_timeout"])
+            base = dict(cached, virtual_size=cached["virtual_size"] or p["image"].get("virtual_size") or 0)
         with connection(p["uri"]) as conn:
             result = spawn(
                 conn,
                 inst,
                 request_id=req,
-                base=p["base"],
+                base=base,
                 ports=p["ports"],
                 run=command_runner(module, binary_data=True),
                 qemu_img=QemuImg(command_runner(module)),
@@ -248,8 +289,11 @@ def main():
                 machine=p["machine"],
                 timeout=p["timeout"],
                 check_mode=module.check_mode,
-                log=None if module.check_mode else HostLog("instance_spawn", req),
+                log=log,
             )
+        if cached is not None:
+            result.update(changed=result["changed"] or cached["fetched"], actions=(["cache"] if cached["fetched"] else []) + result["actions"])
+        result["base"] = base
     except VirtcloudError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(request_id=req, **result)

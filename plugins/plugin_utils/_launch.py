@@ -20,6 +20,7 @@ import typing as t
 import uuid as uuid_mod
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError, new_request_id
+from ansible_collections.virtcloud.compute.plugins.module_utils._validate import split_image_ref
 from ansible_collections.virtcloud.compute.plugins.module_utils._instance import (
     Image,
     Instance,
@@ -63,8 +64,9 @@ def check_request(
     server_groups: t.Any = None,
     request_id: t.Any = "",
     max_attempts: t.Any = 3,
+    image: t.Any = None,
 ) -> dict:
-    """The launch request checked: {request_id, names, flavor, group, max_attempts}.
+    """The launch request checked: {request_id, names, flavor, group, max_attempts, image}.
 
     Raises LaunchError("Bad launch request: ...") naming every bad field.
     """
@@ -87,6 +89,8 @@ def check_request(
         problems.append(f"flavor {flavor!r} (one of {', '.join(sorted(flavors)) or 'none defined'})")
     if group and (not isinstance(group, str) or group not in server_groups):
         problems.append(f"group {group!r} (one of {', '.join(sorted(server_groups)) or 'none defined'})")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        problems.append(f"image {image!r} (an image's name or id)")
     attempts = _count(max_attempts)
     if attempts is None or not 1 <= attempts <= ROUNDS:
         problems.append(f"max attempts {max_attempts!r} (1 to {ROUNDS}: the launch runs {ROUNDS} attempt rounds)")
@@ -107,6 +111,7 @@ def check_request(
         "flavor": dict(flavors[flavor], name=flavor),
         "group": group_spec,
         "max_attempts": attempts,
+        "image": image.strip() if isinstance(image, str) else None,
     }
 
 
@@ -115,21 +120,43 @@ def instance_uuid(request_id: str, name: str) -> str:
     return str(uuid_mod.uuid5(UUID_NAMESPACE, f"{request_id}/{name}"))
 
 
+def pick_image(images: list, ref: str, image_host: str = "the image host") -> dict:
+    """The one image record of IMAGES (the image store's, image_info's result) that REF names
+    (an id, or a name that one image has); LaunchError naming what is there otherwise."""
+    image_id, name = split_image_ref(ref)
+    found = [r for r in images if (r.get("id") == image_id if image_id else r.get("name") == name)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        there = ", ".join(f"{r.get('name')} ({r.get('id')})" for r in images) or "none"
+        raise LaunchError(
+            f"Bad launch request: image {ref!r} is not in the image store on {image_host}; the images there: {there} "
+            "(import one with playbooks/image_import.yml)"
+        )
+    raise LaunchError(
+        f"Bad launch request: {len(found)} images on {image_host} are named {ref!r} ({', '.join(r.get('id') for r in found)}): give the image's id"
+    )
+
+
 def plan_launch(
     request: dict,
     hosts: list,
-    image: dict,
+    images: list,
     project: str = "demo",
     availability_zone: t.Any = "",
     hints: t.Any = None,
+    image_host: str = "the image host",
 ) -> dict:
-    """What to make: {request_id, new, existing, spec (for the scheduler), image}.
+    """What to make: {request_id, new, existing, spec (for the scheduler), image (the record)}.
 
     ``hosts`` are the compute hosts' facts (compute_facts' host_state); an instance whose
-    name is on a host already is not made again. The image is checked against the flavor
-    (min_ram, min_disk, virtual size) with the rule rebuild uses, before anything is made.
+    name is on a host already is not made again. ``images`` are the image store's records
+    (image_info's result on ``image_host``), from which the request's image is picked. The
+    image is checked against the flavor (min_ram, min_disk, virtual size) with the rule
+    rebuild uses, before anything is made.
     """
-    if not isinstance(image, dict) or "id" not in image:
+    image = pick_image(images, request["image"], image_host)
+    if "id" not in image:
         raise LaunchError(f"the image record {image!r} has no id: give an image_info result")
     req = request["request_id"]
     existing_names = {i.get("name") for h in hosts for i in (h.get("instances") or [])}
@@ -155,7 +182,7 @@ def plan_launch(
         "hints": hints or {},
         "num_instances": max(len(new), 1),
     }
-    return {"request_id": req, "new": new, "existing": existing, "spec": spec, "image": image_spec}
+    return {"request_id": req, "new": new, "existing": existing, "spec": spec, "image": image}
 
 
 def candidates(placement: dict, index: int, max_attempts: int) -> list[str]:

@@ -709,7 +709,8 @@ def test_power_state_numbers_are_novas():
     "name, expected",
     [
         ("web-1", "web-1"),
-        ("Web_Server.1", "web-server.1"),
+        ("Web_Server.1", "web-server-1"),  # one DNS label: periods become '-', as in Nova
+        ("web.example.org", "web-example-org"),
         ("-x.", "x"),
         ("A" * 70, "a" * 63),
         ("caf\u00e9 au lait", "caf-au-lait"),
@@ -717,6 +718,13 @@ def test_power_state_numbers_are_novas():
 )
 def test_sanitize_hostname(name, expected):
     assert sanitize_hostname(name) == expected
+
+
+@pytest.mark.parametrize("name", ["web.1", "a..b", "Web_Server.1", "x" * 80, "caf\u00e9.au lait", "-a-.-b-", "1.2.3.4"])
+def test_a_sanitized_hostname_is_one_dns_label_as_the_network_needs(name):
+    from ansible_collections.virtcloud.compute.plugins.module_utils._network import validate_hostname
+
+    assert validate_hostname(sanitize_hostname(name)) == sanitize_hostname(name)
 
 
 def test_sanitize_hostname_default():

@@ -21,11 +21,16 @@ from ansible_collections.virtcloud.compute.plugins.plugin_utils._launch import (
 FLAVORS = {"m1.tiny": {"vcpus": 1, "ram_mb": 256, "disk_gb": 1}, "m1.none": {"vcpus": 1, "ram_mb": 128, "disk_gb": 0}}
 GROUPS = {"web-anti": {"policy": "anti-affinity"}, "web-max": {"policy": "anti-affinity", "rules": {"max_server_per_host": 2}}}
 REQ = "req-6f1c1b1e-0a4b-4c36-8f7e-0c2c9d1b5a77"
-IMAGE = {"id": "976891f2-fa89-4792-82b3-a11c18abeff7", "properties": {"hw_architecture": "x86_64", "min_ram": "128"}, "virtual_size": 64 * 1024**2}
+IMAGE = {
+    "id": "976891f2-fa89-4792-82b3-a11c18abeff7",
+    "name": "vctest",
+    "properties": {"hw_architecture": "x86_64", "min_ram": "128"},
+    "virtual_size": 64 * 1024**2,
+}
 
 
 def request(**kw):
-    args = dict(name="web", count=1, flavor="m1.tiny", flavors=FLAVORS, group="", server_groups=GROUPS, request_id=REQ, max_attempts=3)
+    args = dict(name="web", count=1, flavor="m1.tiny", flavors=FLAVORS, group="", server_groups=GROUPS, request_id=REQ, max_attempts=3, image="vctest")
     args.update(kw)
     return check_request(**args)
 
@@ -57,6 +62,8 @@ def test_a_request_without_a_request_id_gets_a_new_one():
         (dict(group="nosuch"), "group 'nosuch' (one of web-anti, web-max)"),
         (dict(request_id="req-1"), "request id 'req-1'"),
         (dict(max_attempts=4), "max attempts 4 (1 to 3"),
+        (dict(image=""), "image '' (an image's name or id)"),
+        (dict(image=["vctest"]), "image ['vctest']"),
     ],
 )
 def test_a_bad_request_is_refused_with_every_reason(kw, words):
@@ -81,10 +88,10 @@ def hosts(*named):
 
 def test_the_plan_leaves_existing_names_alone_and_builds_the_spec_once():
     plan = plan_launch(
-        request(count=3, group="web-anti"), hosts([("web-2", "web-anti")], []), IMAGE, project="demo", availability_zone="az1", hints={"same_host": []}
+        request(count=3, group="web-anti"), hosts([("web-2", "web-anti")], []), [IMAGE], project="demo", availability_zone="az1", hints={"same_host": []}
     )
     assert [n["name"] for n in plan["new"]] == ["web-1", "web-3"] and plan["existing"] == ["web-2"]
-    assert [n["index"] for n in plan["new"]] == [0, 2]
+    assert [n["index"] for n in plan["new"]] == [0, 2] and plan["image"] == IMAGE
     first = plan["new"][0]
     assert first["uuid"] == instance_uuid(REQ, "web-1") and first["hostname"] == "web-1"
     assert first["port_request"] == {"instance_uuid": first["uuid"], "hostname": "web-1"}
@@ -95,8 +102,14 @@ def test_the_plan_leaves_existing_names_alone_and_builds_the_spec_once():
     assert spec["group"] == {"name": "web-anti", "policy": "anti-affinity", "rules": {}, "hosts": []}
 
 
+def test_a_dotted_name_gets_a_hostname_that_is_one_dns_label():
+    # the port's hostname goes to dnsmasq's hosts file, which takes one label: checked here, before any port exists
+    new = plan_launch(request(name="web.1", count=2), hosts([]), [IMAGE])["new"]
+    assert [(n["name"], n["hostname"], n["port_request"]["hostname"]) for n in new] == [("web.1-1", "web-1-1", "web-1-1"), ("web.1-2", "web-1-2", "web-1-2")]
+
+
 def test_the_plan_of_a_launch_whose_names_all_exist_makes_nothing():
-    plan = plan_launch(request(), hosts([("web", None)]), IMAGE)
+    plan = plan_launch(request(), hosts([("web", None)]), [IMAGE])
     assert plan["new"] == [] and plan["existing"] == ["web"] and plan["spec"]["availability_zone"] is None
 
 
@@ -111,20 +124,46 @@ def test_the_plan_of_a_launch_whose_names_all_exist_makes_nothing():
 def test_an_image_the_flavor_is_too_small_for_is_refused_before_anything_is_made(props, vsize, words):
     image = dict(IMAGE, properties=props, virtual_size=vsize)
     with pytest.raises(LaunchError) as err:
-        plan_launch(request(), hosts([]), image)
+        plan_launch(request(), hosts([]), [image])
     assert f"Launch refused before anything was made ({REQ})" in str(err.value) and words in str(err.value)
     assert "cannot launch instance web" in str(err.value)
 
 
+OTHER = {"id": "0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d", "name": "cirros", "properties": {}, "virtual_size": 1}
+
+
+def test_the_image_is_picked_by_name_or_by_id_in_any_case():
+    assert plan_launch(request(), hosts([]), [OTHER, IMAGE])["image"] == IMAGE
+    assert plan_launch(request(image=IMAGE["id"].upper()), hosts([]), [OTHER, IMAGE])["image"] == IMAGE
+    assert plan_launch(request(image=OTHER["id"]), hosts([]), [OTHER, IMAGE])["image"] == OTHER
+
+
+def test_an_unknown_image_is_named_with_the_images_there():
+    with pytest.raises(LaunchError) as err:
+        plan_launch(request(image="nosuch"), hosts([]), [OTHER, IMAGE], image_host="controller")
+    assert str(err.value) == (
+        "Bad launch request: image 'nosuch' is not in the image store on controller; the images there: "
+        f"cirros ({OTHER['id']}), vctest ({IMAGE['id']}) (import one with playbooks/image_import.yml)"
+    )
+    with pytest.raises(LaunchError, match="the images there: none"):
+        plan_launch(request(), hosts([]), [])
+
+
+def test_a_name_that_several_images_have_asks_for_the_id():
+    twin = dict(OTHER, name="vctest")
+    with pytest.raises(LaunchError, match=f"2 images on the image host are named 'vctest' \\({IMAGE['id']}, {OTHER['id']}\\): give the image's id"):
+        plan_launch(request(), hosts([]), [IMAGE, twin])
+
+
 def test_a_flavor_without_a_root_disk_takes_the_image_size():
-    assert plan_launch(request(flavor="m1.none"), hosts([]), dict(IMAGE, virtual_size=50 * 1024**3))["new"]
+    assert plan_launch(request(flavor="m1.none"), hosts([]), [dict(IMAGE, virtual_size=50 * 1024**3)])["new"]
 
 
 PLACEMENT = {"selected": ["node1", "node1", "node2"], "alternates": [["node2", "node3"], ["node3"], []]}
 
 
 def planned():
-    return plan_launch(request(count=3), hosts([]), IMAGE)
+    return plan_launch(request(count=3), hosts([]), [IMAGE])
 
 
 def ports_of(plan):
@@ -165,7 +204,7 @@ def test_an_instance_without_a_port_is_an_error():
 
 
 def test_the_report_names_the_launched_the_existing_and_the_failed():
-    plan = plan_launch(request(count=3), hosts([("web-3", None)]), IMAGE)
+    plan = plan_launch(request(count=3), hosts([("web-3", None)]), [IMAGE])
     uuids = [n["uuid"] for n in plan["new"]]
     placement = {"selected": ["node1", "node2"], "alternates": [["node2"], []]}
     results = [
@@ -179,7 +218,7 @@ def test_the_report_names_the_launched_the_existing_and_the_failed():
     assert report["failed"] == [
         {"name": "web-2", "uuid": uuids[1], "hosts": ["node2"], "errors": ["node2: failed"], "port_request": plan["new"][1]["port_request"]}
     ]
-    assert launch_report(plan_launch(request(), hosts([("web", None)]), IMAGE), None, [], []) == {
+    assert launch_report(plan_launch(request(), hosts([("web", None)]), [IMAGE]), None, [], []) == {
         "request_id": REQ,
         "launched": [],
         "existing": ["web"],

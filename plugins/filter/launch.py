@@ -20,11 +20,18 @@ def _launch():
     return backend
 
 
-def _call(filter_name: str, func: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+def _call(filter_name: str, func: str, *args: t.Any, errors: str = "raise", **kwargs: t.Any) -> t.Any:
+    """FUNC of the backend; a refused launch raises, or with ``errors='return'`` comes back as
+    {"error": message}, so that a playbook can fail with that message alone (a filter's error
+    reaches the user wrapped in Ansible's own words about the task's arguments)."""
+    if errors not in ("raise", "return"):
+        raise AnsibleFilterError(f"virtcloud.compute.{filter_name}: errors must be raise or return, got {errors!r}")
     backend = _launch()
     try:
         return getattr(backend, func)(*args, **kwargs)
     except backend.LaunchError as exc:
+        if errors == "return":
+            return {"error": str(exc)}
         raise AnsibleFilterError(str(exc)) from exc
     except (KeyError, TypeError, IndexError) as exc:
         raise AnsibleFilterError(f"virtcloud.compute.{filter_name}: malformed input ({type(exc).__name__}: {exc})") from exc
@@ -36,19 +43,26 @@ def _mapping(name: str, value: t.Any, what: str) -> dict:
     return dict(value)
 
 
-def launch_request_filter(params: t.Any) -> dict:
+def launch_request_filter(params: t.Any, errors: str = "raise") -> dict:
     params = _mapping("launch_request", params, "the input")
-    return _call("launch_request", "check_request", **params)
+    return _call("launch_request", "check_request", errors=errors, **params)
 
 
 def launch_plan_filter(
-    request: t.Any, hosts: t.Any, images: t.Any, project: str = "demo", availability_zone: t.Any = "", hints: t.Any = None, image_host: str = "the image host"
+    request: t.Any,
+    hosts: t.Any,
+    images: t.Any,
+    project: str = "demo",
+    availability_zone: t.Any = "",
+    hints: t.Any = None,
+    image_host: str = "the image host",
+    errors: str = "raise",
 ) -> dict:
     request = _mapping("launch_plan", request, "the input (launch_request's result)")
     if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Sequence):
         raise AnsibleFilterError(f"virtcloud.compute.launch_plan: images must be a list of image records (image_info's images), got {type(images).__name__}")
     images = [_mapping("launch_plan", i, "each image") for i in images]
-    return _call("launch_plan", "plan_launch", request, list(hosts), images, project, availability_zone, hints, image_host)
+    return _call("launch_plan", "plan_launch", request, list(hosts), images, project, availability_zone, hints, image_host, errors=errors)
 
 
 def launch_round_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, attempt: int, max_attempts: int = 3) -> dict:

@@ -112,6 +112,13 @@ options:
     description:
       - Seed for the choice within O(host_subset_size). The default seed is 0.
     type: raw
+  errors:
+    description:
+      - V(raise) fails the task with the scheduler's message (NoValidHost and why); V(return) gives a dictionary with
+        the message as C(error) instead, so that a M(ansible.builtin.fail) task can fail with the message alone.
+    type: str
+    choices: [raise, return]
+    default: raise
 """
 
 EXAMPLES = r"""
@@ -145,7 +152,7 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description:
-    - The placement.
+    - The placement; with O(errors=return) and no valid host, a dictionary with the message as C(error).
   type: dict
   contains:
     selected:
@@ -199,6 +206,7 @@ def schedule_filter(
     max_attempts: t.Any = 3,
     host_subset_size: t.Any = 1,
     seed: t.Any = None,
+    errors: str = "raise",
 ) -> dict[str, t.Any]:
     options = {
         "filters": filters,
@@ -217,9 +225,13 @@ def schedule_filter(
         raise AnsibleFilterError(f"virtcloud.compute.schedule: the request must be a dictionary, got {type(request).__name__}")
     from ansible_collections.virtcloud.compute.plugins.plugin_utils._scheduler import SchedulerError, schedule  # pylint: disable=import-outside-toplevel
 
+    if errors not in ("raise", "return"):
+        raise AnsibleFilterError(f"virtcloud.compute.schedule: errors must be raise or return, got {errors!r}")
     try:
         return schedule(list(hosts), dict(request), **options)
     except SchedulerError as exc:
+        if errors == "return":
+            return {"error": str(exc)}
         raise AnsibleFilterError(f"virtcloud.compute.schedule: {exc}") from exc
 
 

@@ -93,6 +93,14 @@ def test_no_valid_host_message_carries_the_trace_summary():
     assert isinstance(info.value.__cause__, sched.NoValidHost)
 
 
+def test_errors_return_gives_the_message_as_data():
+    placed = schedule([host("node1", 1536)], REQUEST, errors="return")
+    assert list(placed) == ["error"] and "RamFilter: node1 has 1536 MB usable, 2048 MB requested" in placed["error"]
+    assert "selected" in schedule([host("node1")], REQUEST, errors="return")
+    with pytest.raises(AnsibleFilterError, match="errors must be raise or return, got 'ignore'"):
+        schedule([host("node1")], REQUEST, errors="ignore")
+
+
 def test_documented_defaults_match_the_engine():
     doc = yaml.safe_load(plugin.DOCUMENTATION)
     text = " ".join(doc["description"])

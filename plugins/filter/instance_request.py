@@ -23,6 +23,13 @@ options:
         C(snapshot_name), C(reason).
     type: dict
     required: true
+  errors:
+    description:
+      - V(raise) fails the task with the message; V(return) gives a dictionary with the message as C(error) instead, so
+        that a M(ansible.builtin.fail) task can fail with the message alone.
+    type: str
+    choices: [raise, return]
+    default: raise
 """
 
 EXAMPLES = r"""
@@ -34,7 +41,7 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description:
-    - C(request_id), the given one or a new one.
+    - C(request_id), the given one or a new one; or C(error) with O(errors=return).
   type: dict
 """
 
@@ -51,7 +58,7 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import V
 FIELDS = ("instance", "action", "request_id", "image", "snapshot_name", "reason")
 
 
-def instance_request_filter(params: t.Any) -> dict:
+def instance_request_filter(params: t.Any, errors: str = "raise") -> dict:
     if not isinstance(params, Mapping):
         raise AnsibleFilterError(f"virtcloud.compute.instance_request: the input must be a dictionary, got {type(params).__name__}")
     unknown = sorted(set(params) - set(FIELDS))
@@ -59,9 +66,13 @@ def instance_request_filter(params: t.Any) -> dict:
         raise AnsibleFilterError(f"virtcloud.compute.instance_request: unknown keys {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     from ansible_collections.virtcloud.compute.plugins.plugin_utils._instance_request import check_instance_request  # pylint: disable=import-outside-toplevel
 
+    if errors not in ("raise", "return"):
+        raise AnsibleFilterError(f"virtcloud.compute.instance_request: errors must be raise or return, got {errors!r}")
     try:
         return check_instance_request(**{k: ("" if v is None else v) for k, v in params.items()})
     except VirtcloudError as exc:
+        if errors == "return":
+            return {"error": str(exc)}
         raise AnsibleFilterError(str(exc)) from exc
 
 

@@ -42,3 +42,28 @@ def test_the_images_must_be_a_list_of_records(images):
 def test_errors_takes_raise_or_return():
     with pytest.raises(AnsibleFilterError, match="errors must be raise or return, got 'ignore'"):
         plugin.launch_request_filter(REQUEST, errors="ignore")
+
+
+def test_a_bad_instance_request_comes_back_as_its_message_alone():
+    from ansible_collections.virtcloud.compute.plugins.filter.instance_request import instance_request_filter
+
+    out = instance_request_filter({"instance": "web-1", "action": "bogus"}, errors="return")
+    assert list(out) == ["error"] and out["error"].startswith("Bad request for bogus of web-1: action 'bogus' is not one of start, stop, ")
+    with pytest.raises(AnsibleFilterError, match="action 'bogus' is not one of"):
+        instance_request_filter({"instance": "web-1", "action": "bogus"})
+    assert instance_request_filter({"instance": "web-1", "action": "start"}, errors="return")["request_id"].startswith("req-")
+
+
+def test_the_instance_roles_documented_actions_are_the_registrys():
+    import os
+    import re
+
+    import yaml
+
+    from ansible_collections.virtcloud.compute.plugins.module_utils._actions import INSTANCE_ACTIONS
+
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    with open(os.path.join(top, "..", "roles", "instance", "meta", "argument_specs.yml"), encoding="utf-8") as f:
+        option = yaml.safe_load(f)["argument_specs"]["main"]["options"]["instance_action"]
+    assert "choices" not in option  # the registry checks the value, with a message naming the bad one
+    assert re.findall(r"V\((\w+)\)", option["description"][0]) == list(INSTANCE_ACTIONS)

@@ -19,3 +19,27 @@ attributes:
     description:
       - A second run with the same arguments reports no change, when nothing else changed in between.
 """
+
+    # The attributes of a module with full check mode, no diff and idempotence (most of the
+    # read-only modules, the claim, the lab): extends_documentation_fragment
+    # virtcloud.compute.attributes.no_diff instead of its own attributes section.
+    NO_DIFF = r"""
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+"""
+
+    # Full check mode, diff and idempotence: virtcloud.compute.attributes.full.
+    FULL = r"""
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+"""

@@ -19,14 +19,8 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.attributes.no_diff
   - virtcloud.compute.request_id
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 options:
   path:
     description:

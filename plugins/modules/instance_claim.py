@@ -21,17 +21,11 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.attributes.no_diff
   - virtcloud.compute.connection
   - virtcloud.compute.capacity
   - virtcloud.compute.instances_path
   - virtcloud.compute.request_id
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 options:
   uuid:
     description: The instance's uuid.

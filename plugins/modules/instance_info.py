@@ -19,16 +19,10 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
+  - virtcloud.compute.attributes.no_diff
   - virtcloud.compute.connection
   - virtcloud.compute.instances_path
   - virtcloud.compute.request_id
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 options:
   instance:
     description:

@@ -27,13 +27,7 @@ author:
   - virtcloud.compute developers (@virtcloud)
 extends_documentation_fragment:
   - virtcloud.compute.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+  - virtcloud.compute.attributes.no_diff
 options:
   name:
     description:

@@ -559,6 +559,11 @@ def render_hosts(ports: dict[str, Port]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _in_dir(filename: str) -> property:
+    """A NetworkPaths property: the path of FILENAME in the network's folder."""
+    return property(lambda self: os.path.join(self.dir, filename), doc=f"``<dir>/{filename}``")
+
+
 @dataclass(frozen=True)
 class NetworkPaths:
     """The files of one network on its DHCP host, in ``<state_dir>/<name>/``."""
@@ -569,40 +574,14 @@ class NetworkPaths:
     def of(cls, state_dir: str, name: str) -> "NetworkPaths":
         return cls(os.path.join(validate_state_dir(state_dir), validate_name(name)))
 
-    def _file(self, name: str) -> str:
-        return os.path.join(self.dir, name)
-
-    @property
-    def network(self) -> str:
-        return self._file("network.json")
-
-    @property
-    def ports(self) -> str:
-        return self._file("ports.json")
-
-    @property
-    def hosts(self) -> str:
-        return self._file("hosts")
-
-    @property
-    def conf(self) -> str:
-        return self._file("dnsmasq.conf")
-
-    @property
-    def pid(self) -> str:
-        return self._file("dnsmasq.pid")
-
-    @property
-    def leases(self) -> str:
-        return self._file("leases")
-
-    @property
-    def log(self) -> str:
-        return self._file("dnsmasq.log")
-
-    @property
-    def lock(self) -> str:
-        return self._file(".lock")
+    network = _in_dir("network.json")
+    ports = _in_dir("ports.json")
+    hosts = _in_dir("hosts")
+    conf = _in_dir("dnsmasq.conf")
+    pid = _in_dir("dnsmasq.pid")
+    leases = _in_dir("leases")
+    log = _in_dir("dnsmasq.log")
+    lock = _in_dir(".lock")
 
 
 def render_dnsmasq_conf(spec: NetworkSpec, paths: NetworkPaths) -> str:

@@ -26,6 +26,8 @@ NET_XML = (
 def test_ansible_reaches_every_host_over_ssh(lab):
     pings = run_module(lab, "all", "ansible.builtin.ping", "")
     assert pings.ok(), pings
+    # no group shares a name with a host (the group is "control", its host "controller")
+    assert "Found both group and host with same name" not in pings.stdout + pings.stderr, pings.stderr
     pongs = [h for h, r in pings.results.items() if r.get("ping") == "pong"]
     assert sorted(pongs) == sorted(COMPUTE + ["controller"])
     # each answers with its own hostname: its own UTS namespace behind its own sshd

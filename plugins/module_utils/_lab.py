@@ -218,7 +218,7 @@ def lock_path(name: str) -> str:
     return os.path.join(LOCK_DIR, f"virtcloud-lab-{check_name(name)}.lock")
 
 
-def read_record(state_dir: str, name: str) -> dict | None:
+def read_record(state_dir: str) -> dict | None:
     """The record lab_up wrote in ``state_dir``, or None when there is none.
 
     A lab made before records existed has none; its SSH key (comment ``<name>-lab``)
@@ -490,7 +490,7 @@ class Lab:
     def _claim(self) -> None:
         """Check that the lab's folders are its own, then record the lab before anything is made."""
         spec = self.spec
-        record = read_record(spec.state_dir, spec.name)
+        record = read_record(spec.state_dir)
         if record is None:
             found = self.leftovers()
             if found:
@@ -963,7 +963,7 @@ def converge(
     try:
         os.makedirs(LOCK_DIR, exist_ok=True)
         with file_lock(lock_path(name), lock_timeout, f"lab {name}", error=LabError, holder=True):
-            record = read_record(state_dir, name)
+            record = read_record(state_dir)
             mine = record if record and record["name"] == name else {}
             if state == "absent":
                 return _down(run, name, state_dir, record, timeout, check_mode)

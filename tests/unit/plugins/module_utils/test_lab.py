@@ -172,18 +172,18 @@ def test_the_record_says_what_the_lab_is(tmp_path):
 
 
 def test_reading_a_record(tmp_path):
-    assert read_record(str(tmp_path / "none"), "vcx") is None
-    assert read_record(str(tmp_path), "vcx") is None  # a folder without a record
+    assert read_record(str(tmp_path / "none")) is None
+    assert read_record(str(tmp_path)) is None  # a folder without a record
     (tmp_path / "lab.json").write_text('{"name": "vclab", "network": "10.251.0.0/24"}')
-    assert read_record(str(tmp_path), "vcx")["name"] == "vclab"
+    assert read_record(str(tmp_path))["name"] == "vclab"
     (tmp_path / "lab.json").write_text("{not json")
     with pytest.raises(LabError, match="lab.json cannot be read"):
-        read_record(str(tmp_path), "vcx")
+        read_record(str(tmp_path))
     # a lab made before records: its SSH key names it
     legacy = tmp_path / "legacy"
     (legacy / "ssh").mkdir(parents=True)
     (legacy / "ssh" / "id_ed25519.pub").write_text("ssh-ed25519 AAAA vclab-lab\n")
-    assert read_record(str(legacy), "vcx") == dict(name="vclab", state_dir=str(legacy))
+    assert read_record(str(legacy)) == dict(name="vclab", state_dir=str(legacy))
 
 
 def no_lab_on_the_machine(argv, data=None):

@@ -8,11 +8,19 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)/.collections
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: demo test deps image lab-up lab-down units style format sanity lint integration molecule bench clean constraints
+# The lab to bring up, use and remove: `make demo LAB=demo2 LAB_NETWORK=10.250.0.0/24`.
+# Its folders and inventory follow its name (the lab module's rule, in module_utils/_lab.py);
+# LAB_NETWORK is optional (left out: the range the lab has, else one derived from the name).
+LAB ?= vclab
+LAB_NETWORK ?=
+LAB_VARS = -e lab_name=$(LAB) $(if $(LAB_NETWORK),-e lab_network=$(LAB_NETWORK))
+LAB_INVENTORY = $(shell PYTHONPATH=$(CURDIR)/.collections $(BIN)/python -c 'import sys; from ansible_collections.virtcloud.compute.plugins.module_utils._lab import plan; print(plan(sys.argv[1]).inventory)' $(LAB) 2>/dev/null)
+
+.PHONY: demo test deps image lab-up lab-down lab-inventory units style format sanity lint integration molecule bench clean constraints
 
 demo: deps image
-	$(BIN)/ansible-playbook playbooks/lab_up.yml
-	$(BIN)/ansible-playbook -i /var/lib/virtcloud-lab/inventory.yml playbooks/demo.yml
+	$(BIN)/ansible-playbook playbooks/lab_up.yml $(LAB_VARS)
+	$(BIN)/ansible-playbook -i $(LAB_INVENTORY) playbooks/demo.yml
 
 test: deps image
 	tools/run-suite units style sanity lint integration molecule
@@ -24,10 +32,14 @@ image:
 	tools/build-test-image
 
 lab-up: deps
-	$(BIN)/ansible-playbook playbooks/lab_up.yml
+	$(BIN)/ansible-playbook playbooks/lab_up.yml $(LAB_VARS)
 
 lab-down:
-	$(BIN)/ansible-playbook playbooks/lab_down.yml
+	$(BIN)/ansible-playbook playbooks/lab_down.yml -e lab_name=$(LAB)
+
+# the inventory path of lab $(LAB): INV=$$(make -s lab-inventory LAB=demo2)
+lab-inventory:
+	@echo $(LAB_INVENTORY)
 
 units:
 	$(BIN)/python -m pytest -q tests/unit

@@ -21,9 +21,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 
-from harness import GUEST_IMAGE, Console, LabHandle, domain_xml, run_playbook, start_bare_qemu  # noqa: E402  pylint: disable=wrong-import-position
+from harness import GUEST_IMAGE, Console, domain_xml, named_lab, run_playbook, start_bare_qemu  # noqa: E402  pylint: disable=wrong-import-position
 
-LAB = LabHandle(name="vcbnch", network="10.249.0.0/24", state_dir="/var/lib/virtcloud-lab-vcbnch", run_dir="/run/virtcloud-lab-vcbnch", hosts=3, non_shared=[])
+LAB = named_lab("vcbnch", "10.249.0.0/24", hosts=3, non_shared=[])
 NET_XML = (
     "<network><name>benchnet</name><bridge name='vcbench0'/><ip address='192.168.152.1' netmask='255.255.255.0'>"
     "<dhcp><range start='192.168.152.10' end='192.168.152.50'/></dhcp></ip></network>"

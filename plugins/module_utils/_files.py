@@ -15,6 +15,8 @@
   a POSIX lock the server holds (Linux >= 2.6.12). ``flock`` and not ``lockf``: two
   holders in one process exclude each other too (a POSIX lock belongs to the process).
   Lock files are never removed (removing one that a waiter has open breaks the lock).
+  With ``holder=True`` the holder writes its pid into the lock file, and a run that
+  times out names it.
 """
 
 from __future__ import annotations
@@ -87,13 +89,21 @@ def write_json(path: str, data: object, mode: int = 0o644) -> bool:
     return atomic_write(path, json_text(data), mode)
 
 
+def _holder_pid(fd: int) -> int | None:
+    """The pid a holder wrote into the lock file, when there is one."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
 @contextlib.contextmanager
-def file_lock(path: str, timeout: float, what: str = "", *, error: type = LockTimeout, clock=time.monotonic, sleep=time.sleep):
+def file_lock(path: str, timeout: float, what: str = "", *, error: type = LockTimeout, holder: bool = False, clock=time.monotonic, sleep=time.sleep):
     """Hold an exclusive ``flock`` on ``path`` (made when missing) while the block runs.
 
     Waits up to ``timeout`` seconds for another holder, then raises ``error`` (default
     :class:`LockTimeout`; a backend passes its own subclass of the collection's error)
-    saying that ``what`` is busy. ``clock`` and ``sleep`` are for the tests.
+    saying that ``what`` is busy. With ``holder``, the pid of the process that holds the
+    lock is kept in the file and named in that message. ``clock`` and ``sleep`` are for
+    the tests.
     """
     what = what or f"the lock {path}"
     try:
@@ -110,8 +120,17 @@ def file_lock(path: str, timeout: float, what: str = "", *, error: type = LockTi
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if clock() >= deadline:
+                    pid = _holder_pid(fd) if holder else None
+                    if pid:
+                        raise error(
+                            f"{what} is being changed by another run (pid {pid}): wait for it to finish, then try again "
+                            f"(waited {timeout} s for the lock {path})"
+                        ) from None
                     raise error(f"{what} is busy: another run holds the lock {path} for more than {timeout} s; wait for it to finish, then try again") from None
                 sleep(LOCK_POLL)
+        if holder:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         yield
     finally:
         os.close(fd)

@@ -12,6 +12,15 @@ so the namespaces outlive every process and daemons can be started in them again
 directory. A compute host runs virtlogd, libvirtd and sshd; the controller host
 (image store) runs sshd.
 
+One name makes a lab: :func:`lab_dirs` and :func:`lab_network` derive its folders and
+its range from it (the default lab ``vclab`` keeps /var/lib/virtcloud-lab,
+/run/virtcloud-lab and 10.251.0.0/24), its namespaces, links and bridge are prefixed
+with it. lab_up records what it makes in ``<state_dir>/lab.json`` before it makes
+anything; lab_down reads that record, so it needs only the name, and removes nothing
+when the record is missing or names another lab. Every change of a lab holds the
+lab's lock (``/run/lock/virtcloud-lab-<name>.lock``), so two runs on one lab wait
+for each other.
+
 Everything here takes plain arguments and a ``run`` callable
 ``run(argv, data=None) -> (rc, stdout, stderr)`` and raises LabError, so the
 module stays thin. Nothing in here is meant for real hypervisors: the libvirt
@@ -21,7 +30,9 @@ settings written here (no socket auth on a root-only socket) are the lab's only.
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -32,10 +43,16 @@ import uuid
 from dataclasses import dataclass, field
 
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
-from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write
+from ansible_collections.virtcloud.compute.plugins.module_utils._files import atomic_write, file_lock, json_text
 from ansible_collections.virtcloud.compute.plugins.module_utils._iproute import Iproute, find_ip, route_text
 
 LAB_NAME_RE = re.compile(r"[a-z][a-z0-9]{1,5}")
+DEFAULT_NAME = "vclab"
+DEFAULT_NETWORK = "10.251.0.0/24"
+# The /24 of a lab other than the default one, picked by its name's hash, when no network is given.
+DERIVED_NETWORKS = ipaddress.IPv4Network("10.200.0.0/13")
+RECORD = "lab.json"
+LOCK_DIR = "/run/lock"
 MAX_HOSTS = 16
 RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
@@ -110,6 +127,28 @@ class LabSpec:
         return os.path.join(self.run_dir, "ns")
 
     @property
+    def record_path(self) -> str:
+        """What the lab made, written before it makes anything (see :func:`read_record`)."""
+        return os.path.join(self.state_dir, RECORD)
+
+    @property
+    def inventory(self) -> str:
+        """Where lab_up writes the lab's Ansible inventory, unless told otherwise."""
+        return os.path.join(self.state_dir, "inventory.yml")
+
+    @property
+    def record(self) -> dict:
+        return dict(
+            name=self.name,
+            network=str(self.network),
+            hosts=[h.name for h in self.hosts if h.role == "compute"],
+            non_shared=[h.name for h in self.hosts if h.role == "compute" and not h.shared_storage],
+            state_dir=self.state_dir,
+            run_dir=self.run_dir,
+            kvm=self.kvm,
+        )
+
+    @property
     def instances_path(self) -> str:
         """The instances directory as every compute host sees it (one path for all, as Nova's)."""
         return os.path.join(self.state_dir, "instances")
@@ -140,13 +179,90 @@ class LabSpec:
         return os.path.join(self.state_dir, "bin", "ssh")
 
 
-def plan(name: str, network: str, compute_hosts: int, non_shared: list[str], state_dir: str, run_dir: str, kvm: bool = False) -> LabSpec:
-    """Validate the options and compute names and addresses; raises LabError."""
-    if not LAB_NAME_RE.fullmatch(name or ""):
+def check_name(name: str) -> str:
+    """``name`` when it is a valid lab name; raises LabError."""
+    if not isinstance(name, str) or not LAB_NAME_RE.fullmatch(name):
         raise LabError(
             f"lab name {name!r} is not valid: use 2 to 6 lowercase letters or digits, starting with a letter "
             "(it prefixes interface names, which Linux limits to 15 characters)"
         )
+    return name
+
+
+def lab_dirs(name: str) -> tuple[str, str]:
+    """The lab's state and run folders, from its name.
+
+    The default lab keeps the folders it always had; every other lab gets folders of
+    its own name, so two labs never share one.
+    """
+    check_name(name)
+    if name == DEFAULT_NAME:
+        return "/var/lib/virtcloud-lab", "/run/virtcloud-lab"
+    return f"/var/lib/virtcloud-lab-{name}", f"/run/virtcloud-lab-{name}"
+
+
+def lab_network(name: str) -> str:
+    """The lab's range when none is given: 10.251.0.0/24 for the default lab, else a /24
+    of 10.200.0.0/13 picked by the name (the same name, the same range; lab_up checks
+    that it is free on the machine)."""
+    check_name(name)
+    if name == DEFAULT_NAME:
+        return DEFAULT_NETWORK
+    count = DERIVED_NETWORKS.num_addresses // 256
+    index = int.from_bytes(hashlib.sha256(name.encode("ascii")).digest()[:4], "big") % count
+    return str(ipaddress.IPv4Network((int(DERIVED_NETWORKS.network_address) + 256 * index, 24)))
+
+
+def lock_path(name: str) -> str:
+    """The lab's lock: one per name, outside its folders (which may be given, or gone)."""
+    return os.path.join(LOCK_DIR, f"virtcloud-lab-{check_name(name)}.lock")
+
+
+def read_record(state_dir: str) -> dict | None:
+    """The record lab_up wrote in ``state_dir``, or None when there is none.
+
+    A lab made before records existed has none; its SSH key (comment ``<name>-lab``)
+    shows which lab made the folder, and stands for a record of that name.
+    """
+    try:
+        with open(os.path.join(state_dir, RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as exc:
+        raise LabError(f"the lab record {os.path.join(state_dir, RECORD)} cannot be read ({exc}): nothing was changed; fix or remove it") from None
+    if record is None:
+        try:
+            with open(os.path.join(state_dir, "ssh", "id_ed25519.pub"), encoding="ascii") as f:
+                comment = f.read().split()[-1:]
+        except (OSError, UnicodeDecodeError):
+            return None
+        if not comment or not comment[0].endswith("-lab"):
+            return None
+        return dict(name=comment[0][: -len("-lab")], state_dir=state_dir)
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise LabError(f"the lab record {os.path.join(state_dir, RECORD)} names no lab: nothing was changed; fix or remove it")
+    return record
+
+
+def plan(
+    name: str,
+    network: str | None = None,
+    compute_hosts: int = 3,
+    non_shared: list[str] | tuple = (),
+    state_dir: str | None = None,
+    run_dir: str | None = None,
+    kvm: bool = False,
+) -> LabSpec:
+    """Validate the options and compute names and addresses; raises LabError.
+
+    ``network``, ``state_dir`` and ``run_dir`` left out (None) are derived from the name.
+    """
+    check_name(name)
+    default_state, default_run = lab_dirs(name)
+    state_dir = state_dir or default_state
+    run_dir = run_dir or default_run
+    network = network or lab_network(name)
     if not isinstance(compute_hosts, int) or not 1 <= compute_hosts <= MAX_HOSTS:
         raise LabError(f"lab_hosts must be a whole number from 1 to {MAX_HOSTS}, got {compute_hosts!r}")
     try:
@@ -324,6 +440,8 @@ class Lab:
                     namespaces=ok,
                     daemons=daemons,
                     healthy=ok and all(daemons.values()),
+                    # where the host's own paths are on the machine (they exist only in its mount namespace)
+                    paths={inside: machine for machine, inside in self.binds(host)},
                 )
             )
         return result
@@ -332,6 +450,7 @@ class Lab:
     def up(self) -> list[dict]:
         self.preflight()
         spec = self.spec
+        self._claim()
         self._dirs()
         self._ssh_key()
         self._bridge()
@@ -350,10 +469,51 @@ class Lab:
         self._remove_extra_hosts(present)
         return self.status()
 
+    def leftovers(self) -> list[str]:
+        """What of this lab the machine has (its namespaces and bridge), whoever recorded it."""
+        if self.ip is None:
+            return []
+        found = [f"netns {n}" for n in sorted(self.netns_list()) if n.startswith(self.spec.name + "-")]
+        if self._link_exists(self.spec.bridge):
+            found.append(f"bridge {self.spec.bridge}")
+        return found
+
+    def check_run_dir(self) -> None:
+        """The run folder is this lab's, or no lab's (its namespace files must never mix with another lab's)."""
+        owner = self._read(os.path.join(self.spec.run_dir, "lab-name")).strip()
+        if owner and owner != self.spec.name:
+            raise LabError(
+                f"{self.spec.run_dir} is the run folder of lab {owner!r}, not of lab {self.spec.name!r}: nothing was changed "
+                "(leave lab_run_dir out: every lab gets its own)"
+            )
+
+    def _claim(self) -> None:
+        """Check that the lab's folders are its own, then record the lab before anything is made."""
+        spec = self.spec
+        record = read_record(spec.state_dir)
+        if record is None:
+            found = self.leftovers()
+            if found:
+                raise LabError(
+                    f"lab {spec.name} is up already ({', '.join(found)}), but {spec.state_dir} holds no record of it: "
+                    "it was made with another lab_state_dir; give that one (or lab_down it with that one first)"
+                )
+        elif record["name"] != spec.name:
+            raise LabError(
+                f"{spec.state_dir} is the state folder of lab {record['name']!r}, not of lab {spec.name!r}: nothing was changed "
+                "(leave lab_state_dir out: every lab gets its own)"
+            )
+        elif record.get("network") not in (None, str(spec.network)) and self.leftovers():
+            raise LabError(f"lab {spec.name} is up on {record['network']} ({spec.record_path}): lab_down it before moving it to {spec.network}")
+        self.check_run_dir()
+        if not os.path.isdir(spec.state_dir) and self.change(f"create directory {spec.state_dir}"):
+            os.makedirs(spec.state_dir, mode=0o755)
+        if record != spec.record and self.change(f"write the lab record {spec.record_path}"):
+            atomic_write(spec.record_path, json_text(spec.record))
+
     def _dirs(self) -> None:
         spec = self.spec
         wanted = [
-            spec.state_dir,
             spec.run_dir,
             spec.ns_dir,
             spec.shared_instances,
@@ -366,6 +526,8 @@ class Lab:
             if not os.path.isdir(path) and self.change(f"create directory {path}"):
                 # QEMU runs as libvirt-qemu and must reach the instance folders; the keys stay private
                 os.makedirs(path, mode=0o700 if path == os.path.dirname(spec.key_file) else 0o755)
+        if os.path.isdir(spec.run_dir):
+            self._write(os.path.join(spec.run_dir, "lab-name"), spec.name + "\n", "the lab name in its run folder")
         # nsfs files can only be bind-mounted below a private mount.
         if spec.ns_dir not in self._mounts() and self.change(f"make {spec.ns_dir} a private mount for namespace files"):
             self.run(["mount", "--bind", spec.ns_dir, spec.ns_dir])
@@ -558,14 +720,10 @@ class Lab:
         ip.run(["link", "set", "lo", "up"], host.netns)
         ip.run(["route", "add", "default", "via", spec.bridge_address], host.netns)
 
-    def _host_namespaces(self, host: HostSpec) -> None:
+    def binds(self, host: HostSpec) -> list[tuple[str, str]]:
+        """The host's bind mounts: (folder on the machine, path inside the host's mount namespace)."""
         spec = self.spec
         d = host.state_dir
-        mnt = f"{spec.ns_dir}/{host.name}.mnt"
-        uts = f"{spec.ns_dir}/{host.name}.uts"
-        for path in (mnt, uts):
-            with open(path, "w", encoding="ascii"):
-                pass
         binds = [(f"{d}/root-ssh", "/root/.ssh"), (f"{spec.state_dir}/etc-hosts", "/etc/hosts")]
         binds += [(f"{d}/{sub}", path) for path, sub in HOST_PRIVATE_BINDS]
         # the host's own SSH host keys where every tool looks for them
@@ -575,6 +733,16 @@ class Lab:
             binds.append((spec.shared_instances if host.shared_storage else f"{d}/instances", spec.instances_path))
         else:
             binds.append((f"{d}/images", spec.image_store_path))
+        return binds
+
+    def _host_namespaces(self, host: HostSpec) -> None:
+        spec = self.spec
+        mnt = f"{spec.ns_dir}/{host.name}.mnt"
+        uts = f"{spec.ns_dir}/{host.name}.uts"
+        for path in (mnt, uts):
+            with open(path, "w", encoding="ascii"):
+                pass
+        binds = self.binds(host)
         script = [
             "set -e",
             f"hostname {host.name}",
@@ -679,8 +847,12 @@ class Lab:
 
     # ----------------------------------------------------------------- down
     def down(self) -> list[str]:
-        """Remove everything of this lab, whatever state it is in; returns what was removed."""
+        """Remove everything of this lab, whatever state it is in; returns what was removed.
+
+        Only for a lab whose record (:func:`read_record`) names it: :func:`converge` checks.
+        """
         spec = self.spec
+        self.check_run_dir()
         hosts = {h.netns: h for h in spec.hosts}
         for netns in self.netns_list() if self.ip else []:
             if netns.startswith(spec.name + "-") and netns not in hosts:
@@ -697,7 +869,7 @@ class Lab:
         record = os.path.join(spec.state_dir, "created-mountpoints")
         # An empty folder that is a mount point in another lab's namespaces must stay:
         # removing it would detach that lab's mounts.
-        other_labs = [n for n in self.netns_list() if n.endswith("-controller")] if self.ip else []
+        other_labs = [n for n in self.netns_list() if n.endswith("-controller") and not n.startswith(spec.name + "-")] if self.ip else []
         for path in [] if other_labs else sorted(set(self._read(record).split()), reverse=True):
             try:
                 if os.path.isdir(path) and not os.listdir(path) and self.change(f"remove mount point {path}"):
@@ -764,3 +936,98 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def converge(
+    run,
+    name: str,
+    state: str = "present",
+    network: str | None = None,
+    hosts: int = 3,
+    non_shared: list[str] | tuple = (),
+    state_dir: str | None = None,
+    run_dir: str | None = None,
+    kvm: bool = False,
+    timeout: int = 60,
+    lock_timeout: float = 300,
+    check_mode: bool = False,
+) -> dict:
+    """The lab module's work: lab ``name`` up (``present``) or down (``absent``), under its lock.
+
+    Returns the module's result. Left out (None), ``network`` and ``run_dir`` come from the
+    lab's record, else from its name; ``state_dir`` from its name (the record lives there).
+    lab_down takes everything from the record, and removes nothing when there is none.
+    """
+    check_name(name)
+    state_dir = os.path.normpath(state_dir) if state_dir else lab_dirs(name)[0]
+    try:
+        os.makedirs(LOCK_DIR, exist_ok=True)
+        with file_lock(lock_path(name), lock_timeout, f"lab {name}", error=LabError, holder=True):
+            record = read_record(state_dir)
+            mine = record if record and record["name"] == name else {}
+            if state == "absent":
+                return _down(run, name, state_dir, record, timeout, check_mode)
+            spec = plan(name, network or mine.get("network"), hosts, non_shared, state_dir, run_dir or mine.get("run_dir"), kvm=kvm)
+            lab = Lab(spec, run, check_mode=check_mode, timeout=timeout)
+            result = dict(hosts=lab.up())
+    except OSError as exc:
+        raise LabError(os_error_message(state, exc)) from None
+    return dict(
+        result,
+        changed=bool(lab.changes),
+        changes=lab.changes,
+        msg=f"lab {name} is up on {spec.network}, its files in {spec.state_dir}",
+        **spec_result(spec),
+    )
+
+
+def spec_result(spec: LabSpec) -> dict:
+    """Where the lab is: what the module returns about it besides its hosts."""
+    return dict(
+        name=spec.name,
+        network=str(spec.network),
+        state_dir=spec.state_dir,
+        run_dir=spec.run_dir,
+        inventory=spec.inventory,
+        ssh=dict(key_file=spec.key_file, known_hosts=spec.known_hosts, config=spec.ssh_config, wrapper=spec.ssh_wrapper),
+        instances_path=spec.instances_path,
+        image_store_path=spec.image_store_path,
+    )
+
+
+def _down(run, name: str, state_dir: str, record: dict | None, timeout: int, check_mode: bool) -> dict:
+    if record is None:
+        lab = Lab(plan(name, state_dir=state_dir), run, check_mode=check_mode, timeout=timeout)
+        found = lab.leftovers()
+        msg = f"lab {name} is not up: {state_dir} holds no record of it ({RECORD}), so nothing was removed"
+        if found:
+            msg += f"; {', '.join(found)} exist: lab {name} was made with another lab_state_dir, give that one"
+        return dict(changed=False, changes=[], msg=msg)
+    if record["name"] != name:
+        raise LabError(
+            f"{state_dir} is the state folder of lab {record['name']!r}, not of lab {name!r}: nothing was removed "
+            f"(lab_name={record['name']} removes that lab; leave lab_state_dir out to remove lab {name})"
+        )
+    hosts = record.get("hosts") or []
+    spec = plan(
+        name,
+        record.get("network"),
+        len(hosts) if isinstance(hosts, list) and 1 <= len(hosts) <= MAX_HOSTS else 3,
+        [h for h in record.get("non_shared") or [] if h in hosts],
+        state_dir,
+        record.get("run_dir"),
+        kvm=bool(record.get("kvm")),
+    )
+    lab = Lab(spec, run, check_mode=check_mode, timeout=timeout)
+    lab.down()
+    return dict(changed=bool(lab.changes), changes=lab.changes, msg=f"lab {name} removed" if lab.changes else f"lab {name}: nothing left to remove")
+
+
+def os_error_message(state: str, exc: OSError) -> str:
+    """An OSError of a lab run, with the hint that fits its cause (and no other)."""
+    text = f"lab {state}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return text + " (the machine is out of disk space: free some and run again)"
+    if exc.errno == errno.EBUSY:
+        return text + " (something still uses it: a shell or a mount inside the lab's folders?)"
+    return text

@@ -216,7 +216,7 @@ EXAMPLES = r"""
       base_image_ref: 0b4c6e44-1b1a-4f0e-9c1a-0e5e3f1b2c3d
       image_location: snapshot
       user_id: alice
-  delegate_to: "{{ groups['controller'][0] }}"
+  delegate_to: "{{ groups['control'][0] }}"
   vars:
     ansible_python_interpreter: /opt/virtcloud/venv/bin/python
 

@@ -94,7 +94,7 @@ EXAMPLES = r"""
 - name: Read the image record on the image host
   virtcloud.compute.image_info:
     name: vctest
-  delegate_to: "{{ groups['controller'][0] }}"
+  delegate_to: "{{ groups['control'][0] }}"
   run_once: true
   register: img
 

@@ -126,7 +126,7 @@ EXAMPLES = r"""
     vni: 100
     local_ip: "{{ ansible_host }}"
     peers: "{{ groups['all'] | map('extract', hostvars, 'ansible_host') | list }}"
-    dhcp: "{{ inventory_hostname in groups['controller'] }}"
+    dhcp: "{{ inventory_hostname in groups['control'] }}"
 
 - name: Remove it (ports deleted and instances gone first)
   virtcloud.compute.network:

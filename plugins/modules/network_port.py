@@ -120,7 +120,7 @@ EXAMPLES = r"""
     network: private
     instance_uuid: "{{ instance_uuid }}"
     hostname: web1
-  delegate_to: "{{ groups['controller'][0] }}"
+  delegate_to: "{{ groups['control'][0] }}"
   register: port
 
 - name: A port with a fixed address

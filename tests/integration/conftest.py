@@ -11,8 +11,11 @@ import pytest
 
 from harness import GUEST_IMAGE, named_lab, run_playbook
 
-# VIRTCLOUD_TEST_LAB and VIRTCLOUD_TEST_LAB_NETWORK let several test runs use labs of their own.
+# VIRTCLOUD_TEST_LAB and VIRTCLOUD_TEST_LAB_NETWORK let several test runs use labs of their own;
+# VIRTCLOUD_TEST_LAB2 and VIRTCLOUD_TEST_LAB2_NETWORK name the second lab that the teardown tests
+# bring up beside it (one at a time, each removed again).
 LAB = named_lab(os.environ.get("VIRTCLOUD_TEST_LAB", "vctest"), os.environ.get("VIRTCLOUD_TEST_LAB_NETWORK", "10.252.0.0/24"), hosts=3, non_shared=["node3"])
+LAB2 = named_lab(os.environ.get("VIRTCLOUD_TEST_LAB2", "vchalf"), os.environ.get("VIRTCLOUD_TEST_LAB2_NETWORK", "10.253.0.0/24"), hosts=2, non_shared=[])
 
 
 @pytest.fixture(scope="session")

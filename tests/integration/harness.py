@@ -173,20 +173,28 @@ def run_module(
 
 
 class LabHandle:
-    """A lab as the tests see it: the lab module's own plan, plus ways to reach its hosts."""
+    """A lab as the tests see it: the lab module's own plan, plus ways to reach its hosts.
 
-    def __init__(self, name: str, network: str, state_dir: str, run_dir: str, hosts: int, non_shared: list):
+    Left out, the network and the folders are the ones the lab module derives from the name,
+    and the playbooks are given only the name (and the network, when given).
+    """
+
+    def __init__(self, name: str, network: str | None, hosts: int, non_shared: list, state_dir: str | None = None, run_dir: str | None = None):
         self.spec = plan(name, network, hosts, non_shared, state_dir, run_dir)
         self.non_shared = non_shared
         self.name = name
         self.hosts = hosts
+        self.network = str(self.spec.network)
         self.state_dir = self.spec.state_dir
         self.run_dir = self.spec.run_dir
         self.instances_path = self.spec.instances_path
         self.ssh_config = self.spec.ssh_config
         self.ssh_wrapper = self.spec.ssh_wrapper
-        self.inventory = os.path.join(self.state_dir, "inventory.yml")
-        self.vars = dict(lab_name=name, lab_network=network, lab_state_dir=state_dir, lab_run_dir=run_dir, lab_hosts=hosts, lab_non_shared=non_shared)
+        self.inventory = self.spec.inventory
+        self.vars = dict(lab_name=name, lab_hosts=hosts, lab_non_shared=non_shared)
+        for key, value in (("lab_network", network), ("lab_state_dir", state_dir), ("lab_run_dir", run_dir)):
+            if value:
+                self.vars[key] = value
 
     def address(self, host: str) -> str:
         return next(h.address for h in self.spec.hosts if h.name == host)
@@ -206,11 +214,30 @@ class LabHandle:
         return self.spec.shared_instances if spec.shared_storage else os.path.join(spec.state_dir, "instances")
 
 
-def named_lab(name: str, network: str, hosts: int, non_shared: list) -> LabHandle:
-    """A lab by name, with its folders at /var/lib/virtcloud-lab-<name> and /run/virtcloud-lab-<name>."""
-    return LabHandle(
-        name=name, network=network, state_dir=f"/var/lib/virtcloud-lab-{name}", run_dir=f"/run/virtcloud-lab-{name}", hosts=hosts, non_shared=non_shared
-    )
+def named_lab(name: str, network: str | None, hosts: int, non_shared: list) -> LabHandle:
+    """A lab by name: its folders (/var/lib/virtcloud-lab-<name>, /run/virtcloud-lab-<name>) follow the name."""
+    return LabHandle(name=name, network=network, hosts=hosts, non_shared=non_shared)
+
+
+def lab_footprint(lab) -> dict:
+    """Everything of a lab that the machine shows: namespaces, links, mounts, processes, folders."""
+    name, state_dir, run_dir = lab.name, lab.state_dir, lab.run_dir
+    netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split() if n.startswith(name + "-")]
+    links = [
+        line.split(":")[1].strip().split("@")[0]
+        for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
+        if line.split(":")[1].strip().startswith(name + "-")
+    ]
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        mounts = [m for m in (line.split()[4] for line in f) if any(m == d or m.startswith(d + "/") for d in (state_dir, run_dir))]
+    pids = []
+    for n in netns:
+        pids += subprocess.run(["ip", "netns", "pids", n], capture_output=True, text=True, check=False).stdout.split()
+    folders = [p for p in (state_dir, run_dir) if os.path.exists(p)]
+    return dict(netns=netns, links=links, mounts=mounts, pids=sorted(pids), folders=folders)
+
+
+NOTHING = dict(netns=[], links=[], mounts=[], pids=[], folders=[])
 
 
 class Console:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 import uuid
@@ -12,7 +14,7 @@ import uuid
 import pytest
 
 from conftest import LAB
-from harness import GUEST_IMAGE, Console, domain_xml, run_module, run_playbook
+from harness import GUEST_IMAGE, Console, domain_xml, lab_footprint, run_module, run_playbook
 
 COMPUTE = ["node1", "node2", "node3"]
 NET_XML = (
@@ -24,6 +26,8 @@ NET_XML = (
 def test_ansible_reaches_every_host_over_ssh(lab):
     pings = run_module(lab, "all", "ansible.builtin.ping", "")
     assert pings.ok(), pings
+    # no group shares a name with a host (the group is "control", its host "controller")
+    assert "Found both group and host with same name" not in pings.stdout + pings.stderr, pings.stderr
     pongs = [h for h, r in pings.results.items() if r.get("ping") == "pong"]
     assert sorted(pongs) == sorted(COMPUTE + ["controller"])
     # each answers with its own hostname: its own UTS namespace behind its own sshd
@@ -31,6 +35,47 @@ def test_ansible_reaches_every_host_over_ssh(lab):
     assert hostnames.ok(), hostnames
     names = {h: r["stdout"].strip() for h, r in hostnames.results.items()}
     assert names == {h: h for h in COMPUTE + ["controller"]}
+
+
+def test_the_lab_folders_follow_its_name(lab):
+    # the tests give lab_up only the name, the network and the size of the lab
+    assert "lab_state_dir" not in lab.vars and "lab_run_dir" not in lab.vars
+    state_dir, run_dir = f"/var/lib/virtcloud-lab-{lab.name}", f"/run/virtcloud-lab-{lab.name}"
+    assert os.path.isfile(f"{state_dir}/inventory.yml") and os.path.isdir(f"{run_dir}/ns")
+    with open(f"{state_dir}/lab.json", encoding="utf-8") as f:
+        record = json.load(f)
+    assert record == dict(name=lab.name, network=lab.network, hosts=COMPUTE, non_shared=["node3"], state_dir=state_dir, run_dir=run_dir, kvm=False), record
+    with open(f"{run_dir}/lab-name", encoding="ascii") as f:
+        assert f.read() == lab.name + "\n"
+
+
+def test_where_the_hosts_files_are_on_the_machine(lab):
+    """The command of docs/lab.md lists each host's own paths with the machine's folder behind each."""
+
+    def mounts(host):
+        out = subprocess.run(
+            ["nsenter", f"--mount={lab.run_dir}/ns/{host}.mnt", "findmnt", "-rn", "-o", "TARGET,SOURCE"], capture_output=True, text=True, check=True
+        ).stdout
+        return {line.split()[0]: line.split()[1].split("[", 1)[1].rstrip("]") for line in out.splitlines() if "[" in line}
+
+    node1, node3, controller = mounts("node1"), mounts("node3"), mounts("controller")
+    assert node1[lab.instances_path] == f"{lab.state_dir}/shared/instances"
+    assert node3[lab.instances_path] == f"{lab.state_dir}/hosts/node3/instances"
+    assert node1["/var/lib/virtcloud"] == f"{lab.state_dir}/hosts/node1/var-lib-virtcloud"
+    assert controller[lab.spec.image_store_path] == f"{lab.state_dir}/hosts/controller/images"
+    # the lab module returns the same, for each host
+    status = run_module(lab, "localhost", "lab", dict(name=lab.name, hosts=lab.hosts, non_shared=lab.non_shared), check=True).one("localhost")
+    assert status.ok and not status.changed, status
+    paths = {h["name"]: h["paths"] for h in status.result["hosts"]}
+    for host, found in (("node1", node1), ("node3", node3), ("controller", controller)):
+        assert {inside: machine for inside, machine in paths[host].items() if inside in found} == {k: v for k, v in found.items() if k in paths[host]}
+        assert set(paths[host]) <= set(found), (paths[host], found)
+    marker = f"seen-{uuid.uuid4().hex[:8]}"
+    lab.ssh("node3", f"touch {lab.instances_path}/{marker}")
+    try:
+        assert os.path.exists(f"{lab.state_dir}/hosts/node3/instances/{marker}")
+    finally:
+        lab.ssh("node3", f"rm -f {lab.instances_path}/{marker}")
 
 
 def test_hosts_are_separate(lab):
@@ -145,6 +190,48 @@ def test_lab_up_repairs_a_host_whose_daemons_died(lab):
     result = run_playbook("lab_up.yml", lab.vars)
     assert result.rc == 0 and "start libvirtd on node3" in result.stdout, result.stdout[-2000:]
     assert "Using library" in lab.ssh("node3", "virsh version")
+    assert run_playbook("lab_up.yml", lab.vars).changed == 0
+
+
+@pytest.mark.parametrize(
+    "playbook, extra, message",
+    [
+        (
+            "lab_down.yml",
+            dict(lab_name="vcnone"),
+            "lab vcnone is not up: /var/lib/virtcloud-lab-vcnone holds no record of it (lab.json), so nothing was removed",
+        ),
+        ("lab_down.yml", dict(lab_name="vcnone", lab_state_dir=LAB.state_dir), f"{LAB.state_dir} is the state folder of lab '{LAB.name}', not of lab 'vcnone'"),
+        ("lab_up.yml", dict(lab_name="vcnone", lab_state_dir=LAB.state_dir), f"{LAB.state_dir} is the state folder of lab '{LAB.name}', not of lab 'vcnone'"),
+        ("lab_up.yml", dict(lab_name="vcnone", lab_run_dir=LAB.run_dir), f"{LAB.run_dir} is the run folder of lab '{LAB.name}', not of lab 'vcnone'"),
+    ],
+)
+def test_a_run_with_another_name_never_touches_the_lab(lab, playbook, extra, message):
+    before = lab_footprint(lab)
+    result = run_playbook(playbook, extra)
+    assert message in result.stdout, result.stdout[-2000:]
+    assert (result.rc == 0 and result.changed == 0) if "is not up" in message else result.rc != 0, result.stdout[-2000:]
+    assert {k: v for k, v in lab_footprint(lab).items() if k != "pids"} == {k: v for k, v in before.items() if k != "pids"}
+    assert not os.path.exists("/var/lib/virtcloud-lab-vcnone") and not os.path.exists("/run/virtcloud-lab-vcnone")
+    assert run_playbook("lab_up.yml", lab.vars, check=True).changed == 0
+
+
+def test_a_run_waits_for_another_run_on_the_same_lab(lab):
+    # this test holds the lab's lock, as a lab_up or lab_down in progress does
+    fd = os.open(f"/run/lock/virtcloud-lab-{lab.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        for playbook in ("lab_up.yml", "lab_down.yml"):
+            result = run_playbook(playbook, dict(lab.vars, lab_lock_timeout=2))
+            assert result.rc != 0 and f"lab {lab.name} is being changed by another run (pid {os.getpid()}): wait for it to finish" in result.stdout, (
+                result.stdout[-2000:]
+            )
+            assert "disk space" not in result.stdout
+    finally:
+        os.close(fd)
+    assert os.path.isdir(lab.state_dir)
     assert run_playbook("lab_up.yml", lab.vars).changed == 0
 
 

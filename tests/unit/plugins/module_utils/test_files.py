@@ -20,6 +20,10 @@ from ansible_collections.virtcloud.compute.plugins.module_utils._common import V
 
 UUID = "3f2a6c1e-0b7d-4e55-9a43-1c2d3e4f5a6b"
 HOLDER = "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"
+HOLDER_WITH_PID = (
+    "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+    "os.write(fd, b'%d\\n' % os.getpid()); print('held', flush=True); time.sleep(30)"
+)
 
 
 class Clock:
@@ -151,3 +155,20 @@ def test_name_patterns_fully_matched(check, good, bad):
     assert check(good)
     for value in bad:
         assert not check(value), value
+
+
+def test_a_holder_that_records_its_pid_is_named_by_a_run_that_times_out(tmp_path):
+    path = str(tmp_path / "lab.lock")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_WITH_PID, path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(fi.LockTimeout) as info:
+            with fi.file_lock(path, 0.3, "lab vcx", holder=True):
+                pass
+        assert str(info.value).startswith(f"lab vcx is being changed by another run (pid {holder.pid}): wait for it to finish, then try again")
+    finally:
+        holder.kill()
+        holder.wait()
+    with fi.file_lock(path, 2, holder=True):
+        with open(path, encoding="ascii") as f:
+            assert f.read() == f"{os.getpid()}\n"  # the new holder's pid replaced the old one's

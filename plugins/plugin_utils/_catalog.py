@@ -60,9 +60,7 @@ def merge_catalog(defaults: t.Any, additions: t.Any, kind: str) -> dict:
         if value is None:
             merged.pop(key, None)
         elif named and not isinstance(value, Mapping):
-            raise CatalogError(
-                f"{variable}[{key!r}] must be a dictionary (or null to remove the default {key!r}), got {type(value).__name__} {value!r}"
-            )
+            raise CatalogError(f"{variable}[{key!r}] must be a dictionary (or null to remove the default {key!r}), got {type(value).__name__} {value!r}")
         else:
             merged[key] = dict(value) if isinstance(value, Mapping) else value
     return merged

@@ -32,11 +32,19 @@ BIG = {"vcpus": 2, "ram_mb": 2048, "disk_gb": 10}
         ({"m1.tiny": TINY}, {}, "flavors", {"m1.tiny": TINY}),
         ({}, {"m1.big": BIG}, "flavors", {"m1.big": BIG}),
         (None, {"m1.big": BIG}, "flavors", {"m1.big": BIG}),
-        ({"web-anti": {"policy": "anti-affinity"}}, {"db-aff": {"policy": "affinity"}}, "server_groups",
-         {"web-anti": {"policy": "anti-affinity"}, "db-aff": {"policy": "affinity"}}),
+        (
+            {"web-anti": {"policy": "anti-affinity"}},
+            {"db-aff": {"policy": "affinity"}},
+            "server_groups",
+            {"web-anti": {"policy": "anti-affinity"}, "db-aff": {"policy": "affinity"}},
+        ),
         # the network is one object: key by key
-        ({"name": "private", "subnet": "10.100.0.0/24", "vni": 100}, {"subnet": "10.200.0.0/24"}, "network",
-         {"name": "private", "subnet": "10.200.0.0/24", "vni": 100}),
+        (
+            {"name": "private", "subnet": "10.100.0.0/24", "vni": 100},
+            {"subnet": "10.200.0.0/24"},
+            "network",
+            {"name": "private", "subnet": "10.200.0.0/24", "vni": 100},
+        ),
         ({"name": "private", "subnet": "10.100.0.0/24", "vni": 100}, None, "network", {"name": "private", "subnet": "10.100.0.0/24", "vni": 100}),
     ],
 )

@@ -115,3 +115,21 @@ def test_a_snapshot_is_listed_and_deleted_check_mode_first_then_twice(cloud, opd
     assert again.stats["image_delete"]["deleted"] == [] and "nothing to delete" in again.stdout
     # the instance it was taken from runs on
     assert images(cloud)[BASE]["in_use_by"][0]["vm_state"] == "active"
+
+
+def host_reached(result, task: str) -> bool:
+    """Whether TASK ran on a host (delegated: 'ok: [localhost -> node1]') rather than being skipped."""
+    section = result.stdout.split(f"TASK [{task}]", 1)[1].split("TASK [", 1)[0]
+    return " -> " in section
+
+
+def test_an_action_with_nothing_to_do_does_not_reach_the_host(cloud, opdata):
+    """instance.yml: when instance_info already shows the state the action leads to, no task runs on the host."""
+    steps = [("start", False), ("stop", True), ("stop", False), ("start", True), ("start", False)]
+    for action, changes in steps:
+        result = act(cloud, "opdata", action)
+        assert result.rc == 0, result.stdout[-3000:]
+        assert result.changed == int(changes), (action, result.stdout[-3000:])
+        assert host_reached(result, f"virtcloud.compute.instance : Run {action}") == changes, (action, result.stdout[-3000:])
+        assert result.stats["instance_action_result"]["vm_state"] == ("stopped" if action == "stop" else "active"), result.stats
+        assert result.stats["instance_action_result"]["changed"] is changes, result.stats

@@ -119,6 +119,8 @@ def test_a_snapshot_is_listed_and_deleted_check_mode_first_then_twice(cloud, opd
 
 def host_reached(result, task: str) -> bool:
     """Whether TASK ran on a host (delegated: 'ok: [localhost -> node1]') rather than being skipped."""
+    if f"TASK [{task}]" not in result.stdout:
+        return False
     section = result.stdout.split(f"TASK [{task}]", 1)[1].split("TASK [", 1)[0]
     return " -> " in section
 

@@ -52,9 +52,10 @@ BOOT_TIMEOUT = 600
 PROFILE_RE = re.compile(r"^(.+?) -+ (\d+\.\d+)s$", re.M)
 
 
-def lab_namespaces() -> list[str]:
+def lab_namespaces(lab=None) -> list[str]:
+    """The network namespaces of LAB (default: this bench's lab) that are up."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(LAB.name + "-")]
+    return [line.split()[0] for line in out.splitlines() if line.startswith((lab or LAB).name + "-")]
 
 
 def _panicked(log: str) -> bool:
@@ -280,27 +281,32 @@ def bench(reps: int) -> tuple[dict, dict]:
     return setup, runs
 
 
+def start_bench(lab, profile: str | None, lab_may_be_up: bool = False) -> None:
+    """What every lab bench does first: profile_tasks with --profile, root, its lab not up already, the image, signals."""
+    if profile:
+        os.environ["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([os.path.join(TOP, ".collections"), profile])
+        os.environ["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
+        os.environ["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "50"
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    if lab_namespaces(lab) and not lab_may_be_up:
+        sys.exit(
+            f"lab {lab.name} is already up ({' '.join(lab_namespaces(lab))}): another bench may be using it; if it is stale, remove it with "
+            f"ansible-playbook playbooks/lab_down.yml -e '{json.dumps(lab.vars)}'"
+        )
+    if not os.path.exists(GUEST_IMAGE):
+        subprocess.run([os.path.join(TOP, "tools", "build-test-image")], check=True)
+    # SIGTERM/SIGHUP as SystemExit, so that the caller's finally removes the lab
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(f"stopped by signal {signum}"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1, help="repetitions of each launch measurement (default 1; the facts play runs at least 3 times)")
     parser.add_argument("--profile", metavar="DIR", help="a folder with ansible_collections/ansible/posix: run with its profile_tasks callback")
     args = parser.parse_args()
-    if args.profile:
-        os.environ["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([os.path.join(TOP, ".collections"), args.profile])
-        os.environ["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
-        os.environ["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "50"
-    if os.geteuid() != 0:
-        sys.exit("run as root")
-    if lab_namespaces():
-        sys.exit(
-            f"lab {LAB.name} is already up ({' '.join(lab_namespaces())}): another bench (bench/lab.py?) may be using it; if it is stale, remove it with "
-            f"ansible-playbook playbooks/lab_down.yml -e '{json.dumps(LAB.vars)}'"
-        )
-    if not os.path.exists(GUEST_IMAGE):
-        subprocess.run([os.path.join(TOP, "tools", "build-test-image")], check=True)
-    # SIGTERM/SIGHUP as SystemExit, so that the finally below removes the lab
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: sys.exit(f"stopped by signal {signum}"))
+    start_bench(LAB, args.profile)
     started = time.monotonic()
     try:
         setup, runs = bench(args.reps)

@@ -32,6 +32,7 @@ class PlaybookResult:
     stderr: str
     recap: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # the workflow's result file (launch_result_file), when it wrote one
+    stats: dict = field(default_factory=dict)  # the run's set_stats data (per run)
 
     @property
     def changed(self) -> int:
@@ -50,6 +51,15 @@ def parse_recap(stdout: str) -> dict:
     return recap
 
 
+STATS_RE = re.compile(r"^\tRUN: (\{.*\})$", re.M)
+
+
+def parse_stats(stdout: str) -> dict:
+    """The set_stats data of a run (the default callback's CUSTOM STATS line with ANSIBLE_SHOW_CUSTOM_STATS)."""
+    found = STATS_RE.findall(stdout.split("CUSTOM STATS")[-1]) if "CUSTOM STATS" in stdout else []
+    return json.loads(found[-1]) if found else {}
+
+
 def ansible_env() -> dict:
     env = dict(os.environ)
     env.update(
@@ -58,6 +68,7 @@ def ansible_env() -> dict:
         ANSIBLE_NOCOLOR="1",
         PATH=VENV_BIN + os.pathsep + env.get("PATH", ""),
         ANSIBLE_DEPRECATION_WARNINGS="0",
+        ANSIBLE_SHOW_CUSTOM_STATS="1",
     )
     return env
 
@@ -76,7 +87,7 @@ def run_playbook(
     if diff:
         argv.append("--diff")
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=TOP, env=ansible_env(), timeout=timeout, check=False)
-    return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, parse_recap(proc.stdout))
+    return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, parse_recap(proc.stdout), stats=parse_stats(proc.stdout))
 
 
 STATUS_RE = re.compile(r"^(\S+) \| (SUCCESS|CHANGED|FAILED!|UNREACHABLE!)(?= )", re.M)

@@ -12,7 +12,7 @@ import re
 import pytest
 from lxml import etree
 
-from harness import GUEST_IMAGE, console, delete, launch, launched, run_playbook
+from harness import GUEST_IMAGE, act, console, delete, launch, launched, run_playbook
 
 
 def test_five_launches_spread_over_three_hosts_and_boot_with_their_addresses(cloud):
@@ -213,3 +213,19 @@ def test_the_record_of_a_launched_instance_has_its_create_action_and_instance_js
         assert inst["uuid"] not in cloud.ssh(inst["host"], "cat /var/lib/virtcloud/claims.json 2>/dev/null || true")
     finally:
         delete(cloud, "recorded")
+
+
+@pytest.mark.parametrize(
+    "action, extra, message",
+    [
+        ("bogus", {}, r"Bad request for bogus of nobody-here: action 'bogus' is not one of start, stop, .*; nothing was changed"),
+        ("snapshot", {}, r"Bad request for snapshot of nobody-here: snapshot needs snapshot_name \(.*\); nothing was changed"),
+    ],
+)
+def test_a_bad_instance_request_fails_with_its_one_cause(cloud, action, extra, message):
+    result = act(cloud, "nobody-here", action, **extra)
+    assert result.rc != 0, result.stdout[-3000:]
+    msgs = [json.loads(f'"{m}"') for m in re.findall(r'"msg": "((?:[^"\\]|\\.)*)"', result.stdout)]
+    assert any(re.fullmatch(message, m) for m in msgs), (message, msgs, result.stdout[-3000:])
+    # not the role's argument validation, which printed kilobytes of its spec, nor a filter error in a task's arguments
+    assert "argument_spec_data" not in result.stdout and "Finalization of task args" not in result.stdout, result.stdout[-3000:]

@@ -23,7 +23,7 @@ With --profile DIR (a folder holding ansible_collections/ansible/posix, for exam
 `pip install --no-deps --target DIR ansible`), the playbook runs with the profile_tasks
 callback and the bench prints the slowest tasks of each launch.
 
-Run as root: `.venv/bin/python bench/launch.py [--reps N] [--profile DIR]`.
+Run as root: `.venv/bin/python bench/launch.py [--reps N] [--counts 1,10,20] [--profile DIR]`.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def fmt_run(r: dict) -> str:
     )
 
 
-def bench(reps: int) -> tuple[dict, dict]:
+def bench(reps: int, counts: tuple = COUNTS) -> tuple[dict, dict]:
     setup = {}
     setup["lab_up"] = run_checked("lab_up.yml", LAB.vars)
     setup["compute_node"] = run_checked("compute_node.yml", inventory=LAB.inventory)
@@ -259,9 +259,9 @@ def bench(reps: int) -> tuple[dict, dict]:
     bridge = re.search(r"<source bridge='([^']+)'", LAB.ssh(warm["hosts"][0], "virsh dumpxml $(virsh list --name | head -1)")).group(1)
     print(f"  plain script uses base {base} ({base_format}) and bridge {bridge}", flush=True)
     clean_all()
-    runs: dict = {(kind, n): [] for kind in ("ansible", "plain") for n in COUNTS}
+    runs: dict = {(kind, n): [] for kind in ("ansible", "plain") for n in counts}
     for rep in range(reps):
-        for count in COUNTS:
+        for count in counts:
             order = ("ansible", "plain") if rep % 2 == 0 else ("plain", "ansible")
             for kind in order:
                 try:
@@ -304,12 +304,19 @@ def start_bench(lab, profile: str | None, lab_may_be_up: bool = False) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1, help="repetitions of each launch measurement (default 1; the facts play runs at least 3 times)")
+    parser.add_argument(
+        "--counts", default=",".join(map(str, COUNTS)), help=f"the launch sizes to measure, comma separated (default {','.join(map(str, COUNTS))})"
+    )
     parser.add_argument("--profile", metavar="DIR", help="a folder with ansible_collections/ansible/posix: run with its profile_tasks callback")
     args = parser.parse_args()
+    try:
+        counts = tuple(int(c) for c in args.counts.split(","))
+    except ValueError:
+        sys.exit(f"--counts {args.counts!r}: give whole numbers separated by commas, for example 1,10")
     start_bench(LAB, args.profile)
     started = time.monotonic()
     try:
-        setup, runs = bench(args.reps)
+        setup, runs = bench(args.reps, counts)
     finally:
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
@@ -328,13 +335,13 @@ def main() -> int:
         f"{args.reps} repetitions, whole bench {time.monotonic() - started:.0f} s)"
     )
     print("  instances  ansible-playbook (median)  plain qemu-img+virsh (median)  ratio   (each run: ansible / plain)")
-    for n in [n for n in COUNTS if ("ansible", n) in med and ("plain", n) in med]:
+    for n in [n for n in counts if ("ansible", n) in med and ("plain", n) in med]:
         each = ", ".join(f"{a['total']:.1f}/{p['total']:.1f}" for a, p in zip(runs[("ansible", n)], runs[("plain", n)]))
         ratio = med[("ansible", n)] / med[("plain", n)]
         print(f"  {n:9d}  {med[('ansible', n)]:24.1f} s  {med[('plain', n)]:28.1f} s  {ratio:5.2f}   ({each})")
     print()
     print("  phases, medians in s from the start     steps done  1st domain up  last domain up  last BOOT")
-    for n in [n for n in COUNTS if ("ansible", n) in med and ("plain", n) in med]:
+    for n in [n for n in counts if ("ansible", n) in med and ("plain", n) in med]:
         for kind, label in (("ansible", "ansible-playbook"), ("plain", "plain script")):
             rs = runs[(kind, n)]
             print(
@@ -348,7 +355,7 @@ def main() -> int:
         f"  cold image cache, ansible x1 (warm-up): {cold['total']:.1f} s; setup: lab_up {setup['lab_up']:.1f} s, compute_node {setup['compute_node']:.1f} s, "
         f"image_import {setup['image_import']:.1f} s"
     )
-    for n in [n for n in (10, 20) if runs[("ansible", n)]]:
+    for n in [n for n in counts if n > 1 and runs[("ansible", n)]]:
         print(f"  ansible x{n} placement (last rep): " + ", ".join(f"{h}={runs[('ansible', n)][-1]['hosts'].count(h)}" for h in HOSTS))
     f3, f8 = (statistics.median(r["total"] for r in facts[n]) for n in (3, 8))
     print()
@@ -356,7 +363,7 @@ def main() -> int:
     if facts[3][0]["task"] is not None:
         t3, t8 = (statistics.median(r["task"] for r in facts[n]) for n in (3, 8))
         print(f"    the facts task alone (profile_tasks): 3 hosts {t3:.2f} s, 8 hosts {t8:.2f} s, ratio {t8 / t3:.2f}")
-    for n in COUNTS:
+    for n in counts:
         profile = runs[("ansible", n)][-1].get("profile") if runs[("ansible", n)] else None
         if profile:
             print(f"  slowest tasks, ansible x{n} (profile_tasks, last rep): " + "; ".join(f"{name} {secs:.2f}s" for name, secs in profile))

@@ -56,13 +56,17 @@ def launch_plan_filter(
     availability_zone: t.Any = "",
     hints: t.Any = None,
     image_host: str = "the image host",
+    image_error: str = "",
     errors: str = "raise",
 ) -> dict:
     request = _mapping("launch_plan", request, "the input (launch_request's result)")
-    if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Sequence):
-        raise AnsibleFilterError(f"virtcloud.compute.launch_plan: images must be a list of image records (image_info's images), got {type(images).__name__}")
-    images = [_mapping("launch_plan", i, "each image") for i in images]
-    return _call("launch_plan", "plan_launch", request, list(hosts), images, project, availability_zone, hints, image_host, errors=errors)
+    if images is not None:
+        if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Sequence):
+            raise AnsibleFilterError(
+                f"virtcloud.compute.launch_plan: images must be a list of image records (image_info's images), got {type(images).__name__}"
+            )
+        images = [_mapping("launch_plan", i, "each image") for i in images]
+    return _call("launch_plan", "plan_launch", request, list(hosts), images, project, availability_zone, hints, image_host, image_error, errors=errors)
 
 
 def launch_round_filter(plan: t.Any, placement: t.Any, ports: t.Any, results: t.Any, attempt: int, max_attempts: int = 3) -> dict:

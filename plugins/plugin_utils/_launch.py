@@ -146,6 +146,7 @@ def plan_launch(
     availability_zone: t.Any = "",
     hints: t.Any = None,
     image_host: str = "the image host",
+    image_error: str = "",
 ) -> dict:
     """What to make: {request_id, new, existing, spec (for the scheduler), image (the record)}.
 
@@ -153,8 +154,14 @@ def plan_launch(
     name is on a host already is not made again. ``images`` are the image store's records
     (image_info's result on ``image_host``), from which the request's image is picked. The
     image is checked against the flavor (min_ram, min_disk, virtual size) with the rule
-    rebuild uses, before anything is made.
+    rebuild uses, before anything is made. ``images`` None means the image host could not
+    read its store (``image_error`` says why).
     """
+    if images is None:
+        raise LaunchError(
+            f"Launch refused before anything was made ({request['request_id']}): the image store on {image_host} could not be read: "
+            f"{image_error or 'the host did not answer'}"
+        )
     image = pick_image(images, request["image"], image_host)
     if "id" not in image:
         raise LaunchError(f"the image record {image!r} has no id: give an image_info result")

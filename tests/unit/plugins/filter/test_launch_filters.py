@@ -33,7 +33,7 @@ def test_an_unknown_image_comes_back_as_its_message_alone():
     assert plugin.launch_plan_filter(plugin.launch_request_filter(REQUEST), [], [IMAGE], errors="return")["image"] == IMAGE
 
 
-@pytest.mark.parametrize("images", ["vctest", {"id": "x"}, None])
+@pytest.mark.parametrize("images", ["vctest", {"id": "x"}, 5])
 def test_the_images_must_be_a_list_of_records(images):
     with pytest.raises(AnsibleFilterError, match="images must be a list of image records"):
         plugin.launch_plan_filter(plugin.launch_request_filter(REQUEST), [], images)
@@ -67,3 +67,12 @@ def test_the_instance_roles_documented_actions_are_the_registrys():
         option = yaml.safe_load(f)["argument_specs"]["main"]["options"]["instance_action"]
     assert "choices" not in option  # the registry checks the value, with a message naming the bad one
     assert re.findall(r"V\((\w+)\)", option["description"][0]) == list(INSTANCE_ACTIONS)
+
+
+def test_an_image_store_that_could_not_be_read_refuses_the_launch():
+    request = plugin.launch_request_filter(REQUEST)
+    out = plugin.launch_plan_filter(request, [], None, "demo", "", None, "controller", "image store /x cannot be read: denied", errors="return")
+    assert out == {
+        "error": f"Launch refused before anything was made ({request['request_id']}): the image store on controller could not be read: "
+        "image store /x cannot be read: denied"
+    }

@@ -68,6 +68,7 @@ bench: deps image
 	$(BIN)/python bench/lab.py
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/launch.py
+	$(BIN)/python bench/noop.py
 
 constraints:
 	$(BIN)/pip freeze --all | grep -v '^-e' > constraints.txt

@@ -50,6 +50,8 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.virtcloud.compute.plugins.plugin_utils._refusal import refusable
+
 from ansible_collections.virtcloud.compute.plugins.module_utils._common import VirtcloudError
 
 # The backend is imported when a filter runs, not with this file: Ansible imports every filter
@@ -66,14 +68,7 @@ def instance_request_filter(params: t.Any, errors: str = "raise") -> dict:
         raise AnsibleFilterError(f"virtcloud.compute.instance_request: unknown keys {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     from ansible_collections.virtcloud.compute.plugins.plugin_utils._instance_request import check_instance_request  # pylint: disable=import-outside-toplevel
 
-    if errors not in ("raise", "return"):
-        raise AnsibleFilterError(f"virtcloud.compute.instance_request: errors must be raise or return, got {errors!r}")
-    try:
-        return check_instance_request(**{k: ("" if v is None else v) for k, v in params.items()})
-    except VirtcloudError as exc:
-        if errors == "return":
-            return {"error": str(exc)}
-        raise AnsibleFilterError(str(exc)) from exc
+    return refusable("instance_request", errors, lambda: check_instance_request(**{k: ("" if v is None else v) for k, v in params.items()}), VirtcloudError)
 
 
 class FilterModule:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.virtcloud.compute.plugins.plugin_utils._refusal import refusable
+
 # The backend is imported when a filter runs, not with this file: Ansible imports every filter
 # file of the collection, in each worker process, to find one filter by name.
 
@@ -24,15 +26,9 @@ def _call(filter_name: str, func: str, *args: t.Any, errors: str = "raise", **kw
     """FUNC of the backend; a refused launch raises, or with ``errors='return'`` comes back as
     {"error": message}, so that a playbook can fail with that message alone (a filter's error
     reaches the user wrapped in Ansible's own words about the task's arguments)."""
-    if errors not in ("raise", "return"):
-        raise AnsibleFilterError(f"virtcloud.compute.{filter_name}: errors must be raise or return, got {errors!r}")
     backend = _launch()
     try:
-        return getattr(backend, func)(*args, **kwargs)
-    except backend.LaunchError as exc:
-        if errors == "return":
-            return {"error": str(exc)}
-        raise AnsibleFilterError(str(exc)) from exc
+        return refusable(filter_name, errors, lambda: getattr(backend, func)(*args, **kwargs), backend.LaunchError)
     except (KeyError, TypeError, IndexError) as exc:
         raise AnsibleFilterError(f"virtcloud.compute.{filter_name}: malformed input ({type(exc).__name__}: {exc})") from exc
 

@@ -183,6 +183,8 @@ from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.virtcloud.compute.plugins.plugin_utils._refusal import refusable
+
 # The backend is imported when a filter runs, not with this file: Ansible imports every filter
 # file of the collection, in each worker process, to find one filter by name.
 
@@ -225,14 +227,7 @@ def schedule_filter(
         raise AnsibleFilterError(f"virtcloud.compute.schedule: the request must be a dictionary, got {type(request).__name__}")
     from ansible_collections.virtcloud.compute.plugins.plugin_utils._scheduler import SchedulerError, schedule  # pylint: disable=import-outside-toplevel
 
-    if errors not in ("raise", "return"):
-        raise AnsibleFilterError(f"virtcloud.compute.schedule: errors must be raise or return, got {errors!r}")
-    try:
-        return schedule(list(hosts), dict(request), **options)
-    except SchedulerError as exc:
-        if errors == "return":
-            return {"error": str(exc)}
-        raise AnsibleFilterError(f"virtcloud.compute.schedule: {exc}") from exc
+    return refusable("schedule", errors, lambda: schedule(list(hosts), dict(request), **options), SchedulerError, prefix="virtcloud.compute.schedule: ")
 
 
 class FilterModule:
